@@ -1,0 +1,3 @@
+from llamarock.cli import main
+
+raise SystemExit(main())

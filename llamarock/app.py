@@ -1,0 +1,59 @@
+"""``create_app(settings)``: wires settings, deployments, services and routes. No module-level state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llamarock.errors import UnknownOperationException
+from llamarock.routes.health import healthz
+from llamarock.routes.runtime import error_response, model_operation
+from llamarock.services.deployments import DeploymentRegistry
+from llamarock.services.inference import InferenceService
+from llamarock.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def unknown_route(request: Request) -> Response:
+    return error_response(
+        UnknownOperationException(f"No operation matches {request.method} {request.url.path}."), str(uuid.uuid4())
+    )
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI application. Deployments start loading when the app starts; /healthz says when they are ready."""
+    registry = DeploymentRegistry(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loading = asyncio.create_task(registry.load_all())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await registry.close_all()
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/model/{rest:path}", model_operation, methods=["POST"]),
+            Route("/{rest:path}", unknown_route, methods=methods),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.inference = InferenceService(registry, settings)
+    return app

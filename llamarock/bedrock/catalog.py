@@ -1,0 +1,158 @@
+"""The model catalog: the Meta Llama models Bedrock offers, as data.
+
+Everything that needs a fact about a model (context window, modalities, prices, regions, capabilities) reads it
+here. Figures come from the product spec; where the spec is silent the field is ``None`` (prices) or the value
+Bedrock's own model listing shows (modalities, inference types, customizations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Price:
+    """On-demand price in US dollars per one million tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    """One Bedrock foundation model."""
+
+    model_id: str
+    name: str
+    family: str
+    parameters_billion: float
+    context_window: int
+    input_modalities: tuple[str, ...]
+    output_modalities: tuple[str, ...]
+    capabilities: tuple[str, ...]
+    max_gen_len: int
+    max_output_tokens: int
+    prompt_format: str
+    instruct: bool
+    tool_use: bool
+    fine_tuning: bool
+    latency_optimized: bool
+    regions: tuple[str, ...]
+    geo_profiles: tuple[str, ...]
+    on_demand_price: Price | None = None
+    provisioned_hourly_usd: float | None = None
+    lifecycle: str = "ACTIVE"
+
+    @property
+    def supports_images(self) -> bool:
+        return "IMAGE" in self.input_modalities
+
+    @property
+    def provider(self) -> str:
+        return "Meta"
+
+
+_US = ("us-east-1", "us-east-2", "us-west-2")
+_TEXT = ("TEXT",)
+_VISION = ("TEXT", "IMAGE")
+
+MODELS: tuple[CatalogModel, ...] = (
+    CatalogModel(
+        model_id="meta.llama3-3-70b-instruct-v1:0", name="Llama 3.3 70B Instruct", family="llama3.3",
+        parameters_billion=70, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("reasoning", "code generation", "multilingual"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=("us",),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-2-90b-instruct-v1:0", name="Llama 3.2 90B Vision Instruct", family="llama3.2",
+        parameters_billion=90, context_window=128_000, input_modalities=_VISION, output_modalities=_TEXT,
+        capabilities=("image understanding", "visual question answering", "document visual QA"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
+        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-2-11b-instruct-v1:0", name="Llama 3.2 11B Vision Instruct", family="llama3.2",
+        parameters_billion=11, context_window=128_000, input_modalities=_VISION, output_modalities=_TEXT,
+        capabilities=("image captioning", "visual question answering", "conversational AI"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
+        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-2-3b-instruct-v1:0", name="Llama 3.2 3B Instruct", family="llama3.2",
+        parameters_billion=3, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("fast text generation", "summarization", "simple code generation"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=False,
+        fine_tuning=True, latency_optimized=False, regions=(*_US, "eu-central-1", "eu-west-1", "eu-west-3"),
+        geo_profiles=("us", "eu"),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-2-1b-instruct-v1:0", name="Llama 3.2 1B Instruct", family="llama3.2",
+        parameters_billion=1, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("very fast inference", "text completion", "simple conversation"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=False,
+        fine_tuning=True, latency_optimized=False, regions=(*_US, "eu-central-1", "eu-west-1", "eu-west-3"),
+        geo_profiles=("us", "eu"),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-1-405b-instruct-v1:0", name="Llama 3.1 405B Instruct", family="llama3.1",
+        parameters_billion=405, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("reasoning", "complex code generation", "mathematics", "creative writing"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
+        fine_tuning=False, latency_optimized=True, regions=("us-west-2",), geo_profiles=("us",),
+        on_demand_price=Price(5.32, 16.00),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-1-70b-instruct-v1:0", name="Llama 3.1 70B Instruct", family="llama3.1",
+        parameters_billion=70, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("reasoning", "code generation and review", "content creation", "technical documentation"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
+        fine_tuning=False, latency_optimized=True, regions=("us-west-2",), geo_profiles=("us",),
+        on_demand_price=Price(0.99, 2.99),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-1-8b-instruct-v1:0", name="Llama 3.1 8B Instruct", family="llama3.1",
+        parameters_billion=8, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("text generation", "question answering", "code assistance", "summarization"),
+        max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
+        fine_tuning=False, latency_optimized=False, regions=("us-west-2",), geo_profiles=("us",),
+        on_demand_price=Price(0.22, 0.22),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-70b-instruct-v1:0", name="Llama 3 70B Instruct", family="llama3",
+        parameters_billion=70, context_window=8_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("text generation", "reasoning", "code generation", "creative writing"),
+        max_gen_len=2048, max_output_tokens=2048, prompt_format="llama3", instruct=True, tool_use=False,
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(),
+    ),
+    CatalogModel(
+        model_id="meta.llama3-8b-instruct-v1:0", name="Llama 3 8B Instruct", family="llama3",
+        parameters_billion=8, context_window=8_000, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("fast text generation", "basic reasoning", "simple code tasks"),
+        max_gen_len=2048, max_output_tokens=2048, prompt_format="llama3", instruct=True, tool_use=False,
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(),
+    ),
+    CatalogModel(
+        model_id="meta.llama2-13b-chat-v1", name="Llama 2 Chat 13B", family="llama2",
+        parameters_billion=13, context_window=4_096, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("conversational AI", "text generation", "simple Q&A"),
+        max_gen_len=2048, max_output_tokens=2048, prompt_format="llama2", instruct=True, tool_use=False,
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(),
+        on_demand_price=Price(0.75, 1.00), provisioned_hourly_usd=21.18, lifecycle="LEGACY",
+    ),
+    CatalogModel(
+        model_id="meta.llama2-70b-v1", name="Llama 2 70B", family="llama2",
+        parameters_billion=70, context_window=4_096, input_modalities=_TEXT, output_modalities=_TEXT,
+        capabilities=("text completion", "foundation for fine-tuning"),
+        max_gen_len=2048, max_output_tokens=2048, prompt_format="plain", instruct=False, tool_use=False,
+        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=(),
+        provisioned_hourly_usd=21.18, lifecycle="LEGACY",
+    ),
+)
+
+BY_ID: dict[str, CatalogModel] = {m.model_id: m for m in MODELS}
+
+
+def get(model_id: str) -> CatalogModel | None:
+    """The catalog entry for a base model id, or None."""
+    return BY_ID.get(model_id)

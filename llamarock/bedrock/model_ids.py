@@ -1,0 +1,76 @@
+"""Model identifiers as clients send them: base ids, foundation-model ARNs, inference profiles and their ARNs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from llamarock.errors import ValidationException
+
+GEO_PREFIXES = ("us", "eu", "apac")
+
+INVALID_MODEL_IDENTIFIER = "The provided model identifier is invalid."
+
+_ARN = re.compile(
+    r"^arn:aws(?:-[a-z]+)*:bedrock:(?P<region>[a-z0-9-]*):(?P<account>\d{12})?:"
+    r"(?P<type>foundation-model|inference-profile)/(?P<rest>.+)$"
+)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model identifier.
+
+    ``model_id`` is the base model id the request names (not yet checked against the catalog), ``kind`` the form
+    it came in, ``geo`` the cross-region inference profile's geography (``us``, ``eu``, ``apac``) and ``region``
+    the region an ARN carried.
+    """
+
+    requested: str
+    model_id: str
+    kind: Literal["model-id", "foundation-model-arn", "inference-profile", "inference-profile-arn"]
+    geo: str | None = None
+    region: str | None = None
+
+
+def _split_profile(identifier: str) -> tuple[str | None, str]:
+    head, _, tail = identifier.partition(".")
+    if tail and head in GEO_PREFIXES:
+        return head, tail
+    return None, identifier
+
+
+def parse_model_ref(identifier: str) -> ModelRef:
+    """Parse any identifier form of §1.2 of the wire reference.
+
+    Raises ValidationException("The provided model identifier is invalid.") for a form that is not a model id,
+    a foundation-model ARN, an inference-profile id or an inference-profile ARN.
+    """
+    if not identifier or len(identifier) > 2048:
+        raise ValidationException(INVALID_MODEL_IDENTIFIER)
+    if identifier.startswith("arn:"):
+        match = _ARN.match(identifier)
+        if match is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        region = match["region"] or None
+        if match["type"] == "foundation-model":
+            if match["account"]:
+                raise ValidationException(INVALID_MODEL_IDENTIFIER)
+            return ModelRef(identifier, match["rest"], "foundation-model-arn", region=region)
+        geo, model_id = _split_profile(match["rest"])
+        if geo is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        return ModelRef(identifier, model_id, "inference-profile-arn", geo=geo, region=region)
+    geo, model_id = _split_profile(identifier)
+    if geo is not None:
+        return ModelRef(identifier, model_id, "inference-profile", geo=geo)
+    return ModelRef(identifier, identifier, "model-id")
+
+
+def foundation_model_arn(model_id: str, region: str) -> str:
+    return f"arn:aws:bedrock:{region}::foundation-model/{model_id}"
+
+
+def inference_profile_arn(geo: str, model_id: str, region: str, account: str) -> str:
+    return f"arn:aws:bedrock:{region}:{account}:inference-profile/{geo}.{model_id}"

@@ -1,0 +1,125 @@
+"""The one error tree of llamarock.
+
+Every error a client can see is an AWS error code plus a message. The HTTP status is not stored here: the codec
+looks it up in botocore's service model when it renders the error (``fallback_status`` is used only for codes that
+no service model defines, such as the front end's authentication errors)::
+
+    BedrockError                         (code, message, extra members)
+    ├── ValidationException              400  bad input: schema, ranges, model id, prompt too long
+    ├── AccessDeniedException            403
+    ├── UnrecognizedClientException      403  (front-end, unmodelled)
+    ├── ResourceNotFoundException        404
+    ├── UnknownOperationException        404  (front-end, unmodelled): no such route
+    ├── ModelTimeoutException            408
+    ├── ModelErrorException              424  the engine failed while processing
+    ├── ModelStreamErrorException        424  the engine failed after the stream started
+    ├── ThrottlingException              429
+    ├── ModelNotReadyException           429  the deployment is still loading (botocore retries it)
+    ├── ServiceQuotaExceededException    400
+    ├── InternalServerException          500  anything unexpected; logged with the request id
+    └── ServiceUnavailableException      503
+
+Engines raise :class:`EngineError` (not a BedrockError): the service layer translates it once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BedrockError(Exception):
+    """An error with an AWS error code, rendered by the codec."""
+
+    code: ClassVar[str] = "InternalServerException"
+    fallback_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON members of the error shape."""
+        return {"message": self.message, **self.extra}
+
+
+class ValidationException(BedrockError):
+    code = "ValidationException"
+    fallback_status = 400
+
+
+class AccessDeniedException(BedrockError):
+    code = "AccessDeniedException"
+    fallback_status = 403
+
+
+class UnrecognizedClientException(BedrockError):
+    code = "UnrecognizedClientException"
+    fallback_status = 403
+
+
+class ResourceNotFoundException(BedrockError):
+    code = "ResourceNotFoundException"
+    fallback_status = 404
+
+
+class UnknownOperationException(BedrockError):
+    code = "UnknownOperationException"
+    fallback_status = 404
+
+
+class ModelTimeoutException(BedrockError):
+    code = "ModelTimeoutException"
+    fallback_status = 408
+
+
+class ModelErrorException(BedrockError):
+    code = "ModelErrorException"
+    fallback_status = 424
+
+
+class ModelStreamErrorException(BedrockError):
+    code = "ModelStreamErrorException"
+    fallback_status = 424
+
+
+class ThrottlingException(BedrockError):
+    code = "ThrottlingException"
+    fallback_status = 429
+
+
+class ModelNotReadyException(BedrockError):
+    code = "ModelNotReadyException"
+    fallback_status = 429
+
+
+class ServiceQuotaExceededException(BedrockError):
+    code = "ServiceQuotaExceededException"
+    fallback_status = 400
+
+
+class InternalServerException(BedrockError):
+    code = "InternalServerException"
+    fallback_status = 500
+
+
+class ServiceUnavailableException(BedrockError):
+    code = "ServiceUnavailableException"
+    fallback_status = 503
+
+
+class EngineError(Exception):
+    """Raised by an engine when generation fails; translated to a BedrockError by the service layer."""
+
+
+class ContextOverflowError(EngineError):
+    """The prompt does not fit in the engine's context window."""
+
+    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+        super().__init__(f"prompt of {prompt_tokens} tokens does not fit a context of {context_length} tokens")
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+
+
+class EngineNotReadyError(EngineError):
+    """The engine has not finished loading its weights."""

