@@ -89,7 +89,8 @@ def start_server(tmp: Path, *args: str, config: str | None = None) -> Server:
     command += list(args)
     log_path = tmp / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAROCK_")}
-    process = subprocess.Popen(command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

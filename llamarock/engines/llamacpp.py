@@ -87,19 +87,13 @@ class LlamaCppEngine(Engine):
     def _load(self) -> None:
         try:
             from llama_cpp import Llama
-            from llama_cpp._utils import suppress_stdout_stderr
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise EngineError(f"llama-cpp-python is not installed: {exc}") from exc
         if not self._model_path.is_file():
             raise EngineError(f"GGUF file not found: {self._model_path}")
         try:
-            n_ctx = self._context_length
-            if n_ctx is None:
-                with suppress_stdout_stderr():
-                    probe = Llama(model_path=str(self._model_path), vocab_only=True, verbose=False)
-                n_ctx = min(int(probe._model.n_ctx_train()), DEFAULT_MAX_CONTEXT)
-                probe.close()
+            n_ctx = self._context_length or DEFAULT_MAX_CONTEXT
             self._llm = Llama(
                 model_path=str(self._model_path),
                 n_ctx=n_ctx,
@@ -110,6 +104,9 @@ class LlamaCppEngine(Engine):
             )
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp could not load {self._model_path}: {exc}") from exc
+        if self._context_length is None:
+            # Default: the model's trained context, capped so that the KV cache stays small.
+            n_ctx = min(n_ctx, int(self._llm._model.n_ctx_train()) or n_ctx)
         metadata: dict[str, str] = dict(self._llm.metadata)
         template = metadata.get("tokenizer.chat_template")
         if template:
@@ -122,7 +119,8 @@ class LlamaCppEngine(Engine):
         fmt = self._chat_format if self._chat_format != "auto" else chat_format_of(template)
         self._info = EngineInfo(
             name=self.name,
-            context_length=int(self._llm.n_ctx()),
+            # llama.cpp may round its context up; llama-cpp-python's token buffer keeps the size asked for.
+            context_length=min(int(self._llm.n_ctx()), n_ctx),
             chat_format=fmt,
             details={
                 "engine": "llamacpp",
@@ -208,7 +206,7 @@ class LlamaCppEngine(Engine):
         llm = self._llm
         sampling = job.sampling
         prompt_tokens = len(job.tokens)
-        budget = min(sampling.max_tokens, llm.n_ctx() - prompt_tokens)
+        budget = min(sampling.max_tokens, self.info.context_length - prompt_tokens)
         llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
         top_p = sampling.top_p if 0.0 < sampling.top_p < 1.0 else 1.0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -21,7 +21,14 @@ from llamarock.bedrock.native import InvocationMetrics, native_response, parse_n
 from llamarock.codec import eventstream
 from llamarock.codec.errors import render_error
 from llamarock.codec.rest_json import check_body_size, check_json_media_type, header_values, split_model_path
-from llamarock.errors import BedrockError, InternalServerException, UnknownOperationException, ValidationException
+from llamarock.errors import (
+    BedrockError,
+    InternalServerException,
+    ModelErrorException,
+    ModelStreamErrorException,
+    UnknownOperationException,
+    ValidationException,
+)
 from llamarock.services.inference import InferenceService, Target
 from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
 
@@ -171,6 +178,11 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
                 if chunk.stop_reason is not None:
                     return
                 chunk = await anext(chunks, None)
+        except ModelErrorException as error:
+            # After the first byte a model failure is the stream's own error shape.
+            yield eventstream.exception_event(
+                ModelStreamErrorException(error.message, originalStatusCode=500, originalMessage=error.message)
+            )
         except BedrockError as error:
             yield eventstream.exception_event(error)
         except Exception:

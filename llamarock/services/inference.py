@@ -20,7 +20,6 @@ from llamarock.errors import (
     EngineNotReadyError,
     ModelErrorException,
     ModelNotReadyException,
-    ModelStreamErrorException,
     ServiceUnavailableException,
     ValidationException,
 )
@@ -121,11 +120,9 @@ class InferenceService:
     async def generate(self, target: Target, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Generate with the target's engine, translating engine failures into Bedrock errors."""
         self.check_ready(target)
-        started = False
         stream = target.deployment.engine.generate(request)
         try:
             async for chunk in stream:
-                started = True
                 yield chunk
         except ContextOverflowError as exc:
             raise ValidationException(
@@ -136,11 +133,10 @@ class InferenceService:
             raise ModelNotReadyException(f"Model {target.model.model_id} is not ready for inference yet.") from exc
         except EngineError as exc:
             log.error("deployment %s failed (request %s): %s", target.deployment.name, request.request_id, exc)
-            message = f"The model {target.model.model_id} failed while processing the request: {exc}"
-            if started:
-                raise ModelStreamErrorException(message, originalStatusCode=500, originalMessage=str(exc)) from exc
             raise ModelErrorException(
-                message, originalStatusCode=500, resourceName=target.deployment.name
+                f"The model {target.model.model_id} failed while processing the request: {exc}",
+                originalStatusCode=500,
+                resourceName=target.deployment.name,
             ) from exc
         finally:
             await stream.aclose()
