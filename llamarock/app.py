@@ -14,8 +14,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llamarock.errors import UnknownOperationException
+from llamarock.routes.common import error_response
 from llamarock.routes.health import healthz
-from llamarock.routes.runtime import error_response, model_operation
+from llamarock.routes.runtime import model_operation
+from llamarock.services.conversation import ConversationService
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.inference import InferenceService
 from llamarock.settings import Settings
@@ -56,4 +58,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.registry = registry
     app.state.inference = InferenceService(registry, settings)
+    app.state.conversation = ConversationService(app.state.inference)
     return app

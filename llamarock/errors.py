@@ -6,6 +6,7 @@ no service model defines, such as the front end's authentication errors)::
 
     BedrockError                         (code, message, extra members)
     ├── ValidationException              400  bad input: schema, ranges, model id, prompt too long
+    ├── SerializationException           400  (front-end, unmodelled): the body is not parseable JSON
     ├── AccessDeniedException            403
     ├── UnrecognizedClientException      403  (front-end, unmodelled)
     ├── ResourceNotFoundException        404
@@ -45,6 +46,13 @@ class BedrockError(Exception):
 
 class ValidationException(BedrockError):
     code = "ValidationException"
+    fallback_status = 400
+
+
+class SerializationException(BedrockError):
+    """The request body is not the JSON the operation expects (unmodelled; AWS's front end sends it)."""
+
+    code = "SerializationException"
     fallback_status = 400
 
 
@@ -119,6 +127,10 @@ class ContextOverflowError(EngineError):
         super().__init__(f"prompt of {prompt_tokens} tokens does not fit a context of {context_length} tokens")
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+
+
+class UnsupportedSchemaError(EngineError):
+    """The engine cannot constrain its output to the requested JSON schema."""
 
 
 class EngineNotReadyError(EngineError):

@@ -6,7 +6,7 @@ Engines see only these types: a :class:`GenerationRequest` goes in, :class:`Gene
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 StopReason = Literal["stop", "length"]
@@ -36,7 +36,8 @@ class GenerationRequest:
 
     Exactly one of ``prompt`` (raw text, tokenized as is, special tokens honoured) and ``messages`` (rendered with
     the serving model's own chat template, followed by the assistant generation prompt) is set.
-    ``assistant_prefix`` is text the assistant turn already starts with (a prefilled answer).
+    ``assistant_prefix`` is text the assistant turn already starts with (a prefilled answer). ``json_schema``, when
+    set, constrains the output to one JSON document valid against it (constrained decoding).
     """
 
     sampling: SamplingParams
@@ -44,6 +45,7 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] | None = None
     assistant_prefix: str = ""
     request_id: str = ""
+    json_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -44,6 +44,12 @@ models = ["meta.llama2-13b-chat-v1"]
 context_length = 64
 
 [[deployments]]
+name = "fake-echo"
+engine = "fake"
+models = ["meta.llama3-3-70b-instruct-v1:0"]
+fake_reply = "{prompt}"
+
+[[deployments]]
 name = "fake-default"
 engine = "fake"
 models = ["*"]

@@ -179,7 +179,11 @@ MODELLED = [
     (errors.InternalServerException, 500),
     (errors.ServiceUnavailableException, 503),
 ]
-UNMODELLED = [(errors.UnrecognizedClientException, 403), (errors.UnknownOperationException, 404)]
+UNMODELLED = [
+    (errors.UnrecognizedClientException, 403),
+    (errors.UnknownOperationException, 404),
+    (errors.SerializationException, 400),
+]
 
 
 def _parse(status: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:

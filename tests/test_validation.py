@@ -189,24 +189,6 @@ def test_valid_headers_pass(fake_runtime: Any, operation: str, extra: dict) -> N
     assert call(fake_runtime, operation, doc(max_gen_len=1), **extra)
 
 
-@pytest.mark.parametrize(
-    ("operation", "kwargs"),
-    [
-        ("converse", {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}),
-        ("converse_stream", {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}),
-        ("count_tokens", {"input": {"invokeModel": {"body": doc()}}}),
-    ],
-)
-def test_not_implemented(fake_runtime: Any, operation: str, kwargs: dict) -> None:
-    name = "".join(part.title() for part in operation.split("_"))
-    with pytest.raises(ClientError) as info:
-        getattr(fake_runtime, operation)(modelId=MODEL, **kwargs)
-    message = (
-        f"{name} is not implemented by this llamarock server yet. Use InvokeModel or InvokeModelWithResponseStream."
-    )
-    check(info.value, fake_runtime, "ValidationException", 400, message)
-
-
 # ---------------------------------------------------------------------------------------------------- model failures
 
 

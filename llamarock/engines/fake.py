@@ -9,8 +9,10 @@ streams and in-stream errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from llamarock.engines.base import Engine
 from llamarock.errors import ContextOverflowError, EngineError, EngineNotReadyError
@@ -22,6 +24,36 @@ _SPECIAL = re.compile(r"<\|start_header_id\|>.*?<\|end_header_id\|>|<\|[a-z_]+\|
 
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
+
+
+def example_instance(schema: Any) -> Any:
+    """A small deterministic value valid against a (common subset of) JSON schema."""
+    if not isinstance(schema, dict):
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_instance(schema[key][0])
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: example_instance(sub) for name, sub in properties.items()}
+    if kind == "array":
+        return [example_instance(schema.get("items", {})) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        return "x" * max(schema.get("minLength", 0), 4)
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 1.5))
+    if kind == "boolean":
+        return True
+    return None
 
 
 class FakeEngine(Engine):
@@ -61,9 +93,17 @@ class FakeEngine(Engine):
         if request.messages is not None:
             users = [m.content for m in request.messages if m.role == "user"]
             return users[-1] if users else ""
-        return " ".join(_SPECIAL.sub(" ", request.prompt or "").split())
+        prompt = request.prompt or ""
+        for opener, closer in (("<|start_header_id|>user<|end_header_id|>", "<|eot_id|>"), ("[INST]", "[/INST]")):
+            if opener in prompt:
+                prompt = prompt.rsplit(opener, 1)[1].split(closer, 1)[0]
+                prompt = prompt.rsplit("<</SYS>>", 1)[-1]
+                break
+        return " ".join(_SPECIAL.sub(" ", prompt).split())
 
     def _reply_for(self, request: GenerationRequest) -> str:
+        if request.json_schema is not None:
+            return json.dumps(example_instance(request.json_schema))
         quoted = self._last_user_text(request)
         if self._reply is not None:
             return self._reply.replace("{prompt}", quoted)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import json
 import logging
-import os
 import random
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llamarock.engines.base import Engine
-from llamarock.errors import ContextOverflowError, EngineError, EngineNotReadyError
+from llamarock.errors import ContextOverflowError, EngineError, EngineNotReadyError, UnsupportedSchemaError
 from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest, SamplingParams, StopReason
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,13 @@ def chat_format_of(template: str | None) -> str:
 class _Job:
     """One generation handed to the worker thread."""
 
-    def __init__(self, tokens: list[int], sampling: SamplingParams, emit: Callable[[Any], None]) -> None:
+    def __init__(
+        self, tokens: list[int], sampling: SamplingParams, emit: Callable[[Any], None], grammar: Any = None
+    ) -> None:
         self.tokens = tokens
         self.sampling = sampling
         self.emit = emit
+        self.grammar = grammar
         self.cancelled = threading.Event()
 
 
@@ -163,6 +166,9 @@ class LlamaCppEngine(Engine):
         if not self._ready:
             raise EngineNotReadyError(f"{self.name} is not loaded")
         tokens = await asyncio.to_thread(self._tokenize, request)
+        grammar = None
+        if request.json_schema is not None:
+            grammar = await asyncio.to_thread(self._grammar, request.json_schema)
         n_ctx = self.info.context_length
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(len(tokens), n_ctx)
@@ -172,7 +178,7 @@ class LlamaCppEngine(Engine):
         def emit(item: GenerationChunk | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        job = _Job(tokens, request.sampling, emit)
+        job = _Job(tokens, request.sampling, emit, grammar)
         self._active += 1
         done = loop.run_in_executor(self._executor, self._run, job)
         done.add_done_callback(lambda _: self._finished())
@@ -186,6 +192,15 @@ class LlamaCppEngine(Engine):
                     return
         finally:
             job.cancelled.set()
+
+    @staticmethod
+    def _grammar(schema: dict[str, Any]) -> Any:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as exc:  # llama.cpp's converter raises several kinds for schemas it cannot express
+            raise UnsupportedSchemaError(f"cannot constrain output to this JSON schema: {exc}") from exc
 
     def _finished(self) -> None:
         self._active -= 1
@@ -216,7 +231,13 @@ class LlamaCppEngine(Engine):
         first = True
         stop_reason: StopReason = "length"
         tokens = llm.generate(
-            job.tokens, top_k=0, top_p=top_p, min_p=0.0, temp=max(sampling.temperature, 0.0), repeat_penalty=1.0
+            job.tokens,
+            top_k=0,
+            top_p=top_p,
+            min_p=0.0,
+            temp=max(sampling.temperature, 0.0),
+            repeat_penalty=1.0,
+            grammar=job.grammar,
         )
         try:
             for token in tokens:
@@ -250,7 +271,3 @@ class LlamaCppEngine(Engine):
         if llm is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, llm.close)
         self._executor.shutdown(wait=False)
-
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)

@@ -6,7 +6,7 @@ Engine exceptions are translated here, once, into the error tree.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from llamarock.bedrock import catalog
@@ -88,7 +88,7 @@ class InferenceService:
                 "still loading. Retry shortly."
             )
 
-    def check_images(self, target: Target, images: tuple[str, ...]) -> None:
+    def check_images(self, target: Target, images: Sequence[object]) -> None:
         """Images are accepted only by vision models served by an engine that supports them."""
         if not images:
             return

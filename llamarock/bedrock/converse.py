@@ -1,0 +1,366 @@
+"""Converse: Bedrock's message-based request, checked with Bedrock's rules, turned into chat turns; and the
+response and stream events built back from what the model produced.
+
+Input params come from ``codec.shapes.parse_json_body`` (shape-valid, blobs decoded); this module adds the rules that
+the service model cannot express (alternation, per-model features, limits) in Bedrock's own words.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llamarock.bedrock import documents
+from llamarock.bedrock.catalog import CatalogModel
+from llamarock.bedrock.prompts import render_llama2, render_llama3
+from llamarock.bedrock.tools import ToolCall, ToolSpec, render_tool_call, render_tool_result, tools_system_prompt
+from llamarock.errors import ValidationException
+from llamarock.types import ChatMessage
+
+DEFAULT_MAX_TOKENS = 512
+MAX_IMAGES = 20
+MAX_IMAGE_BYTES = 3_750_000
+NATIVE_FIELDS = ("temperature", "top_p", "max_gen_len")
+
+START_WITH_USER = (
+    "A conversation must start with a user message. Try again with a conversation that starts with a user message."
+)
+ALTERNATE = (
+    "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between "
+    "user and assistant roles and try again."
+)
+TOOL_CONFIG_REQUIRED = "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message reduced to what the prompt needs."""
+
+    role: Literal["user", "assistant"]
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked Converse request."""
+
+    system: str
+    turns: tuple[Turn, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: Literal["auto", "any", "tool"] | None = None
+    tool_name: str | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.5
+    top_p: float = 0.9
+    stop_sequences: tuple[str, ...] = ()
+    output_schema: dict[str, Any] | None = None
+    images: tuple[bytes, ...] = ()
+    latency: str | None = None
+    request_metadata: dict[str, str] = field(default_factory=dict)
+    response_field_paths: tuple[str, ...] = ()
+
+    @property
+    def forced_tools(self) -> tuple[ToolSpec, ...]:
+        """The tools the answer must call (``any``/``tool`` choice), else ()."""
+        if self.tool_choice == "tool":
+            return tuple(t for t in self.tools if t.name == self.tool_name)
+        if self.tool_choice == "any":
+            return self.tools
+        return ()
+
+
+def _system_text(blocks: list[dict[str, Any]]) -> str:
+    texts = []
+    for block in blocks:
+        if "text" in block:
+            texts.append(block["text"])
+        elif "guardContent" in block:
+            texts.append(block["guardContent"].get("text", {}).get("text", ""))
+    return "\n".join(t for t in texts if t)
+
+
+def _tool_specs(tool_config: dict[str, Any] | None, model: CatalogModel) -> tuple[ToolSpec, ...]:
+    if not tool_config:
+        return ()
+    if not model.tool_use:
+        raise ValidationException(
+            f"This model doesn't support tool use. {model.model_id} ({model.name}) has no tool calling; use Llama 3.1, "
+            "3.2 11B/90B or 3.3, or remove toolConfig."
+        )
+    specs = []
+    for tool in tool_config.get("tools", []):
+        spec = tool.get("toolSpec")
+        if spec is None:
+            continue
+        schema = (spec.get("inputSchema") or {}).get("json") or {"type": "object"}
+        if not isinstance(schema, dict):
+            raise ValidationException(f"The inputSchema of tool {spec['name']} must be a JSON object schema.")
+        specs.append(ToolSpec(spec["name"], spec.get("description", ""), schema))
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValidationException(f"The toolConfig field contains duplicate tool names: {', '.join(duplicates)}.")
+    if not specs:
+        raise ValidationException("The toolConfig field must contain at least one toolSpec.")
+    return tuple(specs)
+
+
+def _tool_choice(tool_config: dict[str, Any] | None, tools: tuple[ToolSpec, ...]) -> tuple[Any, str | None]:
+    if not tool_config or not tools:
+        return None, None
+    choice = tool_config.get("toolChoice") or {"auto": {}}
+    if "tool" in choice:
+        name = choice["tool"]["name"]
+        if name not in {t.name for t in tools}:
+            raise ValidationException(
+                f"The tool {name} named in toolChoice is not defined in toolConfig.tools. Define it or choose another."
+            )
+        return "tool", name
+    if "any" in choice:
+        return "any", None
+    return "auto", None
+
+
+def _output_schema(output_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    text_format = (output_config or {}).get("textFormat")
+    if not text_format:
+        return None
+    if text_format.get("type") != "json_schema":
+        raise ValidationException(f"The outputConfig.textFormat type {text_format.get('type')} is not supported.")
+    raw = ((text_format.get("structure") or {}).get("jsonSchema") or {}).get("schema")
+    if raw is None:
+        raise ValidationException("outputConfig.textFormat.structure.jsonSchema.schema is required for json_schema.")
+    try:
+        schema = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationException(
+            f"outputConfig.textFormat.structure.jsonSchema.schema is not valid JSON: {exc}"
+        ) from exc
+    if not isinstance(schema, dict):
+        raise ValidationException("outputConfig.textFormat.structure.jsonSchema.schema must be a JSON object.")
+    return schema
+
+
+def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, images: list[bytes],
+               document_names: list[str], has_tools: bool) -> Turn:
+    texts: list[str] = []
+    docs: list[str] = []
+    results: list[str] = []
+    for position, block in enumerate(content):
+        where = f"messages.{index}.content.{position}"
+        if "text" in block:
+            if not block["text"].strip():
+                raise ValidationException(
+                    f"The text field in the ContentBlock object at {where} is blank. Add text to the text field, and "
+                    "try again."
+                )
+            texts.append(block["text"])
+        elif "image" in block:
+            if not model.supports_images:
+                raise ValidationException(
+                    f"This model doesn't support the image content block that you provided at {where}. "
+                    f"{model.model_id} is text-only; use Llama 3.2 11B or 90B Vision."
+                )
+            data = block["image"].get("source", {}).get("bytes")
+            if data is None:
+                raise ValidationException(f"The image at {where} must carry its bytes; s3Location is not supported.")
+            if len(data) > MAX_IMAGE_BYTES:
+                raise ValidationException(f"The image at {where} is larger than the 3.75 MB limit. Resize it.")
+            images.append(data)
+            if len(images) > MAX_IMAGES:
+                raise ValidationException(f"Too many images: a request can carry at most {MAX_IMAGES} images.")
+        elif "document" in block:
+            doc = block["document"]
+            document_names.append(doc["name"])
+            documents.check_document_names(document_names)
+            source = doc.get("source", {})
+            if "bytes" in source:
+                text = documents.document_text(doc.get("format", "txt"), doc["name"], source["bytes"])
+            elif "text" in source:
+                text = source["text"]
+            else:
+                raise ValidationException(f"The document at {where} must carry bytes or text; s3Location is not "
+                                          "supported.")
+            docs.append(documents.render_document(doc["name"], doc.get("format", "txt"), text))
+        elif "toolResult" in block:
+            if not has_tools:
+                raise ValidationException(TOOL_CONFIG_REQUIRED)
+            result = block["toolResult"]
+            results.append(render_tool_result(result.get("content", []), result.get("status")))
+        elif "toolUse" in block:
+            raise ValidationException(
+                f"The toolUse block at {where} is in a user message; toolUse blocks belong in assistant messages."
+            )
+    if docs and not texts:
+        raise ValidationException(
+            f"The message at messages.{index} contains a document but no text block. Add a text block with your "
+            "question about the document and try again."
+        )
+    return Turn("user", "\n\n".join([*docs, *texts]), tool_results=tuple(results))
+
+
+def _assistant_turn(index: int, content: list[dict[str, Any]], has_tools: bool) -> Turn:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for position, block in enumerate(content):
+        where = f"messages.{index}.content.{position}"
+        if "text" in block:
+            texts.append(block["text"])
+        elif "toolUse" in block:
+            if not has_tools:
+                raise ValidationException(TOOL_CONFIG_REQUIRED)
+            use = block["toolUse"]
+            calls.append(ToolCall(use["toolUseId"], use["name"], use.get("input") or {}))
+        elif "image" in block or "document" in block or "toolResult" in block:
+            kind = next(k for k in ("image", "document", "toolResult") if k in block)
+            raise ValidationException(
+                f"The {kind} block at {where} is in an assistant message; {kind} blocks are allowed only in user "
+                "messages."
+            )
+    return Turn("assistant", "".join(texts), tool_calls=tuple(calls))
+
+
+def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_missing_inference: bool = False
+                       ) -> ChatRequest:
+    """Check a shape-valid Converse/ConverseStream (or CountTokens converse) body against Bedrock's rules."""
+    messages = params.get("messages") or []
+    if not messages or messages[0]["role"] != "user":
+        raise ValidationException(START_WITH_USER)
+    for previous, current in itertools.pairwise(messages):
+        if previous["role"] == current["role"]:
+            raise ValidationException(ALTERNATE)
+    tool_config = params.get("toolConfig")
+    tools = _tool_specs(tool_config, model)
+    choice, tool_name = _tool_choice(tool_config, tools)
+    images: list[bytes] = []
+    document_names: list[str] = []
+    turns = []
+    for index, message in enumerate(messages):
+        content = message.get("content") or []
+        if not content:
+            raise ValidationException(
+                f"The content field in the Message object at messages.{index} is empty. Add a ContentBlock object to "
+                "the content field and try again."
+            )
+        if message["role"] == "user":
+            turns.append(_user_turn(index, content, model, images, document_names, bool(tools)))
+        else:
+            turns.append(_assistant_turn(index, content, bool(tools)))
+    extra: dict[str, Any] = params.get("additionalModelRequestFields") or {}
+    if not isinstance(extra, dict):
+        raise ValidationException("additionalModelRequestFields must be a JSON object.")
+    unknown = [key for key in extra if key not in NATIVE_FIELDS]
+    if unknown:
+        if len(unknown) == 1:
+            detail = f"#: extraneous key [{unknown[0]}] is not permitted"
+        else:
+            detail = f"{len(unknown)} schema violations found"
+        raise ValidationException(f"Malformed input request: {detail}, please reformat your input and try again.")
+    inference: dict[str, Any] = params.get("inferenceConfig") or {}
+    def setting(key: str, native_key: str, default: float) -> Any:
+        return inference[key] if key in inference else extra.get(native_key, default)
+
+    max_tokens = int(setting("maxTokens", "max_gen_len", DEFAULT_MAX_TOKENS))
+    if max_tokens > model.max_output_tokens:
+        limit = model.max_output_tokens
+        raise ValidationException(
+            f"The maximum tokens you requested exceeds the model limit of {limit}. Try again with a maximum tokens "
+            f"value that is lower than {limit}."
+        )
+    stops = tuple(inference.get("stopSequences") or ())
+    if any(not s for s in stops):
+        raise ValidationException("stopSequences must not contain empty strings.")
+    return ChatRequest(
+        system=_system_text(params.get("system") or []),
+        turns=tuple(turns),
+        tools=tools,
+        tool_choice=choice,
+        tool_name=tool_name,
+        max_tokens=max_tokens,
+        temperature=float(setting("temperature", "temperature", 0.5)),
+        top_p=float(setting("topP", "top_p", 0.9)),
+        stop_sequences=stops,
+        output_schema=_output_schema(params.get("outputConfig")),
+        images=tuple(images),
+        latency=(params.get("performanceConfig") or {}).get("latency"),
+        request_metadata=dict(params.get("requestMetadata") or {}),
+        response_field_paths=tuple(params.get("additionalModelResponseFieldPaths") or ()),
+    )
+
+
+def chat_messages(chat: ChatRequest) -> tuple[tuple[ChatMessage, ...], str]:
+    """The conversation as chat messages, plus the prefilled start of the answer (a final assistant turn)."""
+    system = chat.system
+    if chat.tools:
+        system = "\n\n".join(p for p in (system, tools_system_prompt(chat.tools)) if p)
+    if chat.output_schema is not None:
+        system = "\n\n".join(
+            p for p in (system, "Answer with one JSON document that matches this JSON schema:\n"
+                        + json.dumps(chat.output_schema)) if p
+        )
+    messages: list[ChatMessage] = [ChatMessage("system", system)] if system else []
+    turns = list(chat.turns)
+    prefix = ""
+    if turns and turns[-1].role == "assistant":
+        prefix = turns.pop().text
+    for turn in turns:
+        if turn.role == "user":
+            messages.extend(ChatMessage("tool", result) for result in turn.tool_results)
+            if turn.text:
+                messages.append(ChatMessage("user", turn.text))
+        else:
+            parts = [turn.text] if turn.text else []
+            parts.extend(render_tool_call(call) for call in turn.tool_calls)
+            messages.append(ChatMessage("assistant", "\n".join(parts)))
+    return tuple(messages), prefix
+
+
+def render_for(prompt_format: str, messages: tuple[ChatMessage, ...], prefix: str) -> str:
+    """The messages in a Llama prompt format (for weights that use it natively)."""
+    if prompt_format == "llama2":
+        return render_llama2(messages) + (" " + prefix if prefix else "")
+    return render_llama3(messages) + prefix
+
+
+def usage(input_tokens: int, output_tokens: int, cache_read: int | None = None) -> dict[str, int]:
+    body = {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens}
+    if cache_read is not None:
+        body["cacheReadInputTokens"] = cache_read
+    return body
+
+
+def response_fields(chat: ChatRequest, stop_sequence: str | None) -> dict[str, Any] | None:
+    """``additionalModelResponseFields`` for the paths the request asked for (``/stop_sequence`` is known)."""
+    if not chat.response_field_paths:
+        return None
+    available = {"/stop_sequence": ("stop_sequence", stop_sequence)}
+    fields = dict(available[p] for p in chat.response_field_paths if p in available)
+    return fields
+
+
+def tool_use_block(call: ToolCall) -> dict[str, Any]:
+    return {"toolUse": {"toolUseId": call.tool_use_id, "name": call.name, "input": call.input}}
+
+
+def converse_response(
+    chat: ChatRequest, text: str, calls: list[ToolCall], stop_reason: str, usage_body: dict[str, int],
+    latency_ms: int, stop_sequence: str | None,
+) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"text": text}] if text or not calls else []
+    content.extend(tool_use_block(call) for call in calls)
+    body: dict[str, Any] = {
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": stop_reason,
+        "usage": usage_body,
+        "metrics": {"latencyMs": latency_ms},
+    }
+    fields = response_fields(chat, stop_sequence)
+    if fields is not None:
+        body["additionalModelResponseFields"] = fields
+    if chat.latency is not None:
+        body["performanceConfig"] = {"latency": chat.latency}
+    return body

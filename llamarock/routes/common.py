@@ -1,0 +1,72 @@
+"""What every runtime handler shares: the call context, error responses, body reading, disconnect handling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llamarock.codec.errors import render_error
+from llamarock.codec.rest_json import check_body_size
+from llamarock.errors import BedrockError
+from llamarock.services.inference import InferenceService
+
+
+@dataclass
+class Call:
+    """What every runtime handler gets: the request, its id, start time and the resolved path pieces."""
+
+    request: Request
+    request_id: str
+    started: float
+    model_identifier: str
+    service: InferenceService
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+def error_response(error: BedrockError, request_id: str) -> Response:
+    status, headers, body = render_error(error, request_id)
+    return Response(body, status_code=status, headers=headers)
+
+
+async def read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        check_body_size(int(declared))
+    body = bytearray()
+    async for part in request.stream():
+        body.extend(part)
+        check_body_size(len(body))
+    return bytes(body)
+
+
+async def until_disconnect(request: Request, work: Awaitable[Response]) -> Response:
+    """Run ``work``, cancelling it (and so its generation) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        return Response(status_code=499)
+    return task.result()
+
+
