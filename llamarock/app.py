@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llamarock.auth.middleware import AuthMiddleware, Gate
 from llamarock.errors import UnknownOperationException
 from llamarock.routes.common import error_response
 from llamarock.routes.health import healthz
@@ -34,6 +35,7 @@ async def unknown_route(request: Request) -> Response:
 def create_app(settings: Settings) -> Starlette:
     """The ASGI application. Deployments start loading when the app starts; /healthz says when they are ready."""
     registry = DeploymentRegistry(settings)
+    gate = Gate(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -45,6 +47,7 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await registry.close_all()
+            gate.close()
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
     app = Starlette(
@@ -55,7 +58,9 @@ def create_app(settings: Settings) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    app.add_middleware(AuthMiddleware, gate=gate)
     app.state.settings = settings
+    app.state.gate = gate
     app.state.registry = registry
     app.state.inference = InferenceService(registry, settings)
     app.state.conversation = ConversationService(app.state.inference)

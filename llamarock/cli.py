@@ -1,8 +1,9 @@
-"""The ``llamarock`` command: ``serve`` and ``models``."""
+"""The ``llamarock`` command: ``serve``, ``models`` and ``keys``."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from llamarock import cli_keys
 from llamarock.bedrock import catalog
 from llamarock.services.deployments import DeploymentConfigError, DeploymentRegistry
 from llamarock.settings import Settings, load_settings
@@ -29,10 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     serve.add_argument("--region", help="AWS region to answer as (default us-west-2)")
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--auth", choices=["dev", "enforce"],
+                       help="dev (default; loopback only): unsigned requests allowed; enforce: keys required")
+    serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate: serve HTTPS")
+    serve.add_argument("--tls-key", dest="tls_key", help="PEM private key for --tls-cert")
     _common(serve)
     models = commands.add_parser("models", help="list catalog model ids and the deployment serving each")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(models)
+    cli_keys.register(commands, _common)
     return parser
 
 
@@ -66,12 +73,41 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: localhost, 127.0.0.0/8, ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServeError(Exception):
+    """`serve` refuses to start; the message says why and what to do."""
+
+
+def _check_serving(settings: Settings) -> None:
+    if settings.auth == "dev" and not is_loopback(settings.host):
+        raise ServeError(
+            f"refusing to listen on {settings.host} with --auth dev, which lets anyone in: use --auth enforce (and "
+            "keys from `llamarock keys create`) on a non-loopback address, or listen on 127.0.0.1."
+        )
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ServeError("--tls-cert and --tls-key go together: give both, or neither.")
+    for path in (settings.tls_cert, settings.tls_key):
+        if path is not None and not path.is_file():
+            raise ServeError(f"TLS file not found: {path}")
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llamarock.app import create_app
 
-    settings = _settings(args, "host", "port", "region", "data_dir", "engine", "log_level")
+    settings = _settings(args, "host", "port", "region", "data_dir", "engine", "log_level", "auth", "tls_cert",
+                         "tls_key")
+    _check_serving(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -82,7 +118,12 @@ def _serve(args: argparse.Namespace) -> int:
             "deployment %s: engine=%s weights=%s serves %s", deployment.name, deployment.engine_name,
             deployment.weights, ", ".join(deployment.model_ids) or "no catalog model",
         )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    logging.getLogger("llamarock").info("auth mode %s%s", settings.auth, " over HTTPS" if settings.tls_cert else "")
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+    )
     return 0
 
 
@@ -91,9 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models(args)
+        if args.command == "keys":
+            return cli_keys.run(args, _settings(args, "data_dir"))
         return _serve(args)
     except (ValidationError, DeploymentConfigError, FileNotFoundError) as exc:
         print(f"llamarock: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (ServeError, cli_keys.KeysError) as exc:
+        print(f"llamarock: {exc}", file=sys.stderr)
         return 2
 
 

@@ -7,8 +7,11 @@ no service model defines, such as the front end's authentication errors)::
     BedrockError                         (code, message, extra members)
     ├── ValidationException              400  bad input: schema, ranges, model id, prompt too long
     ├── SerializationException           400  (front-end, unmodelled): the body is not parseable JSON
-    ├── AccessDeniedException            403
-    ├── UnrecognizedClientException      403  (front-end, unmodelled)
+    ├── IncompleteSignatureException     400  (front-end, unmodelled): a malformed SigV4 signature
+    ├── AccessDeniedException            403  a policy denies the action (or the model is not served)
+    ├── UnrecognizedClientException      403  (front-end, unmodelled): unknown access key or bearer token
+    ├── InvalidSignatureException        403  (front-end, unmodelled): wrong signature, or the clock is skewed
+    ├── MissingAuthenticationTokenException  403  (front-end, unmodelled): the request is not signed
     ├── ResourceNotFoundException        404
     ├── UnknownOperationException        404  (front-end, unmodelled): no such route
     ├── ModelTimeoutException            408
@@ -63,6 +66,27 @@ class AccessDeniedException(BedrockError):
 
 class UnrecognizedClientException(BedrockError):
     code = "UnrecognizedClientException"
+    fallback_status = 403
+
+
+class IncompleteSignatureException(BedrockError):
+    """The Authorization header or presigned query string is not a well-formed SigV4 signature."""
+
+    code = "IncompleteSignatureException"
+    fallback_status = 400
+
+
+class InvalidSignatureException(BedrockError):
+    """The signature does not match, or its timestamp is outside the clock-skew window."""
+
+    code = "InvalidSignatureException"
+    fallback_status = 403
+
+
+class MissingAuthenticationTokenException(BedrockError):
+    """The request carries neither a signature nor a bearer token (``--auth enforce`` only)."""
+
+    code = "MissingAuthenticationTokenException"
     fallback_status = 403
 
 
@@ -131,6 +155,14 @@ class ContextOverflowError(EngineError):
 
 class UnsupportedSchemaError(EngineError):
     """The engine cannot constrain its output to the requested JSON schema."""
+
+
+class EngineOverloadedError(EngineError):
+    """The engine's request queue is full."""
+
+
+class EngineTimeoutError(EngineError):
+    """A request waited longer than the engine's queue deadline."""
 
 
 class EngineNotReadyError(EngineError):

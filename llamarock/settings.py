@@ -55,6 +55,25 @@ class DeploymentSettings(BaseModel):
         description="Chat format of the weights: 'auto' (from the GGUF chat template), 'llama3', 'llama2' or "
         "'other'. Llama-formatted prompts pass through unchanged only when it matches the prompt's format.",
     )
+    kv_cells: int | None = Field(
+        default=None, ge=64,
+        description="llama.cpp KV cache size in tokens, shared by all running requests of this deployment; empty "
+        "means the context window. Admission reserves prompt + max tokens per request from it.",
+    )
+    max_parallel: int = Field(
+        default=8, ge=1, le=128, description="Requests decoded together in each step (continuous batching)."
+    )
+    max_queue: int = Field(
+        default=64, ge=0, description="Requests that may wait for a slot; beyond it callers get ThrottlingException."
+    )
+    queue_timeout_s: float = Field(
+        default=120.0, gt=0, description="Seconds a request may wait for a slot before ModelTimeoutException."
+    )
+    prefill_chunk: int = Field(
+        default=256, ge=16, le=512,
+        description="Prompt tokens prefilled per step while other requests are decoding, so that a long prompt "
+        "never stalls running streams for more than one step.",
+    )
     fake_reply: str | None = Field(
         default=None,
         description="Fake engine only: the reply to generate; '{prompt}' is replaced by the last user message. "
@@ -93,6 +112,42 @@ class Settings(BaseSettings):
         description="Model deployments, first match wins; empty means one deployment of the embedded SmolLM2 "
         "serving every catalog id.",
     )
+    auth: Literal["dev", "enforce"] = Field(
+        default="dev",
+        description="'dev' (loopback addresses only): unsigned requests and unknown keys act as a `dev` principal "
+        "that may do anything; 'enforce': every request needs a key from `llamarock keys create`, and its policy "
+        "and quotas apply.",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate file: serve HTTPS (botocore sends bearer tokens only over HTTPS)."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key file for `tls_cert`.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the metadata database (keys, principals); empty means SQLite at "
+        "<data_dir>/llamarock.db. Secrets in it are encrypted with <data_dir>/secret.key.",
+    )
+    account_id: str = Field(
+        default="000000000000",
+        pattern=r"^\d{12}$",
+        description="AWS account id the server answers as: in principal ARNs (arn:aws:iam::<account>:user/<name>) "
+        "and inference-profile ARNs.",
+    )
+    default_rpm: int | None = Field(
+        default=None, ge=1, description="Requests per minute per principal and model; empty means unlimited. "
+        "`keys create --rpm` overrides it for one principal.",
+    )
+    default_tpm: int | None = Field(
+        default=None, ge=1, description="Tokens (prompt + generated) per minute per principal and model; empty "
+        "means unlimited. `keys create --tpm` overrides it for one principal.",
+    )
+    clock_skew_seconds: int = Field(
+        default=300, ge=1, description="How far a SigV4 timestamp may be from the server's clock, in seconds."
+    )
+    audit_log_max_bytes: int = Field(
+        default=10_000_000, ge=1024, description="Size at which <data_dir>/logs/audit.jsonl is rotated."
+    )
+    audit_log_backups: int = Field(default=5, ge=0, description="Rotated audit log files to keep.")
 
     @field_validator("deployments")
     @classmethod

@@ -58,13 +58,14 @@ class GenerationChunk:
 
     ``token_count`` is how many tokens this chunk adds; the last chunk of a generation has ``stop_reason`` set and
     may carry empty text. ``prompt_tokens`` is set on the first chunk: the number of tokens the engine actually ran
-    for the prompt.
+    for the prompt, of which ``cached_tokens`` were reused from the prefix cache instead of being computed.
     """
 
     text: str
     token_count: int
     prompt_tokens: int | None = None
     stop_reason: StopReason | None = None
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)

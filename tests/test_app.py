@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 
@@ -11,9 +12,9 @@ from llamarock.app import create_app
 from llamarock.settings import load_settings
 
 
-def test_health_is_503_until_loaded_and_requests_wait_with_model_not_ready() -> None:
+def test_health_is_503_until_loaded_and_requests_wait_with_model_not_ready(tmp_path: Path) -> None:
     async def run() -> None:
-        app = create_app(load_settings(engine="fake"))
+        app = create_app(load_settings(engine="fake", data_dir=tmp_path))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             response = await client.get("/healthz")
@@ -37,12 +38,12 @@ def test_health_is_503_until_loaded_and_requests_wait_with_model_not_ready() -> 
     asyncio.run(run())
 
 
-def test_a_deployment_that_fails_to_load_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_deployment_that_fails_to_load_is_reported(tmp_path: Path) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file")
 
     async def run() -> None:
-        app = create_app(load_settings(deployments=[{"name": "broken", "model_path": str(bad)}]))
+        app = create_app(load_settings(data_dir=tmp_path, deployments=[{"name": "broken", "model_path": str(bad)}]))
         await app.state.registry.load_all()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -181,6 +181,9 @@ MODELLED = [
 ]
 UNMODELLED = [
     (errors.UnrecognizedClientException, 403),
+    (errors.IncompleteSignatureException, 400),
+    (errors.InvalidSignatureException, 403),
+    (errors.MissingAuthenticationTokenException, 403),
     (errors.UnknownOperationException, 404),
     (errors.SerializationException, 400),
 ]

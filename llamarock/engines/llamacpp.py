@@ -1,28 +1,27 @@
-"""In-process llama.cpp engine (llama-cpp-python).
+"""In-process llama.cpp engine (llama-cpp-python's low-level bindings) with continuous batching.
 
-One ``Llama`` instance per deployment, driven by one worker thread, so generation never blocks the event loop:
-tokens travel from the worker to the request's coroutine through an asyncio queue. Requests run one after the
-other on the worker (a later issue replaces these internals with continuous batching, not the interface).
-``Llama.generate`` reuses the KV cache of the longest common prefix with the previous request.
+The engine tokenizes and renders prompts (the GGUF's own chat template) on the caller's side and hands each request
+to its :class:`~llamarock.engines.decode_loop.DecodeLoop`, which decodes all running requests together in one
+thread. Tokens come back through an asyncio queue, so generation never blocks the event loop and a slow reader
+never slows the loop: its tokens wait in its own queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import contextlib
+import ctypes
 import json
 import logging
-import random
-import threading
-from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from llamarock.engines.base import Engine
+from llamarock.engines.decode_loop import DecodeLoop, Job, LoopConfig
 from llamarock.errors import ContextOverflowError, EngineError, EngineNotReadyError, UnsupportedSchemaError
-from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest, SamplingParams, StopReason
+from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +41,8 @@ def chat_format_of(template: str | None) -> str:
     return "other"
 
 
-class _Job:
-    """One generation handed to the worker thread."""
-
-    def __init__(
-        self, tokens: list[int], sampling: SamplingParams, emit: Callable[[Any], None], grammar: Any = None
-    ) -> None:
-        self.tokens = tokens
-        self.sampling = sampling
-        self.emit = emit
-        self.grammar = grammar
-        self.cancelled = threading.Event()
-
-
 class LlamaCppEngine(Engine):
-    """Serves one GGUF file with llama.cpp on the CPU."""
+    """Serves one GGUF file with llama.cpp on the CPU, many requests at once."""
 
     def __init__(
         self,
@@ -66,14 +52,25 @@ class LlamaCppEngine(Engine):
         threads: int,
         context_length: int | None = None,
         chat_format: str = "auto",
+        kv_cells: int | None = None,
+        max_parallel: int = 8,
+        max_queue: int = 64,
+        queue_timeout_s: float = 120.0,
+        prefill_chunk: int = 256,
     ) -> None:
         super().__init__(name)
         self._model_path = model_path
         self._threads = threads
         self._context_length = context_length
         self._chat_format = chat_format
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llamacpp-{name}")
-        self._llm: Any = None
+        self._kv_cells = kv_cells
+        self._max_parallel = max_parallel
+        self._max_queue = max_queue
+        self._queue_timeout_s = queue_timeout_s
+        self._prefill_chunk = prefill_chunk
+        self._model: Any = None
+        self._vocab: Any = None
+        self._loop: DecodeLoop | None = None
         self._formatter: Any = None
         self._info: EngineInfo | None = None
 
@@ -83,61 +80,80 @@ class LlamaCppEngine(Engine):
             raise EngineNotReadyError(f"{self.name} is not loaded")
         return self._info
 
+    def stats(self) -> dict[str, int]:
+        base = super().stats()
+        if self._loop is not None:
+            base.update(self._loop.stats())
+            base["generated_tokens"] = self._loop.generated_tokens
+        return base
+
     async def load(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        await asyncio.to_thread(self._load)
         self._ready = True
 
     def _load(self) -> None:
-        try:
-            from llama_cpp import Llama
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        except ImportError as exc:  # pragma: no cover - depends on the installation
-            raise EngineError(f"llama-cpp-python is not installed: {exc}") from exc
+        from llama_cpp._logger import set_verbose
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
         if not self._model_path.is_file():
             raise EngineError(f"GGUF file not found: {self._model_path}")
-        try:
-            n_ctx = self._context_length or DEFAULT_MAX_CONTEXT
-            self._llm = Llama(
-                model_path=str(self._model_path),
-                n_ctx=n_ctx,
-                n_threads=self._threads,
-                n_threads_batch=self._threads,
-                n_batch=512,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise EngineError(f"llama.cpp could not load {self._model_path}: {exc}") from exc
-        if self._context_length is None:
-            # Default: the model's trained context, capped so that the KV cache stays small.
-            n_ctx = min(n_ctx, int(self._llm._model.n_ctx_train()) or n_ctx)
-        metadata: dict[str, str] = dict(self._llm.metadata)
-        template = metadata.get("tokenizer.chat_template")
+        llama_cpp.llama_backend_init()
+        set_verbose(False)  # llama.cpp's progress lines stay quiet; its errors still reach stderr
+        model = llama_cpp.llama_model_load_from_file(
+            str(self._model_path).encode(), llama_cpp.llama_model_default_params()
+        )
+        if not model:
+            raise EngineError(f"llama.cpp could not load {self._model_path}: not a valid GGUF model")
+        self._model = model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        trained = int(llama_cpp.llama_model_n_ctx_train(model)) or DEFAULT_MAX_CONTEXT
+        window = self._context_length or min(trained, DEFAULT_MAX_CONTEXT)
+        config = LoopConfig(
+            window=window,
+            kv_cells=max(self._kv_cells or window, window),
+            max_parallel=self._max_parallel,
+            max_queue=self._max_queue,
+            queue_timeout_s=self._queue_timeout_s,
+            prefill_chunk=self._prefill_chunk,
+            threads=self._threads,
+        )
+        self._loop = DecodeLoop(model, config, self.name)
+        template_bytes = llama_cpp.llama_model_chat_template(model, None)
+        template = template_bytes.decode() if template_bytes else None
         if template:
             self._formatter = Jinja2ChatFormatter(
                 template=template,
-                eos_token=self._token_text(self._llm.token_eos()),
-                bos_token=self._token_text(self._llm.token_bos()),
+                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+                bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
                 add_generation_prompt=True,
             )
         fmt = self._chat_format if self._chat_format != "auto" else chat_format_of(template)
         self._info = EngineInfo(
             name=self.name,
-            # llama.cpp may round its context up; llama-cpp-python's token buffer keeps the size asked for.
-            context_length=min(int(self._llm.n_ctx()), n_ctx),
+            context_length=window,
             chat_format=fmt,
             details={
                 "engine": "llamacpp",
                 "weights": str(self._model_path),
-                "architecture": metadata.get("general.architecture", "unknown"),
-                "model_name": metadata.get("general.name", self._model_path.stem),
+                "architecture": self._meta("general.architecture") or "unknown",
+                "model_name": self._meta("general.name") or self._model_path.stem,
                 "threads": str(self._threads),
+                "kv_cells": str(config.kv_cells),
+                "max_parallel": str(config.max_parallel),
             },
         )
+
+    def _meta(self, key: str) -> str | None:
+        buffer = ctypes.create_string_buffer(1024)
+        size = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        return buffer.value.decode(errors="replace") if size >= 0 else None
 
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return bytes(self._llm.detokenize([token], special=True)).decode("utf-8", errors="ignore")
+        buffer = ctypes.create_string_buffer(256)
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, True)
+        return buffer.raw[: max(size, 0)].decode(errors="ignore")
 
     def _render(self, request: GenerationRequest) -> str:
         if request.prompt is not None:
@@ -151,11 +167,29 @@ class LlamaCppEngine(Engine):
         return text + request.assistant_prefix
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
-        tokens: list[int] = self._llm.tokenize(self._render(request).encode(), add_bos=True, special=True)
-        bos = self._llm.token_bos()
-        if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
-            tokens = tokens[1:]
-        return tokens
+        """Tokens of the rendered prompt, special tokens parsed, BOS added once when the model wants it."""
+        text = self._render(request).encode()
+        capacity = len(text) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(self._vocab, text, len(text), tokens, capacity, True, True)
+        if count < 0:
+            capacity = -count
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self._vocab, text, len(text), tokens, capacity, True, True)
+        result = list(tokens[:count])
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        if len(result) >= 2 and result[0] == bos and result[1] == bos:
+            result = result[1:]
+        return result
+
+    @staticmethod
+    def _grammar(schema: dict[str, Any]) -> str:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            return str(json_schema_to_gbnf(json.dumps(schema)))
+        except Exception as exc:  # llama.cpp's converter raises several kinds for schemas it cannot express
+            raise UnsupportedSchemaError(f"cannot constrain output to this JSON schema: {exc}") from exc
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         if not self._ready:
@@ -163,111 +197,44 @@ class LlamaCppEngine(Engine):
         return len(await asyncio.to_thread(self._tokenize, request))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
-        if not self._ready:
+        if not self._ready or self._loop is None:
             raise EngineNotReadyError(f"{self.name} is not loaded")
         tokens = await asyncio.to_thread(self._tokenize, request)
+        if len(tokens) >= self.info.context_length:
+            raise ContextOverflowError(len(tokens), self.info.context_length)
         grammar = None
         if request.json_schema is not None:
             grammar = await asyncio.to_thread(self._grammar, request.json_schema)
-        n_ctx = self.info.context_length
-        if len(tokens) >= n_ctx:
-            raise ContextOverflowError(len(tokens), n_ctx)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
 
         def emit(item: GenerationChunk | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        job = _Job(tokens, request.sampling, emit, grammar)
+        job = Job(tokens, request.sampling, emit, grammar)
+        self._loop.submit(job)
         self._active += 1
-        done = loop.run_in_executor(self._executor, self._run, job)
-        done.add_done_callback(lambda _: self._finished())
         try:
             while True:
                 item = await queue.get()
+                if isinstance(item, EngineError):
+                    raise item
                 if isinstance(item, BaseException):
                     raise EngineError(f"llama.cpp failed while generating: {item}") from item
                 yield item
                 if item.stop_reason is not None:
                     return
         finally:
+            self._active -= 1
             job.cancelled.set()
-
-    @staticmethod
-    def _grammar(schema: dict[str, Any]) -> Any:
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        try:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except Exception as exc:  # llama.cpp's converter raises several kinds for schemas it cannot express
-            raise UnsupportedSchemaError(f"cannot constrain output to this JSON schema: {exc}") from exc
-
-    def _finished(self) -> None:
-        self._active -= 1
-
-    def _run(self, job: _Job) -> None:
-        """Worker thread: decode until end of generation, the token budget, or cancellation."""
-        if job.cancelled.is_set():
-            return
-        try:
-            self._decode(job)
-        except Exception as exc:
-            log.exception("llama.cpp generation failed")
-            job.emit(exc)
-
-    def _decode(self, job: _Job) -> None:
-        import llama_cpp
-
-        llm = self._llm
-        sampling = job.sampling
-        prompt_tokens = len(job.tokens)
-        budget = min(sampling.max_tokens, self.info.context_length - prompt_tokens)
-        llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
-        top_p = sampling.top_p if 0.0 < sampling.top_p < 1.0 else 1.0
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        vocab = llm._model.vocab
-        generated = 0
-        pending = 0
-        first = True
-        stop_reason: StopReason = "length"
-        tokens = llm.generate(
-            job.tokens,
-            top_k=0,
-            top_p=top_p,
-            min_p=0.0,
-            temp=max(sampling.temperature, 0.0),
-            repeat_penalty=1.0,
-            grammar=job.grammar,
-        )
-        try:
-            for token in tokens:
-                if job.cancelled.is_set():
-                    return
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    stop_reason = "stop"
-                    break
-                generated += 1
-                pending += 1
-                self._generated_tokens += 1
-                text = decoder.decode(bytes(llm.detokenize([token], special=False)))
-                if text:
-                    job.emit(GenerationChunk(text, pending, prompt_tokens if first else None))
-                    first = False
-                    pending = 0
-                if generated >= budget:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                tokens.close()
-        job.emit(
-            GenerationChunk(
-                decoder.decode(b"", final=True), pending, prompt_tokens if first else None, stop_reason=stop_reason
-            )
-        )
+            self._loop.wake()
 
     async def close(self) -> None:
         self._ready = False
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, llm.close)
-        self._executor.shutdown(wait=False)
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            await asyncio.to_thread(loop.close)
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+

@@ -55,16 +55,18 @@ async def converse(call: Call) -> Response:
     async def run() -> Response:
         text: list[str] = []
         prompt_tokens = output_tokens = 0
+        cached: int | None = None
         native, matched = "length", None
         async for delta in _conversation(call).run(target, chat, request):
             text.append(delta.text)
             output_tokens += delta.token_count
             prompt_tokens = delta.prompt_tokens if delta.prompt_tokens is not None else prompt_tokens
+            cached = delta.cached_tokens if delta.cached_tokens is not None else cached
             if delta.stop_reason is not None:
                 native, matched = delta.stop_reason, delta.stop_sequence
         outcome = finalize(chat, "".join(text), truncated=native == "length")
         reason = stop_reason(chat, outcome, native, matched)
-        body = converse_response(chat, outcome.text, outcome.calls, reason, usage(prompt_tokens, output_tokens),
+        body = converse_response(chat, outcome.text, outcome.calls, reason, usage(prompt_tokens, output_tokens, cached),
                                  call.elapsed_ms(), matched)
         return Response(json.dumps(body, ensure_ascii=False), media_type="application/json",
                         headers=_headers(call, target))
@@ -100,7 +102,8 @@ async def converse_stream(call: Call) -> Response:
                     yield eventstream.event(event_type, payload)
                 if delta.stop_reason is not None:
                     events, _, _ = assembler.finish(
-                        delta.stop_reason, delta.stop_sequence, prompt_tokens, output_tokens, call.elapsed_ms()
+                        delta.stop_reason, delta.stop_sequence, prompt_tokens, output_tokens, call.elapsed_ms(),
+                        first.cached_tokens,
                     )
                     for event_type, payload in events:
                         yield eventstream.event(event_type, payload)

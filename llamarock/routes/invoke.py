@@ -48,6 +48,7 @@ async def invoke_model(call: Call) -> Response:
     async def run() -> Response:
         text: list[str] = []
         prompt_tokens = 0
+        cached: int | None = None
         output_tokens = 0
         stop_reason = "length"
         async for chunk in call.service.generate(target, generation):
@@ -55,6 +56,8 @@ async def invoke_model(call: Call) -> Response:
             output_tokens += chunk.token_count
             if chunk.prompt_tokens is not None:
                 prompt_tokens = chunk.prompt_tokens
+            if chunk.cached_tokens is not None:
+                cached = chunk.cached_tokens
             if chunk.stop_reason is not None:
                 stop_reason = chunk.stop_reason
         body = native_response("".join(text), prompt_tokens, output_tokens, stop_reason)
@@ -66,6 +69,8 @@ async def invoke_model(call: Call) -> Response:
             "x-llamarock-served-by": target.deployment.name,
             **echoed,
         }
+        if cached is not None:
+            headers["X-Amzn-Bedrock-Cache-Read-Input-Token-Count"] = str(cached)
         return Response(json.dumps(body, ensure_ascii=False), media_type="application/json", headers=headers)
 
     return await until_disconnect(call.request, run())
@@ -97,7 +102,9 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
                 output_tokens += chunk.token_count
                 metrics = None
                 if chunk.stop_reason is not None:
-                    metrics = InvocationMetrics(prompt_tokens, output_tokens, call.elapsed_ms(), first_byte_ms)
+                    metrics = InvocationMetrics(
+                        prompt_tokens, output_tokens, call.elapsed_ms(), first_byte_ms, first.cached_tokens
+                    )
                 body = stream_chunk(
                     chunk.text,
                     prompt_tokens=prompt_tokens if is_first else None,

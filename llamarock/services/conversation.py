@@ -54,6 +54,7 @@ class Delta:
     prompt_tokens: int | None = None
     stop_reason: StopReason | None = None
     stop_sequence: str | None = None
+    cached_tokens: int | None = None
 
 
 class ConversationService:
@@ -86,19 +87,17 @@ class ConversationService:
         self.inference.check_images(target, chat.images)
         stops = StopFilter(() if request.json_schema is not None else chat.stop_sequences)
         stream = self.inference.generate(target, request)
-        prompt_tokens: int | None = None
         try:
             async for chunk in stream:
-                if chunk.prompt_tokens is not None:
-                    prompt_tokens = chunk.prompt_tokens
                 text = stops.feed(chunk.text)
+                delta = Delta(text, chunk.token_count, chunk.prompt_tokens, cached_tokens=chunk.cached_tokens)
                 if stops.matched is not None:
-                    yield Delta(text, chunk.token_count, prompt_tokens, "stop", stops.matched)
+                    delta.stop_reason, delta.stop_sequence = "stop", stops.matched
+                elif chunk.stop_reason is not None:
+                    delta.text += stops.flush()
+                    delta.stop_reason = chunk.stop_reason
+                yield delta
+                if delta.stop_reason is not None:
                     return
-                if chunk.stop_reason is not None:
-                    yield Delta(text + stops.flush(), chunk.token_count, prompt_tokens, chunk.stop_reason)
-                    return
-                yield Delta(text, chunk.token_count, prompt_tokens)
-                prompt_tokens = None
         finally:
             await stream.aclose()

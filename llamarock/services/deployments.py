@@ -84,6 +84,11 @@ def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine,
         threads=spec.threads or settings.threads,
         context_length=spec.context_length,
         chat_format=spec.chat_format,
+        kv_cells=spec.kv_cells,
+        max_parallel=spec.max_parallel,
+        max_queue=spec.max_queue,
+        queue_timeout_s=spec.queue_timeout_s,
+        prefill_chunk=spec.prefill_chunk,
     )
     return engine, engine_name, str(path)
 

@@ -18,9 +18,14 @@ from llamarock.errors import (
     ContextOverflowError,
     EngineError,
     EngineNotReadyError,
+    EngineOverloadedError,
+    EngineTimeoutError,
     ModelErrorException,
     ModelNotReadyException,
+    ModelTimeoutException,
     ServiceUnavailableException,
+    ThrottlingException,
+    UnsupportedSchemaError,
     ValidationException,
 )
 from llamarock.services.deployments import Deployment, DeploymentRegistry
@@ -128,6 +133,21 @@ class InferenceService:
             raise ValidationException(
                 f"{INPUT_TOO_LONG} The prompt is {exc.prompt_tokens} tokens; deployment {target.deployment.name} "
                 f"has a context window of {exc.context_length} tokens. Shorten the prompt."
+            ) from exc
+        except EngineOverloadedError as exc:
+            raise ThrottlingException(
+                "Too many requests, please wait before trying again. "
+                f"Deployment {target.deployment.name} has a full request queue."
+            ) from exc
+        except EngineTimeoutError as exc:
+            raise ModelTimeoutException(
+                "The request took too long to process. Processing time exceeded the model timeout length. "
+                f"({exc})"
+            ) from exc
+        except UnsupportedSchemaError as exc:
+            raise ValidationException(
+                f"The JSON schema of this request cannot be enforced by deployment {target.deployment.name}: {exc}. "
+                "Simplify the schema (plain objects, arrays, strings, numbers, enums)."
             ) from exc
         except EngineNotReadyError as exc:
             raise ModelNotReadyException(f"Model {target.model.model_id} is not ready for inference yet.") from exc

@@ -1,0 +1,122 @@
+"""Requests- and tokens-per-minute quotas: one token bucket per principal, model and limit.
+
+A bucket holds at most a minute's allowance and refills continuously. A request takes one request token and
+reserves ``prompt tokens (estimated) + max tokens``; when the response says how many tokens it really used, the
+reservation is settled and the difference returned (or charged: a bucket may go into debt, delaying later calls).
+A reservation larger than a whole minute's allowance is admitted when the bucket is full, so it is never stuck.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamarock.errors import ThrottlingException
+
+TOO_MANY_REQUESTS = "Too many requests, please wait before trying again."
+TOO_MANY_TOKENS = "Too many tokens, please wait before trying again."
+DEFAULT_MAX_TOKENS = 512
+
+
+class TokenBucket:
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._updated = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+    def try_take(self, amount: float) -> bool:
+        self._refill()
+        if self.tokens < min(amount, self.capacity):
+            return False
+        self.tokens -= amount
+        return True
+
+    def give_back(self, amount: float) -> None:
+        self._refill()
+        self.tokens = min(self.capacity, self.tokens + amount)
+
+    def seconds_until(self, amount: float) -> float:
+        self._refill()
+        missing = min(amount, self.capacity) - self.tokens
+        return max(0.0, missing / self.rate)
+
+
+@dataclass
+class Reservation:
+    """Tokens held for one request; ``settle`` with the real count once it is known (only the first call counts)."""
+
+    bucket: TokenBucket | None
+    reserved: int
+    settled: bool = field(default=False)
+
+    def settle(self, used_tokens: int) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.bucket is not None:
+            self.bucket.give_back(self.reserved - max(0, used_tokens))
+
+
+class Quotas:
+    """All buckets of one server process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[tuple[str, str, str, int], TokenBucket] = {}
+
+    def _bucket(self, principal: str, model: str, kind: str, limit: int) -> TokenBucket:
+        key = (principal, model, kind, limit)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(limit, self._clock)
+        return bucket
+
+    def admit(self, principal: str, model: str, rpm: int | None, tpm: int | None, tokens: int) -> Reservation:
+        """Take a request and reserve ``tokens``, or raise ThrottlingException (taking nothing)."""
+        requests = self._bucket(principal, model, "rpm", rpm) if rpm else None
+        if requests is not None and not requests.try_take(1):
+            raise ThrottlingException(TOO_MANY_REQUESTS)
+        if not tpm or tokens <= 0:
+            return Reservation(None, 0)
+        bucket = self._bucket(principal, model, "tpm", tpm)
+        if not bucket.try_take(tokens):
+            if requests is not None:
+                requests.give_back(1)
+            raise ThrottlingException(TOO_MANY_TOKENS)
+        return Reservation(bucket, tokens)
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**7 else default
+
+
+def estimate_tokens(operation: str, body: bytes) -> int:
+    """What a request reserves: its prompt (about 4 characters a token) plus the most it may generate."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        return math.ceil(len(body) / 4) + DEFAULT_MAX_TOKENS
+    if operation.startswith("InvokeModel"):
+        prompt = document.get("prompt")
+        text = prompt if isinstance(prompt, str) else ""
+        return math.ceil(len(text) / 4) + _int(document.get("max_gen_len"), DEFAULT_MAX_TOKENS)
+    config = document.get("inferenceConfig")
+    max_tokens = _int(config.get("maxTokens"), DEFAULT_MAX_TOKENS) if isinstance(config, dict) else DEFAULT_MAX_TOKENS
+    try:
+        text = json.dumps([document.get("system"), document.get("messages")], ensure_ascii=False)
+    except (ValueError, RecursionError):
+        text = ""
+    return math.ceil(len(text) / 4) + max_tokens

@@ -1,0 +1,111 @@
+"""``llamarock keys create|list|revoke``: credentials in the data dir's key store, shared with a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from llamarock.auth.policy import PolicyError, parse_policy
+from llamarock.settings import Settings
+from llamarock.storage.keys import KeyStore
+
+
+class KeysError(Exception):
+    """A `keys` command cannot do what it was asked; the message says why."""
+
+
+def register(commands: Any, common: Any) -> None:
+    """Add the ``keys`` command group to the CLI's subcommands."""
+    keys = commands.add_parser("keys", help="create, list and revoke access keys")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    create = actions.add_parser("create", help="create an access key (and optionally a bearer API key)")
+    create.add_argument("--principal", required=True, help="principal (user) name the key belongs to")
+    create.add_argument("--policy", type=Path, help="IAM policy JSON file for the principal (default: bedrock:*)")
+    create.add_argument("--rpm", type=int, help="requests per minute per model for the principal")
+    create.add_argument("--tpm", type=int, help="tokens per minute per model for the principal")
+    create.add_argument("--bearer", action="store_true", help="also issue a Bedrock API key (bearer token)")
+    create.add_argument("--json", action="store_true", help="print JSON")
+    common(create)
+    listing = actions.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    common(listing)
+    revoke = actions.add_parser("revoke", help="revoke a key and its bearer token, at once")
+    revoke.add_argument("key_id", metavar="ID", help="access key id")
+    common(revoke)
+
+
+def _policy(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as error:
+        raise KeysError(f"cannot read policy file {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise KeysError(f"policy file {path} is not JSON: {error}") from None
+    try:
+        parse_policy(document)
+    except PolicyError as error:
+        raise KeysError(f"policy file {path} is not a valid policy: {error}") from None
+    assert isinstance(document, dict)
+    return document
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    store = KeyStore(settings.data_dir, settings.database_url)
+    try:
+        if args.keys_command == "create":
+            return _create(args, store, settings)
+        if args.keys_command == "list":
+            return _list(args, store)
+        if not store.revoke(args.key_id):
+            raise KeysError(f"no key {args.key_id}")
+        print(f"revoked {args.key_id}")
+        return 0
+    finally:
+        store.close()
+
+
+def _create(args: argparse.Namespace, store: KeyStore, settings: Settings) -> int:
+    for name in ("rpm", "tpm"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise KeysError(f"--{name} must be at least 1")
+    policy = _policy(args.policy) if args.policy else None
+    try:
+        created = store.create_key(args.principal, policy=policy, rpm=args.rpm, tpm=args.tpm, bearer=args.bearer)
+    except ValueError as error:
+        raise KeysError(str(error)) from None
+    out = {
+        "principal": created.principal,
+        "accessKeyId": created.access_key_id,
+        "secretAccessKey": created.secret_access_key,
+    }
+    if created.bearer_token:
+        out["bearerToken"] = created.bearer_token
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"principal:        {created.principal} (arn:aws:iam::{settings.account_id}:user/{created.principal})")
+    print(f"accessKeyId:      {created.access_key_id}")
+    print(f"secretAccessKey:  {created.secret_access_key}")
+    if created.bearer_token:
+        print(f"bearerToken:      {created.bearer_token}   (AWS_BEARER_TOKEN_BEDROCK; HTTPS only)")
+    print("The secret and token are shown only now.")
+    return 0
+
+
+def _list(args: argparse.Namespace, store: KeyStore) -> int:
+    rows = store.list_keys()
+    if args.json:
+        print(json.dumps([
+            {"accessKeyId": r.access_key_id, "principal": r.principal, "status": r.status, "bearer": r.bearer,
+             "created": r.created_at, "rpm": r.rpm, "tpm": r.tpm, "policy": r.has_policy}
+            for r in rows
+        ], indent=2))
+        return 0
+    print(f"{'ACCESS KEY ID':<20}  {'PRINCIPAL':<20}  {'STATUS':<8}  BEARER  RPM     TPM       CREATED")
+    for r in rows:
+        print(f"{r.access_key_id:<20}  {r.principal:<20}  {r.status:<8}  {'yes' if r.bearer else 'no':<6}  "
+              f"{r.rpm or '-'!s:<6}  {r.tpm or '-'!s:<8}  {r.created_at}")
+    return 0

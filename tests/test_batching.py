@@ -1,0 +1,175 @@
+"""Continuous batching on the real SmolLM2 model: invisible in results, cancellable, bounded, prefix-cached."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from llamarock.engines import decode_loop
+from llamarock.engines.llamacpp import LlamaCppEngine
+from llamarock.errors import EngineOverloadedError, EngineTimeoutError
+from llamarock.services.deployments import embedded_model_path
+from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, a small robot",
+    "Water boils at a temperature of",
+    "My favourite recipe for pancakes",
+    "The history of the printing press",
+    "In the year 2050, cities will",
+    "A good night's sleep helps",
+    "The quick brown fox",
+]
+
+
+def _engine(**kwargs: Any) -> LlamaCppEngine:
+    engine = LlamaCppEngine("batch", model_path=embedded_model_path(), threads=2, **kwargs)
+    asyncio.run(engine.load())
+    return engine
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LlamaCppEngine]:
+    eng = _engine(max_parallel=8)
+    yield eng
+    asyncio.run(eng.close())
+
+
+def _request(prompt: str, max_tokens: int = 24, temperature: float = 0.0, seed: int | None = None) -> GenerationRequest:
+    return GenerationRequest(
+        sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed), prompt=prompt
+    )
+
+
+async def _collect(engine: LlamaCppEngine, request: GenerationRequest) -> list[GenerationChunk]:
+    return [chunk async for chunk in engine.generate(request)]
+
+
+def _text(chunks: list[GenerationChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def test_batching_is_invisible_in_results() -> None:
+    # A fresh engine for each run, so that no prefix cache changes how the prompts are prefilled.
+    def run(prompts: list[str]) -> list[str]:
+        engine = _engine(max_parallel=8)
+
+        async def go() -> list[list[GenerationChunk]]:
+            return list(await asyncio.gather(*(_collect(engine, _request(p, max_tokens=32)) for p in prompts)))
+
+        try:
+            return [_text(chunks) for chunks in asyncio.run(go())]
+        finally:
+            asyncio.run(engine.close())
+
+    together = run(PROMPTS)
+    for index in (0, 3, 6):
+        assert run([PROMPTS[index]]) == [together[index]]
+
+
+def test_seeded_sampling_is_the_same_in_a_batch() -> None:
+    def run(concurrent: bool) -> str:
+        engine = _engine(max_parallel=8)
+
+        async def go() -> str:
+            seeded = _collect(engine, _request(PROMPTS[1], temperature=0.9, seed=11))
+            if not concurrent:
+                return _text(await seeded)
+            others = (_collect(engine, _request(p, temperature=0.9)) for p in PROMPTS[2:6])
+            return _text((await asyncio.gather(seeded, *others))[0])
+
+        try:
+            return asyncio.run(go())
+        finally:
+            asyncio.run(engine.close())
+
+    assert run(concurrent=False) == run(concurrent=True)
+
+
+def test_cancellation_frees_the_sequence_and_its_kv(engine: LlamaCppEngine) -> None:
+    async def run() -> None:
+        stream = engine.generate(_request(PROMPTS[4], max_tokens=2000, temperature=1.0))
+        await anext(stream)
+        assert engine.stats()["running"] == 1
+        reserved = engine.stats()["kv_reserved"]
+        await stream.aclose()
+        deadline = time.monotonic() + 10
+        while engine.stats()["running"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert engine.stats()["running"] == 0
+        assert engine.stats()["kv_reserved"] < reserved - 1000
+
+    asyncio.run(run())
+
+
+def test_shared_prefix_is_reused_and_reported(engine: LlamaCppEngine) -> None:
+    prefix = "You are a careful assistant. " * 40
+
+    async def run() -> tuple[list[GenerationChunk], list[GenerationChunk]]:
+        first = await _collect(engine, _request(prefix + "Question one?", max_tokens=4))
+        second = await _collect(engine, _request(prefix + "Question two?", max_tokens=4))
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first[0].cached_tokens is not None and second[0].cached_tokens is not None
+    prompt = second[0].prompt_tokens or 0
+    assert second[0].cached_tokens >= prompt - 8
+    assert first[0].cached_tokens < second[0].cached_tokens
+
+
+def test_queue_overflow_and_queue_deadline() -> None:
+    engine = _engine(max_parallel=1, max_queue=1, queue_timeout_s=0.5)
+
+    async def run() -> None:
+        running = engine.generate(_request(PROMPTS[0], max_tokens=2000, temperature=1.0))
+        await anext(running)
+        waiting = asyncio.ensure_future(_collect(engine, _request(PROMPTS[1])))
+        await asyncio.sleep(0.05)
+        with pytest.raises(EngineOverloadedError):
+            await _collect(engine, _request(PROMPTS[2]))
+        with pytest.raises(EngineTimeoutError):
+            await waiting
+        await running.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())
+
+
+def test_a_long_prefill_does_not_stall_a_running_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _engine(max_parallel=4, prefill_chunk=64)
+    batch_sizes: list[int] = []
+    original = decode_loop.llama_cpp.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        batch_sizes.append(int(batch.n_tokens))
+        return int(original(ctx, batch))
+
+    monkeypatch.setattr(decode_loop.llama_cpp, "llama_decode", recording)
+
+    async def run() -> int:
+        # Greedy counting goes on for hundreds of tokens, so the stream outlives the prefill.
+        stream = engine.generate(_request("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=600))
+        await anext(stream)
+        long_prompt = "The committee discussed the budget in great detail. " * 120
+        arrived = 0
+        prefill = asyncio.ensure_future(_collect(engine, _request(long_prompt, max_tokens=1)))
+        while not prefill.done():
+            chunk = await anext(stream)
+            arrived += chunk.token_count
+        await stream.aclose()
+        return arrived
+
+    try:
+        arrived = asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())
+    # The ~1,300-token prompt went in 64-token chunks, each step also advancing the running stream.
+    assert max(batch_sizes) <= 1 + 64 + 1
+    assert arrived >= 10
