@@ -65,7 +65,8 @@ def test_response_headers_match_the_body(runtime: Any) -> None:
     headers = response["ResponseMetadata"]["HTTPHeaders"]
     assert response["contentType"] == "application/json"
     assert headers["x-amzn-requestid"] == response["ResponseMetadata"]["RequestId"]
-    assert int(headers["x-amzn-bedrock-input-token-count"]) == body["prompt_token_count"]
+    cached = int(headers["x-amzn-bedrock-cache-read-input-token-count"])
+    assert int(headers["x-amzn-bedrock-input-token-count"]) + cached == body["prompt_token_count"]
     assert int(headers["x-amzn-bedrock-output-token-count"]) == body["generation_token_count"]
     assert int(headers["x-amzn-bedrock-invocation-latency"]) >= 0
 
@@ -141,7 +142,7 @@ def test_stream_chunks_follow_bedrock(runtime: Any) -> None:
     assert counts == sorted(counts) and counts[-1] == 24
     assert all(c["stop_reason"] is None for c in chunks[:-1]) and chunks[-1]["stop_reason"] == "length"
     metrics = chunks[-1]["amazon-bedrock-invocationMetrics"]
-    assert metrics["inputTokenCount"] == chunks[0]["prompt_token_count"]
+    assert metrics["inputTokenCount"] + metrics["cacheReadInputTokenCount"] == chunks[0]["prompt_token_count"]
     assert metrics["outputTokenCount"] == 24
     assert 0 <= metrics["firstByteLatency"] <= metrics["invocationLatency"]
     assert all("amazon-bedrock-invocationMetrics" not in c for c in chunks[:-1])
@@ -198,3 +199,22 @@ def test_requests_run_while_another_streams(runtime: Any) -> None:
     thread.join()
     assert body["generation_token_count"] == 4
     assert results[-1]["generation_token_count"] == 64
+
+
+def test_prefix_cache_shows_in_usage(runtime: Any) -> None:
+    prompt = "You are a meticulous assistant who answers in one sentence. " * 30 + "Say hi."
+    first = runtime.invoke_model(modelId="meta.llama2-70b-v1", body=json.dumps({"prompt": prompt, "max_gen_len": 2}))
+    again = runtime.invoke_model(modelId="meta.llama2-70b-v1", body=json.dumps({"prompt": prompt, "max_gen_len": 2}))
+    body = json.loads(again["body"].read())
+    headers = again["ResponseMetadata"]["HTTPHeaders"]
+    first["body"].read()
+    cached = int(headers["x-amzn-bedrock-cache-read-input-token-count"])
+    assert cached >= body["prompt_token_count"] - 2
+    assert int(headers["x-amzn-bedrock-input-token-count"]) == body["prompt_token_count"] - cached
+    chat = [{"role": "user", "content": [{"text": prompt}]}]
+    runtime.converse(modelId="meta.llama3-1-8b-instruct-v1:0", messages=chat, inferenceConfig={"maxTokens": 2})
+    usage = runtime.converse(
+        modelId="meta.llama3-1-8b-instruct-v1:0", messages=chat, inferenceConfig={"maxTokens": 2}
+    )["usage"]
+    assert usage["cacheReadInputTokens"] > 300
+    assert usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"] + usage["cacheReadInputTokens"]

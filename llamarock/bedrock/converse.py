@@ -326,8 +326,15 @@ def render_for(prompt_format: str, messages: tuple[ChatMessage, ...], prefix: st
     return render_llama3(messages) + prefix
 
 
-def usage(input_tokens: int, output_tokens: int, cache_read: int | None = None) -> dict[str, int]:
-    body = {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens}
+def usage(prompt_tokens: int, output_tokens: int, cache_read: int | None = None) -> dict[str, int]:
+    """Converse usage as Bedrock counts it with prompt caching: ``inputTokens`` are the prompt tokens that were
+    computed, ``cacheReadInputTokens`` those reused from the cache, and ``totalTokens`` counts both."""
+    cached = cache_read or 0
+    body = {
+        "inputTokens": prompt_tokens - cached,
+        "outputTokens": output_tokens,
+        "totalTokens": prompt_tokens + output_tokens,
+    }
     if cache_read is not None:
         body["cacheReadInputTokens"] = cache_read
     return body

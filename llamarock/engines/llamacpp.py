@@ -187,7 +187,7 @@ class LlamaCppEngine(Engine):
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         try:
-            return str(json_schema_to_gbnf(json.dumps(schema)))
+            return str(json_schema_to_gbnf(json.dumps(_bounded_integers(schema))))
         except Exception as exc:  # llama.cpp's converter raises several kinds for schemas it cannot express
             raise UnsupportedSchemaError(f"cannot constrain output to this JSON schema: {exc}") from exc
 
@@ -238,3 +238,28 @@ class LlamaCppEngine(Engine):
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
+
+
+MAX_ENUMERATED_RANGE = 2048
+
+
+def _bounded_integers(schema: Any) -> Any:
+    """llama-cpp-python's schema-to-grammar converter ignores ``minimum``/``maximum``; an integer with a small
+    closed range is rewritten as the enum of its values, which the grammar does enforce."""
+    if isinstance(schema, list):
+        return [_bounded_integers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rewritten = {key: _bounded_integers(value) for key, value in schema.items()}
+    if rewritten.get("type") == "integer" and "enum" not in rewritten:
+        low = rewritten.get("minimum")
+        high = rewritten.get("maximum")
+        if isinstance(rewritten.get("exclusiveMinimum"), int | float):
+            low = int(rewritten["exclusiveMinimum"]) + 1
+        if isinstance(rewritten.get("exclusiveMaximum"), int | float):
+            high = int(rewritten["exclusiveMaximum"]) - 1
+        if isinstance(low, int | float) and isinstance(high, int | float):
+            low, high = int(-(-low // 1)), int(high // 1)
+            if 0 <= high - low <= MAX_ENUMERATED_RANGE:
+                rewritten = {"enum": list(range(low, high + 1))}
+    return rewritten

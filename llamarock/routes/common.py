@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,10 +11,13 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llamarock.codec import eventstream
 from llamarock.codec.errors import render_error
 from llamarock.codec.rest_json import check_body_size
-from llamarock.errors import BedrockError
+from llamarock.errors import BedrockError, InternalServerException, ModelErrorException, ModelStreamErrorException
 from llamarock.services.inference import InferenceService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,3 +74,17 @@ async def until_disconnect(request: Request, work: Awaitable[Response]) -> Respo
     return task.result()
 
 
+
+
+def stream_error_frame(error: Exception, request_id: str) -> bytes:
+    """The event-stream exception frame for a failure after the first byte.
+
+    A model failure becomes the stream's own shape (modelStreamErrorException); anything unexpected is logged and
+    sent as internalServerException with the request id.
+    """
+    if isinstance(error, ModelErrorException):
+        error = ModelStreamErrorException(error.message, originalStatusCode=500, originalMessage=error.message)
+    elif not isinstance(error, BedrockError):
+        log.error("stream failed (request %s)", request_id, exc_info=error)
+        error = InternalServerException(f"The server failed while streaming. Request id: {request_id}")
+    return eventstream.exception_event(error)

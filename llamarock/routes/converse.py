@@ -15,13 +15,9 @@ from llamarock.bedrock.native import parse_native_request
 from llamarock.codec import eventstream
 from llamarock.codec.shapes import parse_json_body
 from llamarock.errors import (
-    BedrockError,
-    InternalServerException,
-    ModelErrorException,
-    ModelStreamErrorException,
     ValidationException,
 )
-from llamarock.routes.common import Call, read_body, until_disconnect
+from llamarock.routes.common import Call, read_body, stream_error_frame, until_disconnect
 from llamarock.services.conversation import ConversationService, Delta
 from llamarock.services.inference import Target
 from llamarock.types import GenerationRequest, SamplingParams
@@ -109,17 +105,8 @@ async def converse_stream(call: Call) -> Response:
                         yield eventstream.event(event_type, payload)
                     return
                 delta = await anext(deltas, None)
-        except ModelErrorException as error:
-            yield eventstream.exception_event(
-                ModelStreamErrorException(error.message, originalStatusCode=500, originalMessage=error.message)
-            )
-        except BedrockError as error:
-            yield eventstream.exception_event(error)
-        except Exception:
-            log.exception("converse stream failed (request %s)", call.request_id)
-            yield eventstream.exception_event(
-                InternalServerException(f"The server failed while streaming. Request id: {call.request_id}")
-            )
+        except Exception as error:
+            yield stream_error_frame(error, call.request_id)
         finally:
             await deltas.aclose()
 

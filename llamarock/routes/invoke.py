@@ -11,8 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from llamarock.bedrock.native import InvocationMetrics, native_response, parse_native_request, stream_chunk
 from llamarock.codec import eventstream
 from llamarock.codec.rest_json import check_json_media_type, header_values
-from llamarock.errors import BedrockError, InternalServerException, ModelErrorException, ModelStreamErrorException
-from llamarock.routes.common import Call, read_body, until_disconnect
+from llamarock.routes.common import Call, read_body, stream_error_frame, until_disconnect
 from llamarock.services.inference import Target
 from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
 
@@ -64,7 +63,9 @@ async def invoke_model(call: Call) -> Response:
         headers = {
             "x-amzn-RequestId": call.request_id,
             "X-Amzn-Bedrock-Invocation-Latency": str(call.elapsed_ms()),
-            "X-Amzn-Bedrock-Input-Token-Count": str(prompt_tokens),
+            # Bedrock's headers count cache reads apart from the computed input tokens; the native body's
+            # prompt_token_count stays the whole prompt, as Llama reports it.
+            "X-Amzn-Bedrock-Input-Token-Count": str(prompt_tokens - (cached or 0)),
             "X-Amzn-Bedrock-Output-Token-Count": str(output_tokens),
             "x-llamarock-served-by": target.deployment.name,
             **echoed,
@@ -103,7 +104,8 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
                 metrics = None
                 if chunk.stop_reason is not None:
                     metrics = InvocationMetrics(
-                        prompt_tokens, output_tokens, call.elapsed_ms(), first_byte_ms, first.cached_tokens
+                        prompt_tokens - (first.cached_tokens or 0), output_tokens, call.elapsed_ms(), first_byte_ms,
+                        first.cached_tokens,
                     )
                 body = stream_chunk(
                     chunk.text,
@@ -117,18 +119,8 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
                 if chunk.stop_reason is not None:
                     return
                 chunk = await anext(chunks, None)
-        except ModelErrorException as error:
-            # After the first byte a model failure is the stream's own error shape.
-            yield eventstream.exception_event(
-                ModelStreamErrorException(error.message, originalStatusCode=500, originalMessage=error.message)
-            )
-        except BedrockError as error:
-            yield eventstream.exception_event(error)
-        except Exception:
-            log.exception("stream failed (request %s)", call.request_id)
-            yield eventstream.exception_event(
-                InternalServerException(f"The server failed while streaming. Request id: {call.request_id}")
-            )
+        except Exception as error:
+            yield stream_error_frame(error, call.request_id)
         finally:
             await chunks.aclose()
 
