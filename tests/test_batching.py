@@ -15,6 +15,7 @@ from llamarock.errors import EngineOverloadedError, EngineTimeoutError
 from llamarock.services.deployments import embedded_model_path
 from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
 
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 PROMPTS = [
     "The capital of France is",
     "Once upon a time, a small robot",
@@ -93,7 +94,7 @@ def test_seeded_sampling_is_the_same_in_a_batch() -> None:
 
 def test_cancellation_frees_the_sequence_and_its_kv(engine: LlamaCppEngine) -> None:
     async def run() -> None:
-        stream = engine.generate(_request(PROMPTS[4], max_tokens=2000, temperature=1.0))
+        stream = engine.generate(_request(COUNTING, max_tokens=2000))
         await anext(stream)
         assert engine.stats()["running"] == 1
         reserved = engine.stats()["kv_reserved"]
@@ -126,7 +127,8 @@ def test_queue_overflow_and_queue_deadline() -> None:
     engine = _engine(max_parallel=1, max_queue=1, queue_timeout_s=0.5)
 
     async def run() -> None:
-        running = engine.generate(_request(PROMPTS[0], max_tokens=2000, temperature=1.0))
+        # Greedy counting does not stop by itself, so the one slot stays taken past the queue deadline.
+        running = engine.generate(_request(COUNTING, max_tokens=2000))
         await anext(running)
         waiting = asyncio.ensure_future(_collect(engine, _request(PROMPTS[1])))
         await asyncio.sleep(0.05)
@@ -155,7 +157,7 @@ def test_a_long_prefill_does_not_stall_a_running_stream(monkeypatch: pytest.Monk
 
     async def run() -> int:
         # Greedy counting goes on for hundreds of tokens, so the stream outlives the prefill.
-        stream = engine.generate(_request("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=600))
+        stream = engine.generate(_request(COUNTING, max_tokens=600))
         await anext(stream)
         long_prompt = "The committee discussed the budget in great detail. " * 120
         arrived = 0
