@@ -123,20 +123,26 @@ def _sweep(request: Request, levels: list[int], requests: int, tokens: int) -> d
 # ----------------------------------------------------------------------------------------------- llamarock
 
 
+def _read_stream(client: Any, body: str) -> tuple[float, float | None, list[dict[str, Any]]]:
+    """Stream one invoke_model_with_response_stream: start time, first-chunk time, decoded chunks."""
+    started = time.perf_counter()
+    first = None
+    chunks: list[dict[str, Any]] = []
+    response = client.invoke_model_with_response_stream(modelId=MODEL_ID, body=body)
+    for event in response["body"]:
+        first = first or time.perf_counter()
+        if "chunk" in event:
+            chunks.append(json.loads(event["chunk"]["bytes"]))
+    return started, first, chunks
+
+
 def _bedrock_request(client: Any) -> Request:
     from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
     def request(prompt: str, tokens: int) -> dict[str, Any]:
         body = json.dumps({"prompt": prompt, "max_gen_len": tokens, "temperature": 0})
-        started = time.perf_counter()
-        first = None
-        last: dict[str, Any] = {}
         try:
-            response = client.invoke_model_with_response_stream(modelId=MODEL_ID, body=body)
-            for event in response["body"]:
-                first = first or time.perf_counter()
-                if "chunk" in event:
-                    last = json.loads(event["chunk"]["bytes"])
+            started, first, chunks = _read_stream(client, body)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             kind = "throttled" if code == "ThrottlingException" else "error"
@@ -145,6 +151,7 @@ def _bedrock_request(client: Any) -> Request:
             return {"ok": False, "kind": "dropped", "message": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:
             return {"ok": False, "kind": "error", "message": f"{type(exc).__name__}: {exc}"}
+        last = chunks[-1] if chunks else {}
         if first is None or last.get("stop_reason") is None:
             return {"ok": False, "kind": "dropped", "message": "stream ended without a final chunk"}
         metrics = last.get("amazon-bedrock-invocationMetrics") or {}
@@ -162,18 +169,12 @@ def _prefix_test(client: Any, runs: int) -> dict[str, Any]:
     for index in range(runs):
         body = json.dumps({"prompt": prefix + f"Question {index}: how many marbles are in box {index * 5 + 3}?",
                            "max_gen_len": 16, "temperature": 0})
-        started = time.perf_counter()
-        first = None
-        last: dict[str, Any] = {}
         try:
-            response = client.invoke_model_with_response_stream(modelId=MODEL_ID, body=body)
-            for event in response["body"]:
-                first = first or time.perf_counter()
-                chunk = json.loads(event["chunk"]["bytes"])
-                prompt_tokens = prompt_tokens or chunk.get("prompt_token_count")
-                last = chunk
+            started, first, chunks = _read_stream(client, body)
         except (BotoCoreError, ClientError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
+        last = chunks[-1] if chunks else {}
+        prompt_tokens = prompt_tokens or (chunks[0].get("prompt_token_count") if chunks else None)
         ttfts.append(((first or time.perf_counter()) - started) * 1000)
         cached.append((last.get("amazon-bedrock-invocationMetrics") or {}).get("cacheReadInputTokenCount", 0))
     later = statistics.median(ttfts[1:]) if len(ttfts) > 1 else None
