@@ -15,7 +15,9 @@ from starlette.routing import Route
 
 from llamarock.auth.middleware import AuthMiddleware, Gate
 from llamarock.errors import UnknownOperationException
+from llamarock.observability.records import Observers
 from llamarock.routes.common import error_response
+from llamarock.routes.control import control_operation
 from llamarock.routes.health import healthz
 from llamarock.routes.runtime import model_operation
 from llamarock.services.conversation import ConversationService
@@ -26,7 +28,11 @@ from llamarock.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def unknown_route(request: Request) -> Response:
+async def other_route(request: Request) -> Response:
+    """A ``bedrock`` control-plane operation, or UnknownOperationException."""
+    response = await control_operation(request)
+    if response is not None:
+        return response
     return error_response(
         UnknownOperationException(f"No operation matches {request.method} {request.url.path}."), str(uuid.uuid4())
     )
@@ -35,7 +41,8 @@ async def unknown_route(request: Request) -> Response:
 def create_app(settings: Settings) -> Starlette:
     """The ASGI application. Deployments start loading when the app starts; /healthz says when they are ready."""
     registry = DeploymentRegistry(settings)
-    gate = Gate(settings)
+    observers = Observers()
+    gate = Gate(settings, observers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -54,7 +61,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/model/{rest:path}", model_operation, methods=["POST"]),
-            Route("/{rest:path}", unknown_route, methods=methods),
+            Route("/{rest:path}", other_route, methods=methods),
         ],
         lifespan=lifespan,
     )
@@ -62,6 +69,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.gate = gate
     app.state.registry = registry
+    app.state.observers = observers
     app.state.inference = InferenceService(registry, settings)
     app.state.conversation = ConversationService(app.state.inference)
     return app

@@ -37,7 +37,9 @@ class GenerationRequest:
     Exactly one of ``prompt`` (raw text, tokenized as is, special tokens honoured) and ``messages`` (rendered with
     the serving model's own chat template, followed by the assistant generation prompt) is set.
     ``assistant_prefix`` is text the assistant turn already starts with (a prefilled answer). ``json_schema``, when
-    set, constrains the output to one JSON document valid against it (constrained decoding).
+    set, constrains the output to one JSON document valid against it (constrained decoding). ``priority``
+    orders admission: a waiting request with a higher priority gets the next free slot first (latency-optimized
+    and provisioned-throughput traffic ahead of standard on-demand traffic); equal priorities keep arrival order.
     """
 
     sampling: SamplingParams
@@ -46,6 +48,7 @@ class GenerationRequest:
     assistant_prefix: str = ""
     request_id: str = ""
     json_schema: dict[str, Any] | None = None
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from llamarock.bedrock.model_ids import foundation_model_arn, inference_profile_arn, parse_model_ref
 from llamarock.codec.rest_json import split_model_path
+from llamarock.codec.routing import match
 from llamarock.errors import ValidationException
 
 # path action -> (operation, IAM action). Converse is authorised as InvokeModel, ConverseStream as the stream.
@@ -52,7 +53,13 @@ def model_resources(identifier: str, region: str, account: str, aliases: dict[st
 
 
 def describe(method: str, raw_path: bytes, region: str, account: str, aliases: dict[str, str]) -> Access | None:
-    """The access a runtime request needs; None for paths that name no operation (the router answers those)."""
+    """The access a request needs; None for paths that name no operation (the router answers those).
+
+    A ``bedrock`` control-plane operation needs ``bedrock:<Operation>`` and counts against no model's quota.
+    """
+    control = match("bedrock", method, raw_path)
+    if control is not None:
+        return Access(control[0], f"bedrock:{control[0]}", ("*",), "")
     if method != "POST":
         return None
     identifier, path_action = split_model_path(raw_path)

@@ -26,13 +26,15 @@ from llamarock.auth.identity import Authenticator, Identity, RequestParts
 from llamarock.auth.quotas import Quotas, Reservation, estimate_tokens
 from llamarock.codec.errors import render_error
 from llamarock.codec.rest_json import check_body_size
-from llamarock.errors import AccessDeniedException, BedrockError, InternalServerException
+from llamarock.errors import AccessDeniedException, BedrockError, InternalServerException, ThrottlingException
+from llamarock.observability.records import InvocationRecord, Observers
 from llamarock.settings import Settings
 from llamarock.storage.keys import KeyStore
 
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+INVOCATION_OPERATIONS = frozenset({"InvokeModel", "InvokeModelWithResponseStream", "Converse", "ConverseStream"})
 _SNIFF_LIMIT = 4_000_000
 
 
@@ -49,8 +51,9 @@ def denial(principal_arn: str, action: str, resource: str, explicit: bool) -> Ac
 class Gate:
     """Everything the middleware needs, built once per app by ``create_app``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observers: Observers | None = None) -> None:
         self.settings = settings
+        self.observers = observers or Observers()
         self.store = KeyStore(settings.data_dir, settings.database_url)
         self.authenticator = Authenticator(settings, self.store)
         self.quotas = Quotas()
@@ -191,6 +194,7 @@ class AuthMiddleware:
                 return
             except BedrockError as error:
                 status = await self._reject(send, error, request_id, record)
+                self._throttled(error, record, request_id, started)
                 return
             except Exception:
                 log.exception("authentication failed unexpectedly (request %s)", request_id)
@@ -229,11 +233,15 @@ class AuthMiddleware:
         if access is None:
             record["decision"] = "allow"
             return None, None
-        record.update(operation=access.operation, action=access.action, resource=access.resources[0])
+        record.update(operation=access.operation, action=access.action, resource=access.resources[0],
+                      model=access.model)
         record["decision"] = "deny"
         gate.authorize(identity, access, _context(identity, scope, now))
-        record["decision"] = "throttled"
         principal = identity.principal
+        if not access.model:
+            record["decision"] = "allow"
+            return None, None
+        record["decision"] = "throttled"
         tokens = estimate_tokens(access.operation, body) if principal.tpm and access.operation != "CountTokens" else 0
         reservation = gate.quotas.admit(principal.name, access.model, principal.rpm, principal.tpm, tokens)
         record["decision"] = "allow"
@@ -282,6 +290,16 @@ class AuthMiddleware:
         })
         await send({"type": "http.response.body", "body": payload})
         return status
+
+    def _throttled(self, error: BedrockError, record: dict[str, Any], request_id: str, started: float) -> None:
+        """A quota throttle is an invocation the metrics count (InvocationThrottles), like the engine's."""
+        if not isinstance(error, ThrottlingException) or record.get("operation") not in INVOCATION_OPERATIONS:
+            return
+        self.gate.observers.emit(InvocationRecord(
+            request_id=request_id, operation=record["operation"], model_identifier=record.get("model", ""),
+            model_id=record.get("model"), principal_arn=record.get("principal", ""), region=record.get("region", ""),
+            status=429, error_code=error.code, latency_ms=int((time.monotonic() - started) * 1000),
+        ))
 
     def _audit(self, record: dict[str, Any], request_id: str, status: int, started: float) -> None:
         record.update(requestId=request_id, status=status, latencyMs=int((time.monotonic() - started) * 1000))

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from llamarock.codec import eventstream
 from llamarock.codec.errors import render_error
+from llamarock.codec.service_model import RUNTIME
 from llamarock.codec.rest_json import check_body_size
 from llamarock.errors import BedrockError, InternalServerException, ModelErrorException, ModelStreamErrorException
 from llamarock.services.inference import InferenceService
@@ -37,8 +38,8 @@ class Call:
 Handler = Callable[[Call], Awaitable[Response]]
 
 
-def error_response(error: BedrockError, request_id: str) -> Response:
-    status, headers, body = render_error(error, request_id)
+def error_response(error: BedrockError, request_id: str, service: str = RUNTIME) -> Response:
+    status, headers, body = render_error(error, request_id, service)
     return Response(body, status_code=status, headers=headers)
 
 

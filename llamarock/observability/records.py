@@ -1,0 +1,83 @@
+"""The facts of one finished invocation, and the fan-out that hands them to every observer.
+
+The runtime routes build one :class:`InvocationRecord` per InvokeModel, InvokeModelWithResponseStream, Converse and
+ConverseStream call — successful, failed, throttled or cancelled midway — and give it to :class:`Observers.emit`
+once, when the answer is complete (for streams: after the last frame, or when the client went away). The auth
+middleware emits one for requests its quotas throttle. Observers (usage records, Prometheus metrics, model
+invocation logging) must return quickly and never raise into the request: ``emit`` logs and swallows their
+failures, so an observer can never fail or slow an invocation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+STREAMING_OPERATIONS = frozenset({"InvokeModelWithResponseStream", "ConverseStream"})
+
+
+@dataclass
+class InvocationRecord:
+    """One invocation, as the metering, metrics and invocation-log observers see it.
+
+    Token counts are the engine's own: ``input_tokens`` are the prompt tokens computed for this request (what the
+    ``X-Amzn-Bedrock-Input-Token-Count`` header and Converse ``usage.inputTokens`` say), ``cache_read_tokens`` the
+    prompt tokens reused from the prefix cache (not included in ``input_tokens``), ``output_tokens`` the generated
+    ones (also for a stream cancelled midway: what was produced before the client left).
+    """
+
+    request_id: str
+    operation: str
+    model_identifier: str
+    principal_arn: str
+    region: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    model_id: str | None = None
+    deployment: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    cancelled: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    request_metadata: dict[str, str] = field(default_factory=dict)
+    performance_latency: str | None = None
+    provisioned_model_arn: str | None = None
+    input_body: bytes | None = None
+    input_content_type: str = "application/json"
+    output_body: Any = None
+    output_content_type: str = "application/json"
+    has_images: bool = False
+
+    @property
+    def throttled(self) -> bool:
+        return self.status == 429 and self.error_code == "ThrottlingException"
+
+
+class InvocationObserver(Protocol):
+    """Anything that wants each finished invocation. ``record`` must not block on I/O for long."""
+
+    def record(self, record: InvocationRecord) -> None: ...
+
+
+class Observers:
+    """The fan-out ``create_app`` builds; routes and the auth middleware call :meth:`emit`."""
+
+    def __init__(self) -> None:
+        self._observers: list[InvocationObserver] = []
+
+    def add(self, observer: InvocationObserver) -> None:
+        self._observers.append(observer)
+
+    def emit(self, record: InvocationRecord) -> None:
+        for observer in self._observers:
+            try:
+                observer.record(record)
+            except Exception:
+                log.exception("observer %s failed on request %s", type(observer).__name__, record.request_id)
