@@ -33,10 +33,15 @@ def _conversation(call: Call) -> ConversationService:
 async def _prepare(call: Call, operation: str) -> tuple[Target, ChatRequest, GenerationRequest]:
     body = await read_body(call.request)
     params = parse_json_body(operation, body, location_values={"modelId": call.model_identifier})
-    target = call.service.resolve(call.model_identifier)
+    target = call.service.resolve(call.model_identifier, call.region)
+    call.resolved(target, body)
     call.service.check_ready(target)
     chat = parse_chat_request(params, target.model)
     request = _conversation(call).generation_request(target, chat, call.request_id)
+    if call.record is not None:
+        call.record.request_metadata = dict(chat.request_metadata)
+        call.record.performance_latency = chat.latency
+        call.record.has_images = bool(chat.images)
     return target, chat, request
 
 
@@ -62,8 +67,10 @@ async def converse(call: Call) -> Response:
                 native, matched = delta.stop_reason, delta.stop_sequence
         outcome = finalize(chat, "".join(text), truncated=native == "length")
         reason = stop_reason(chat, outcome, native, matched)
-        body = converse_response(chat, outcome.text, outcome.calls, reason, usage(prompt_tokens, output_tokens, cached),
-                                 call.elapsed_ms(), matched)
+        counted = usage(prompt_tokens, output_tokens, cached)
+        body = converse_response(chat, outcome.text, outcome.calls, reason, counted, call.elapsed_ms(), matched)
+        call.usage(counted["inputTokens"], counted["outputTokens"], counted.get("cacheReadInputTokens"))
+        call.answered(body)
         return Response(json.dumps(body, ensure_ascii=False), media_type="application/json",
                         headers=_headers(call, target))
 
@@ -84,17 +91,27 @@ async def converse_stream(call: Call) -> Response:
         await deltas.aclose()
         raise
 
+    first_byte_ms = call.elapsed_ms()
+
     async def frames() -> AsyncIterator[bytes]:
         assembler = StreamAssembler(chat)
         prompt_tokens = first.prompt_tokens or 0
         output_tokens = 0
         delta: Delta | None = first
+        sent: list[dict[str, Any]] = []
+        call.answered(sent, first_byte_ms)
+        failure: BaseException | None = None
+        complete = False
         try:
             for event_type, payload in assembler.start():
+                sent.append({event_type: payload})
                 yield eventstream.event(event_type, payload)
             while delta is not None:
                 output_tokens += delta.token_count
+                counted = usage(prompt_tokens, output_tokens, first.cached_tokens)
+                call.usage(counted["inputTokens"], counted["outputTokens"], counted.get("cacheReadInputTokens"))
                 for event_type, payload in assembler.feed(delta.text):
+                    sent.append({event_type: payload})
                     yield eventstream.event(event_type, payload)
                 if delta.stop_reason is not None:
                     events, _, _ = assembler.finish(
@@ -102,12 +119,16 @@ async def converse_stream(call: Call) -> Response:
                         first.cached_tokens,
                     )
                     for event_type, payload in events:
+                        sent.append({event_type: payload})
                         yield eventstream.event(event_type, payload)
+                    complete = True
                     return
                 delta = await anext(deltas, None)
         except Exception as error:
+            failure = error
             yield stream_error_frame(error, call.request_id)
         finally:
+            call.finish(200, failure, cancelled=failure is None and not complete)
             await deltas.aclose()
 
     return StreamingResponse(frames(), media_type=eventstream.CONTENT_TYPE, headers=_headers(call, target))
@@ -117,7 +138,7 @@ async def count_tokens(call: Call) -> Response:
     """CountTokens: the input tokens Converse or InvokeModel would run for the same input, with the same template."""
     body = await read_body(call.request)
     params = parse_json_body("CountTokens", body, location_values={"modelId": call.model_identifier})
-    target = call.service.resolve(call.model_identifier)
+    target = call.service.resolve(call.model_identifier, call.region)
     call.service.check_ready(target)
     source: dict[str, Any] = params.get("input") or {}
     if "converse" in source:

@@ -26,7 +26,8 @@ async def prepare_native(
     check_json_media_type(headers.get("contentType"), "contentType")
     check_json_media_type(headers.get(accept_member), "accept")
     body = await read_body(call.request)
-    target = call.service.resolve(call.model_identifier)
+    target = call.service.resolve(call.model_identifier, call.region)
+    call.resolved(target, body)
     native = parse_native_request(body)
     call.service.check_ready(target)
     call.service.check_images(target, native.images)
@@ -35,6 +36,9 @@ async def prepare_native(
     echoed = {}
     if "performanceConfigLatency" in headers:
         echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = headers["performanceConfigLatency"]
+    if call.record is not None:
+        call.record.performance_latency = headers.get("performanceConfigLatency")
+        call.record.has_images = bool(native.images)
     if "serviceTier" in headers:
         echoed["X-Amzn-Bedrock-Service-Tier"] = headers["serviceTier"]
     return target, generation, echoed
@@ -60,6 +64,8 @@ async def invoke_model(call: Call) -> Response:
             if chunk.stop_reason is not None:
                 stop_reason = chunk.stop_reason
         body = native_response("".join(text), prompt_tokens, output_tokens, stop_reason)
+        call.usage(prompt_tokens - (cached or 0), output_tokens, cached)
+        call.answered(body)
         headers = {
             "x-amzn-RequestId": call.request_id,
             "X-Amzn-Bedrock-Invocation-Latency": str(call.elapsed_ms()),
@@ -95,9 +101,13 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
 
     async def frames() -> AsyncIterator[bytes]:
         prompt_tokens = first.prompt_tokens or 0
+        cached = first.cached_tokens
         output_tokens = 0
         chunk: GenerationChunk | None = first
         is_first = True
+        sent: list[dict] = []
+        call.answered(sent, first_byte_ms)
+        failure: BaseException | None = None
         try:
             while chunk is not None:
                 output_tokens += chunk.token_count
@@ -114,14 +124,19 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
                     stop_reason=chunk.stop_reason,
                     metrics=metrics,
                 )
+                sent.append(body)
+                call.usage(prompt_tokens - (cached or 0), output_tokens, cached)
                 yield eventstream.chunk_event(body)
                 is_first = False
                 if chunk.stop_reason is not None:
                     return
                 chunk = await anext(chunks, None)
         except Exception as error:
+            failure = error
             yield stream_error_frame(error, call.request_id)
         finally:
+            complete = failure is None and bool(sent) and sent[-1].get("stop_reason") is not None
+            call.finish(200, failure, cancelled=failure is None and not complete)
             await chunks.aclose()
 
     headers = {

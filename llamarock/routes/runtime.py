@@ -11,16 +11,19 @@ import time
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from llamarock.codec.rest_json import split_model_path
 from llamarock.errors import BedrockError, InternalServerException, UnknownOperationException
+from llamarock.observability.records import InvocationRecord
 from llamarock.routes.common import Call, Handler, error_response
 from llamarock.routes.converse import converse, converse_stream, count_tokens
 from llamarock.routes.invoke import invoke_model, invoke_model_with_response_stream
 from llamarock.services.inference import InferenceService
 
 log = logging.getLogger(__name__)
+
+INVOCATION_OPERATIONS = frozenset({"InvokeModel", "InvokeModelWithResponseStream", "Converse", "ConverseStream"})
 
 OPERATIONS: dict[str, tuple[str, Handler]] = {
     "invoke": ("InvokeModel", invoke_model),
@@ -35,6 +38,7 @@ async def model_operation(request: Request) -> Response:
     """Entry point for every ``POST /model/...`` request."""
     request_id = str(uuid.uuid4())
     started = time.monotonic()
+    call: Call | None = None
     try:
         model_identifier, action = split_model_path(request.scope.get("raw_path") or request.url.path.encode())
         entry = OPERATIONS.get(action)
@@ -44,12 +48,32 @@ async def model_operation(request: Request) -> Response:
                 "POST /model/{modelId}/" + "|".join(OPERATIONS) + "."
             )
         service: InferenceService = request.app.state.inference
-        call = Call(request, request_id, started, model_identifier, service)
-        return await entry[1](call)
+        call = Call(request, request_id, started, model_identifier, service, _record(request, request_id,
+                                                                                      entry[0], model_identifier))
+        response = await entry[1](call)
     except BedrockError as error:
+        if call is not None:
+            call.finish(error=error)
         return error_response(error, request_id)
-    except Exception:
+    except Exception as error:
         log.exception("unexpected error (request %s)", request_id)
+        if call is not None:
+            call.finish(error=error)
         return error_response(
             InternalServerException(f"The server encountered an internal error. Request id: {request_id}"), request_id
         )
+    if not isinstance(response, StreamingResponse):
+        # A cancelled call (499) counts the tokens its handler saw before the client left.
+        call.finish(response.status_code, cancelled=response.status_code == 499)
+    return response
+
+
+def _record(request: Request, request_id: str, operation: str, model_identifier: str) -> InvocationRecord | None:
+    if operation not in INVOCATION_OPERATIONS:
+        return None
+    principal = getattr(request.state, "principal", None)
+    region = getattr(request.state, "region", None) or request.app.state.settings.region
+    return InvocationRecord(
+        request_id=request_id, operation=operation, model_identifier=model_identifier,
+        principal_arn=principal.arn if principal is not None else "", region=region,
+    )

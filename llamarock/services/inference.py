@@ -67,8 +67,12 @@ class InferenceService:
         self.registry = registry
         self.settings = settings
 
-    def resolve(self, identifier: str) -> Target:
-        """Map any accepted identifier form (or a configured alias) to a catalog model and its deployment."""
+    def resolve(self, identifier: str, region: str | None = None) -> Target:
+        """Map any accepted identifier form (or a configured alias) to a catalog model and its deployment.
+
+        ``region`` is the region the request was signed for (the server's default region when it carried none).
+        """
+        region = region or self.settings.region
         ref = parse_model_ref(self.settings.aliases.get(identifier, identifier))
         model = catalog.get(self.settings.aliases.get(ref.model_id, ref.model_id))
         if model is None:
