@@ -175,3 +175,53 @@ def test_a_long_prefill_does_not_stall_a_running_stream(monkeypatch: pytest.Monk
     # The ~1,300-token prompt went in 64-token chunks, each step also advancing the running stream.
     assert max(batch_sizes) <= 1 + 64 + 1
     assert arrived >= 10
+
+
+def _prioritised(prompt: str) -> GenerationRequest:
+    return GenerationRequest(sampling=SamplingParams(temperature=0.0, max_tokens=4), prompt=prompt, priority=1)
+
+
+def test_prioritised_requests_take_the_priority_slot_while_standard_ones_wait() -> None:
+    engine = _engine(max_parallel=1, max_queue=4, priority_slots=1)
+
+    async def run() -> None:
+        running = engine.generate(_request(COUNTING, max_tokens=2000))
+        await anext(running)
+        standard = asyncio.ensure_future(_collect(engine, _request(PROMPTS[1], max_tokens=4)))
+        await asyncio.sleep(0.05)
+        # The one regular slot is busy: the standard request waits, the prioritised one starts at once.
+        chunks = await asyncio.wait_for(_collect(engine, _prioritised(PROMPTS[2])), timeout=30)
+        assert chunks[-1].stop_reason is not None
+        assert not standard.done()
+        await running.aclose()
+        assert (await standard)[-1].stop_reason is not None
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())
+
+
+def test_prioritised_requests_jump_the_queue() -> None:
+    engine = _engine(max_parallel=1, max_queue=4, priority_slots=0)
+    order: list[str] = []
+
+    async def tracked(name: str, request: GenerationRequest) -> None:
+        await _collect(engine, request)
+        order.append(name)
+
+    async def run() -> None:
+        running = engine.generate(_request(COUNTING, max_tokens=2000))
+        await anext(running)
+        standard = asyncio.ensure_future(tracked("standard", _request(PROMPTS[1], max_tokens=4)))
+        await asyncio.sleep(0.05)
+        prioritised = asyncio.ensure_future(tracked("prioritised", _prioritised(PROMPTS[2])))
+        await asyncio.sleep(0.05)
+        await running.aclose()
+        await asyncio.gather(standard, prioritised)
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())
+    assert order == ["prioritised", "standard"]

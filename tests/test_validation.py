@@ -183,7 +183,7 @@ def test_prompt_just_fits_small_context(fake_runtime: Any) -> None:
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize(
     "extra",
-    [{"performanceConfigLatency": "optimized"}, {"contentType": "application/json; charset=utf-8"}, {"accept": "*/*"}],
+    [{"performanceConfigLatency": "standard"}, {"contentType": "application/json; charset=utf-8"}, {"accept": "*/*"}],
 )
 def test_valid_headers_pass(fake_runtime: Any, operation: str, extra: dict) -> None:
     assert call(fake_runtime, operation, doc(max_gen_len=1), **extra)

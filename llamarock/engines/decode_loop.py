@@ -47,6 +47,7 @@ class LoopConfig:
     threads: int
     cache_slots: int = 16
     n_batch: int = 512
+    priority_slots: int = 1
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Job:
     sampling: SamplingParams
     emit: Callable[[GenerationChunk | BaseException], None]
     grammar: str | None = None
+    priority: int = 0
     submitted: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -105,7 +107,7 @@ class DecodeLoop:
         params.n_ctx = config.kv_cells
         params.n_batch = config.n_batch
         params.n_ubatch = config.n_batch
-        params.n_seq_max = config.max_parallel + config.cache_slots
+        params.n_seq_max = config.max_parallel + config.priority_slots + config.cache_slots
         params.n_threads = config.threads
         params.n_threads_batch = config.threads
         params.kv_unified = True
@@ -136,11 +138,19 @@ class DecodeLoop:
     # ---------------------------------------------------------------------------------------------- public side
 
     def submit(self, job: Job) -> None:
-        """Queue a request; raises EngineOverloadedError when the queue is full."""
+        """Queue a request behind those of its priority or higher; EngineOverloadedError when the queue is full.
+
+        Prioritised requests (latency-optimized, provisioned) have a queue of the same size of their own, so that
+        standard traffic filling its queue never turns them away.
+        """
         with self.lock:
-            if len(self.waiting) >= self.config.max_queue:
+            peers = sum(1 for waiting in self.waiting if (waiting.priority > 0) == (job.priority > 0))
+            if peers >= self.config.max_queue:
                 raise EngineOverloadedError(f"the request queue is full ({self.config.max_queue} waiting)")
-            self.waiting.append(job)
+            position = len(self.waiting)
+            while position > 0 and self.waiting[position - 1].priority < job.priority:
+                position -= 1
+            self.waiting.insert(position, job)
             self.lock.notify()
 
     def wake(self) -> None:
@@ -204,8 +214,9 @@ class DecodeLoop:
 
     def _expire_waiting(self) -> None:
         deadline = time.monotonic() - self.config.queue_timeout_s
-        while self.waiting and self.waiting[0].submitted < deadline:
-            job = self.waiting.popleft()
+        expired = [job for job in self.waiting if job.submitted < deadline]
+        for job in expired:
+            self.waiting.remove(job)
             job.emit(EngineTimeoutError(f"waited more than {self.config.queue_timeout_s:g} s for the model"))
 
     def _evict_one(self) -> bool:
@@ -218,8 +229,13 @@ class DecodeLoop:
         return True
 
     def _admit(self) -> None:
-        while self.waiting and len(self.active) < self.config.max_parallel:
+        # Prioritised requests may also take the priority slots, so they start at once even when standard
+        # requests fill every regular slot.
+        while self.waiting:
             job = self.waiting[0]
+            limit = self.config.max_parallel + (self.config.priority_slots if job.priority > 0 else 0)
+            if len(self.active) >= limit:
+                return
             prompt = len(job.tokens)
             budget = min(job.sampling.max_tokens, self.config.window - prompt)
             reserve = prompt + budget

@@ -57,6 +57,7 @@ class LlamaCppEngine(Engine):
         max_queue: int = 64,
         queue_timeout_s: float = 120.0,
         prefill_chunk: int = 256,
+        priority_slots: int = 1,
     ) -> None:
         super().__init__(name)
         self._model_path = model_path
@@ -68,6 +69,7 @@ class LlamaCppEngine(Engine):
         self._max_queue = max_queue
         self._queue_timeout_s = queue_timeout_s
         self._prefill_chunk = prefill_chunk
+        self._priority_slots = priority_slots
         self._model: Any = None
         self._vocab: Any = None
         self._loop: DecodeLoop | None = None
@@ -115,6 +117,7 @@ class LlamaCppEngine(Engine):
             max_queue=self._max_queue,
             queue_timeout_s=self._queue_timeout_s,
             prefill_chunk=self._prefill_chunk,
+            priority_slots=self._priority_slots,
             threads=self._threads,
         )
         self._loop = DecodeLoop(model, config, self.name)
@@ -211,7 +214,7 @@ class LlamaCppEngine(Engine):
         def emit(item: GenerationChunk | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        job = Job(tokens, request.sampling, emit, grammar)
+        job = Job(tokens, request.sampling, emit, grammar, priority=request.priority)
         self._loop.submit(job)
         self._active += 1
         try:

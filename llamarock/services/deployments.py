@@ -89,6 +89,7 @@ def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine,
         max_queue=spec.max_queue,
         queue_timeout_s=spec.queue_timeout_s,
         prefill_chunk=spec.prefill_chunk,
+        priority_slots=spec.priority_slots,
     )
     return engine, engine_name, str(path)
 
