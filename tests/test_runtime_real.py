@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import boto3
 import pytest
 from conftest import Server
 from llama_cpp import Llama
@@ -33,28 +34,36 @@ def _invoke(runtime: Any, model_id: str, **body: Any) -> tuple[dict[str, Any], d
     return json.loads(response["body"].read()), response["ResponseMetadata"]["HTTPHeaders"]
 
 
-def _id_forms(model_id: str) -> list[str]:
-    return [
-        model_id,
-        f"arn:aws:bedrock:us-west-2::foundation-model/{model_id}",
-        f"us.{model_id}",
-        f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.{model_id}",
-    ]
+def _profile_forms(model_id: str) -> list[str]:
+    return [f"us.{model_id}", f"arn:aws:bedrock:us-west-2:123456789012:inference-profile/us.{model_id}"]
 
 
 @pytest.mark.parametrize("model_id", ALL_IDS)
 def test_every_catalog_id_in_every_form(runtime: Any, model_id: str) -> None:
-    for form in _id_forms(model_id):
+    # The client signs for us-west-2, which offers every catalog model on demand; only Llama 3.1, 3.2 and 3.3 have
+    # a us. cross-region inference profile (docs/regions.md).
+    has_profile = "us" in catalog.BY_ID[model_id].geo_profiles
+    forms = [model_id, f"arn:aws:bedrock:us-west-2::foundation-model/{model_id}"]
+    for form in forms + (_profile_forms(model_id) if has_profile else []):
         body, headers = _invoke(runtime, form, prompt=LLAMA3_PROMPT, max_gen_len=2)
         assert set(body) == {"generation", "prompt_token_count", "generation_token_count", "stop_reason"}
         assert 1 <= body["generation_token_count"] <= 2
         assert headers["x-llamarock-served-by"] == "smollm2-135m-embedded"
+    if not has_profile:
+        for form in _profile_forms(model_id):
+            with pytest.raises(runtime.exceptions.ValidationException):
+                _invoke(runtime, form, prompt=LLAMA3_PROMPT, max_gen_len=2)
 
 
-def test_other_geographies_resolve(runtime: Any) -> None:
-    for form in ("eu.meta.llama3-2-1b-instruct-v1:0", "apac.meta.llama3-1-8b-instruct-v1:0"):
-        body, _ = _invoke(runtime, form, prompt="Hello", max_gen_len=1)
-        assert body["generation_token_count"] == 1
+def test_other_geographies_resolve_from_their_own_regions(server: Server, runtime: Any) -> None:
+    ireland = boto3.client("bedrock-runtime", region_name="eu-west-1", endpoint_url=server.url,
+                           aws_access_key_id="AKIDLLAMAROCKTEST", aws_secret_access_key="not-a-secret")
+    body, _ = _invoke(ireland, "eu.meta.llama3-2-1b-instruct-v1:0", prompt="Hello", max_gen_len=1)
+    assert body["generation_token_count"] == 1
+    refused = ((runtime, "eu.meta.llama3-2-1b-instruct-v1:0"), (ireland, "apac.meta.llama3-1-8b-instruct-v1:0"))
+    for client, form in refused:
+        with pytest.raises(client.exceptions.ValidationException):
+            _invoke(client, form, prompt="Hello", max_gen_len=1)
 
 
 def test_response_headers_match_the_body(runtime: Any) -> None:

@@ -110,7 +110,18 @@ class Authenticator:
             raise MissingAuthenticationTokenException(MISSING_TOKEN)
         else:
             return Identity(self.dev_principal, None, "none", self.settings.region)
+        self._check_region(signed.region)
         return await self._sigv4(signed, request, now)
+
+    def _check_region(self, region: str) -> None:
+        """A signature for a region this server does not answer for is refused, as AWS's front end refuses a
+        credential scoped to another region than the endpoint's."""
+        served = self.settings.regions
+        if served and region not in served:
+            raise InvalidSignatureException(
+                f"Credential should be scoped to a valid region, not '{region}'. This server answers for "
+                f"{', '.join(served)} (setting `regions`); sign requests for one of them."
+            )
 
     async def _bearer(self, token: str) -> Identity:
         if not token:

@@ -20,7 +20,14 @@ class Price:
 
 @dataclass(frozen=True)
 class CatalogModel:
-    """One Bedrock foundation model."""
+    """One Bedrock foundation model.
+
+    Where it is offered (docs/regions.md; ``model_regions`` / ``on_demand_regions`` settings override it):
+    ``regions`` are the regions that run it (the destinations of its inference profiles), ``on_demand_regions``
+    those where its own id or foundation-model ARN may be invoked, and ``geo_profiles`` the geographies (``us``,
+    ``eu``, ``apac``) of its system-defined cross-region inference profiles. Llama 3.2 and 3.3 are geofenced as
+    the spec says: on demand only in US West (Oregon), elsewhere only through the profile of the caller's geography.
+    """
 
     model_id: str
     name: str
@@ -39,6 +46,7 @@ class CatalogModel:
     latency_optimized: bool
     regions: tuple[str, ...]
     geo_profiles: tuple[str, ...]
+    on_demand_regions: tuple[str, ...]
     on_demand_price: Price | None = None
     provisioned_hourly_usd: float | None = None
     lifecycle: str = "ACTIVE"
@@ -53,6 +61,7 @@ class CatalogModel:
 
 
 _US = ("us-east-1", "us-east-2", "us-west-2")
+_OREGON = ("us-west-2",)
 _TEXT = ("TEXT",)
 _VISION = ("TEXT", "IMAGE")
 
@@ -62,21 +71,21 @@ MODELS: tuple[CatalogModel, ...] = (
         parameters_billion=70, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("reasoning", "code generation", "multilingual"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
-        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=("us",),
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=("us",), on_demand_regions=_OREGON,
     ),
     CatalogModel(
         model_id="meta.llama3-2-90b-instruct-v1:0", name="Llama 3.2 90B Vision Instruct", family="llama3.2",
         parameters_billion=90, context_window=128_000, input_modalities=_VISION, output_modalities=_TEXT,
         capabilities=("image understanding", "visual question answering", "document visual QA"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
-        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",),
+        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",), on_demand_regions=_OREGON,
     ),
     CatalogModel(
         model_id="meta.llama3-2-11b-instruct-v1:0", name="Llama 3.2 11B Vision Instruct", family="llama3.2",
         parameters_billion=11, context_window=128_000, input_modalities=_VISION, output_modalities=_TEXT,
         capabilities=("image captioning", "visual question answering", "conversational AI"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
-        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",),
+        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",), on_demand_regions=_OREGON,
     ),
     CatalogModel(
         model_id="meta.llama3-2-3b-instruct-v1:0", name="Llama 3.2 3B Instruct", family="llama3.2",
@@ -84,7 +93,7 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("fast text generation", "summarization", "simple code generation"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=False,
         fine_tuning=True, latency_optimized=False, regions=(*_US, "eu-central-1", "eu-west-1", "eu-west-3"),
-        geo_profiles=("us", "eu"),
+        geo_profiles=("us", "eu"), on_demand_regions=_OREGON,
     ),
     CatalogModel(
         model_id="meta.llama3-2-1b-instruct-v1:0", name="Llama 3.2 1B Instruct", family="llama3.2",
@@ -92,14 +101,14 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("very fast inference", "text completion", "simple conversation"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=False,
         fine_tuning=True, latency_optimized=False, regions=(*_US, "eu-central-1", "eu-west-1", "eu-west-3"),
-        geo_profiles=("us", "eu"),
+        geo_profiles=("us", "eu"), on_demand_regions=_OREGON,
     ),
     CatalogModel(
         model_id="meta.llama3-1-405b-instruct-v1:0", name="Llama 3.1 405B Instruct", family="llama3.1",
         parameters_billion=405, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("reasoning", "complex code generation", "mathematics", "creative writing"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
-        fine_tuning=False, latency_optimized=True, regions=("us-west-2",), geo_profiles=("us",),
+        fine_tuning=False, latency_optimized=True, regions=_OREGON, geo_profiles=("us",), on_demand_regions=_OREGON,
         on_demand_price=Price(5.32, 16.00),
     ),
     CatalogModel(
@@ -107,7 +116,7 @@ MODELS: tuple[CatalogModel, ...] = (
         parameters_billion=70, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("reasoning", "code generation and review", "content creation", "technical documentation"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
-        fine_tuning=False, latency_optimized=True, regions=("us-west-2",), geo_profiles=("us",),
+        fine_tuning=False, latency_optimized=True, regions=_OREGON, geo_profiles=("us",), on_demand_regions=_OREGON,
         on_demand_price=Price(0.99, 2.99),
     ),
     CatalogModel(
@@ -115,7 +124,7 @@ MODELS: tuple[CatalogModel, ...] = (
         parameters_billion=8, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("text generation", "question answering", "code assistance", "summarization"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
-        fine_tuning=False, latency_optimized=False, regions=("us-west-2",), geo_profiles=("us",),
+        fine_tuning=False, latency_optimized=False, regions=_OREGON, geo_profiles=("us",), on_demand_regions=_OREGON,
         on_demand_price=Price(0.22, 0.22),
     ),
     CatalogModel(
@@ -123,21 +132,21 @@ MODELS: tuple[CatalogModel, ...] = (
         parameters_billion=70, context_window=8_000, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("text generation", "reasoning", "code generation", "creative writing"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="llama3", instruct=True, tool_use=False,
-        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(),
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
     ),
     CatalogModel(
         model_id="meta.llama3-8b-instruct-v1:0", name="Llama 3 8B Instruct", family="llama3",
         parameters_billion=8, context_window=8_000, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("fast text generation", "basic reasoning", "simple code tasks"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="llama3", instruct=True, tool_use=False,
-        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(),
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
     ),
     CatalogModel(
         model_id="meta.llama2-13b-chat-v1", name="Llama 2 Chat 13B", family="llama2",
         parameters_billion=13, context_window=4_096, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("conversational AI", "text generation", "simple Q&A"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="llama2", instruct=True, tool_use=False,
-        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(),
+        fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
         on_demand_price=Price(0.75, 1.00), provisioned_hourly_usd=21.18, lifecycle="LEGACY",
     ),
     CatalogModel(
@@ -145,7 +154,7 @@ MODELS: tuple[CatalogModel, ...] = (
         parameters_billion=70, context_window=4_096, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("text completion", "foundation for fine-tuning"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="plain", instruct=False, tool_use=False,
-        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=(),
+        fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
         provisioned_hourly_usd=21.18, lifecycle="LEGACY",
     ),
 )
