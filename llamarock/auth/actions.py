@@ -32,7 +32,8 @@ class Access:
 def model_resources(identifier: str, region: str, account: str, aliases: dict[str, str]) -> tuple[tuple[str, ...], str]:
     """The ARNs a model identifier stands for, and the model id quotas count it under.
 
-    An inference profile needs the profile and the foundation model it routes to, as in IAM.
+    An inference profile needs the profile and the foundation model it routes to, as in IAM. A provisioned model
+    needs its own ARN, and quotas count it under that ARN (which model it serves is the provisioning store's).
     """
     identifier = aliases.get(identifier, identifier)
     try:
@@ -40,6 +41,8 @@ def model_resources(identifier: str, region: str, account: str, aliases: dict[st
     except ValidationException:
         resource = identifier if identifier.startswith("arn:") else foundation_model_arn(identifier, region)
         return (resource,), identifier
+    if ref.kind == "provisioned-model-arn":
+        return (identifier,), identifier
     model_id = aliases.get(ref.model_id, ref.model_id)
     model_region = ref.region or region
     if ref.kind == "foundation-model-arn":

@@ -29,6 +29,7 @@ class TokenBucket:
         self.rate = per_minute / 60.0
         self._clock = clock
         self._updated = clock()
+        self.last_used = self._updated
 
     def _refill(self) -> None:
         now = self._clock()
@@ -37,6 +38,7 @@ class TokenBucket:
 
     def try_take(self, amount: float) -> bool:
         self._refill()
+        self.last_used = self._updated
         if self.tokens < min(amount, self.capacity):
             return False
         self.tokens -= amount
@@ -46,10 +48,27 @@ class TokenBucket:
         self._refill()
         self.tokens = min(self.capacity, self.tokens + amount)
 
+    def used(self) -> int:
+        """Taken and not yet refilled: about what the last minute used (more when the bucket is in debt)."""
+        self._refill()
+        return max(0, math.ceil(self.capacity - self.tokens))
+
     def seconds_until(self, amount: float) -> float:
         self._refill()
         missing = min(amount, self.capacity) - self.tokens
         return max(0.0, missing / self.rate)
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    """One principal's limits and use for one model; a limit of None means unlimited."""
+
+    principal: str
+    model: str
+    rpm: int | None
+    rpm_used: int
+    tpm: int | None
+    tpm_used: int
 
 
 @dataclass
@@ -81,6 +100,27 @@ class Quotas:
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(limit, self._clock)
         return bucket
+
+    def usage(self) -> list[QuotaUse]:
+        """Limits and use per principal and model, for every pair that has been limited since the server started.
+
+        A principal whose limit changed has one bucket per limit: the one used last is its current one.
+        """
+        latest: dict[tuple[str, str, str], tuple[int, TokenBucket]] = {}
+        for (principal, model, kind, limit), bucket in self._buckets.items():
+            key = (principal, model, kind)
+            if key not in latest or bucket.last_used >= latest[key][1].last_used:
+                latest[key] = (limit, bucket)
+        pairs = sorted({(principal, model) for principal, model, _ in latest})
+        rows = []
+        for principal, model in pairs:
+            rpm = latest.get((principal, model, "rpm"))
+            tpm = latest.get((principal, model, "tpm"))
+            rows.append(QuotaUse(
+                principal, model, rpm[0] if rpm else None, rpm[1].used() if rpm else 0,
+                tpm[0] if tpm else None, tpm[1].used() if tpm else 0,
+            ))
+        return rows
 
     def admit(self, principal: str, model: str, rpm: int | None, tpm: int | None, tokens: int) -> Reservation:
         """Take a request and reserve ``tokens``, or raise ThrottlingException (taking nothing)."""

@@ -1,4 +1,5 @@
-"""Model identifiers as clients send them: base ids, foundation-model ARNs, inference profiles and their ARNs."""
+"""Model identifiers as clients send them: base ids, foundation-model ARNs, inference profiles and their ARNs, and
+provisioned-model ARNs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ INVALID_MODEL_IDENTIFIER = "The provided model identifier is invalid."
 
 _ARN = re.compile(
     r"^arn:aws(?:-[a-z]+)*:bedrock:(?P<region>[a-z0-9-]*):(?P<account>\d{12})?:"
-    r"(?P<type>foundation-model|inference-profile)/(?P<rest>.+)$"
+    r"(?P<type>foundation-model|inference-profile|provisioned-model)/(?P<rest>.+)$"
 )
+_PROVISIONED_ID = re.compile(r"^[a-z0-9]{12}$")
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,18 @@ class ModelRef:
 
     ``model_id`` is the base model id the request names (not yet checked against the catalog), ``kind`` the form
     it came in, ``geo`` the cross-region inference profile's geography (``us``, ``eu``, ``apac``) and ``region``
-    the region an ARN carried.
+    the region an ARN carried. A provisioned-model ARN names no model by itself: its ``model_id`` is empty and
+    ``provisioned_id`` holds the 12-character id that the provisioning store knows the model by.
     """
 
     requested: str
     model_id: str
-    kind: Literal["model-id", "foundation-model-arn", "inference-profile", "inference-profile-arn"]
+    kind: Literal[
+        "model-id", "foundation-model-arn", "inference-profile", "inference-profile-arn", "provisioned-model-arn"
+    ]
     geo: str | None = None
     region: str | None = None
+    provisioned_id: str | None = None
 
 
 def _split_profile(identifier: str) -> tuple[str | None, str]:
@@ -45,7 +51,7 @@ def parse_model_ref(identifier: str) -> ModelRef:
     """Parse any identifier form of §1.2 of the wire reference.
 
     Raises ValidationException("The provided model identifier is invalid.") for a form that is not a model id,
-    a foundation-model ARN, an inference-profile id or an inference-profile ARN.
+    a foundation-model ARN, an inference-profile id or ARN, or a provisioned-model ARN.
     """
     if not identifier or len(identifier) > 2048:
         raise ValidationException(INVALID_MODEL_IDENTIFIER)
@@ -58,6 +64,10 @@ def parse_model_ref(identifier: str) -> ModelRef:
             if match["account"]:
                 raise ValidationException(INVALID_MODEL_IDENTIFIER)
             return ModelRef(identifier, match["rest"], "foundation-model-arn", region=region)
+        if match["type"] == "provisioned-model":
+            if not match["account"] or not region or not _PROVISIONED_ID.match(match["rest"]):
+                raise ValidationException(INVALID_MODEL_IDENTIFIER)
+            return ModelRef(identifier, "", "provisioned-model-arn", region=region, provisioned_id=match["rest"])
         geo, model_id = _split_profile(match["rest"])
         if geo is None:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
@@ -74,3 +84,7 @@ def foundation_model_arn(model_id: str, region: str) -> str:
 
 def inference_profile_arn(geo: str, model_id: str, region: str, account: str) -> str:
     return f"arn:aws:bedrock:{region}:{account}:inference-profile/{geo}.{model_id}"
+
+
+def provisioned_model_arn(region: str, account: str, provisioned_id: str) -> str:
+    return f"arn:aws:bedrock:{region}:{account}:provisioned-model/{provisioned_id}"

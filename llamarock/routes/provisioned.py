@@ -1,0 +1,121 @@
+"""Provisioned Throughput's control-plane operations (``bedrock``): Create/Get/List/Update/Delete
+ProvisionedModelThroughput. Registered with ``control.register(HANDLERS)`` by ``create_app``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from llamarock.errors import ValidationException
+from llamarock.routes.control import ControlCall, ControlHandler
+from llamarock.services.provisioning import ListFilter, ProvisionedModel, ProvisioningService
+
+
+def _service(call: ControlCall) -> ProvisioningService:
+    service: ProvisioningService = call.state.provisioning
+    return service
+
+
+def _summary(model: ProvisionedModel) -> dict[str, Any]:
+    """The members GetProvisionedModelThroughput and the list's summaries share."""
+    shown: dict[str, Any] = {
+        "provisionedModelName": model.name,
+        "provisionedModelArn": model.arn,
+        "modelArn": model.model_arn,
+        "desiredModelArn": model.desired_model_arn,
+        "foundationModelArn": model.foundation_model_arn,
+        "modelUnits": model.units,
+        "desiredModelUnits": model.units,
+        "status": model.status,
+        "creationTime": model.created_at,
+        "lastModifiedTime": model.updated_at,
+    }
+    if model.commitment is not None:
+        shown["commitmentDuration"] = model.commitment
+        shown["commitmentExpirationTime"] = model.commitment_expires_at
+    return shown
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def _offset(token: str | None) -> int:
+    if token is None:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        offset = None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValidationException(
+            "The nextToken is invalid. Pass the nextToken of the previous ListProvisionedModelThroughputs response "
+            "unchanged, or leave it out to start from the first page."
+        )
+    return offset
+
+
+async def create_provisioned_model_throughput(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    model = await _service(call).create(
+        region=call.region,
+        account=call.account_id,
+        name=params["provisionedModelName"],
+        model_identifier=params["modelId"],
+        units=params["modelUnits"],
+        commitment=params.get("commitmentDuration"),
+        tags=[(tag["key"], tag["value"]) for tag in params.get("tags") or []],
+        client_token=params.get("clientRequestToken"),
+    )
+    return {"provisionedModelArn": model.arn}
+
+
+async def get_provisioned_model_throughput(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    model = await _service(call).get(call.region, params["provisionedModelId"])
+    shown = _summary(model)
+    if model.failure_message:
+        shown["failureMessage"] = model.failure_message
+    return shown
+
+
+async def list_provisioned_model_throughputs(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    offset = _offset(params.get("nextToken"))
+    limit = params.get("maxResults", 1000)
+    models, more = await _service(call).page(ListFilter(
+        region=call.region,
+        status=params.get("statusEquals"),
+        model_arn=params.get("modelArnEquals"),
+        name_contains=params.get("nameContains"),
+        created_after=params.get("creationTimeAfter"),
+        created_before=params.get("creationTimeBefore"),
+        descending=params.get("sortOrder", "Descending") == "Descending",
+        offset=offset,
+        limit=limit,
+    ))
+    output: dict[str, Any] = {"provisionedModelSummaries": [_summary(m) for m in models]}
+    if more:
+        output["nextToken"] = _page_token(offset + limit)
+    return output
+
+
+async def update_provisioned_model_throughput(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    await _service(call).update(
+        call.region, params["provisionedModelId"], params.get("desiredProvisionedModelName"),
+        params.get("desiredModelId"),
+    )
+    return {}
+
+
+async def delete_provisioned_model_throughput(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    await _service(call).delete(call.region, params["provisionedModelId"])
+    return {}
+
+
+HANDLERS: dict[str, ControlHandler] = {
+    "CreateProvisionedModelThroughput": create_provisioned_model_throughput,
+    "GetProvisionedModelThroughput": get_provisioned_model_throughput,
+    "ListProvisionedModelThroughputs": list_provisioned_model_throughputs,
+    "UpdateProvisionedModelThroughput": update_provisioned_model_throughput,
+    "DeleteProvisionedModelThroughput": delete_provisioned_model_throughput,
+}
