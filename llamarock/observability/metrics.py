@@ -1,0 +1,156 @@
+"""Prometheus metrics of one app: Bedrock's CloudWatch runtime metrics (namespace AWS/Bedrock, reference §7) and
+live engine gauges, served at ``GET /metrics``.
+
+Every app has its own ``CollectorRegistry`` (never the process-global one), so several apps can live in one
+process. CloudWatch metric -> Prometheus series, each labelled ``ModelId`` (see ``outcome.metric_model_id``):
+
+====================================  ===========================================================
+CloudWatch (AWS/Bedrock)              Prometheus
+====================================  ===========================================================
+Invocations                           ``bedrock_invocations_total``
+InvocationLatency (ms)                ``bedrock_invocation_latency_milliseconds`` (histogram)
+InvocationClientErrors                ``bedrock_invocation_client_errors_total``
+InvocationServerErrors                ``bedrock_invocation_server_errors_total``
+InvocationThrottles                   ``bedrock_invocation_throttles_total``
+InputTokenCount                       ``bedrock_input_tokens_total``
+OutputTokenCount                      ``bedrock_output_tokens_total``
+CacheReadInputTokenCount              ``bedrock_cache_read_input_tokens_total``
+TimeToFirstToken (ms, streams only)   ``bedrock_time_to_first_token_milliseconds`` (histogram)
+LegacyModelInvocations                ``bedrock_legacy_model_invocations_total``
+====================================  ===========================================================
+
+Engine gauges, labelled ``deployment``, are read from each deployment's ``engine.stats()`` at scrape time (see
+:data:`ENGINE_METRICS`); tokens per second is ``rate(llamarock_engine_generated_tokens_total[1m])``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from llamarock.bedrock import catalog
+from llamarock.observability.outcome import catalog_model_id, counts_as_invocation, metric_model_id, outcome
+from llamarock.observability.records import STREAMING_OPERATIONS, InvocationRecord
+
+if TYPE_CHECKING:
+    from llamarock.services.deployments import Deployment
+
+MILLISECOND_BUCKETS = (
+    10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000, 30_000, 60_000, 120_000, 300_000
+)
+
+# engine.stats() key -> (Prometheus name, kind, help). Keys an engine reports that are not listed here are exported
+# as gauges named llamarock_engine_<key>.
+ENGINE_METRICS: dict[str, tuple[str, str, str]] = {
+    "active": ("llamarock_engine_active_requests", "gauge", "Generations running or waiting for a slot."),
+    "running": ("llamarock_engine_running_sequences", "gauge", "Sequences in the decode batch."),
+    "queued": ("llamarock_engine_queued_requests", "gauge", "Requests waiting for a batch slot (queue depth)."),
+    "kv_reserved": ("llamarock_engine_kv_cells_reserved", "gauge", "KV cache cells reserved by admitted requests."),
+    "kv_cells": ("llamarock_engine_kv_cells", "gauge", "KV cache size in cells (tokens)."),
+    "prefix_cached_sequences": (
+        "llamarock_engine_prefix_cached_sequences", "gauge", "Finished sequences kept for prefix reuse."
+    ),
+    "prefix_hits": ("llamarock_engine_prefix_cache_hits", "counter", "Requests that reused a cached prompt prefix."),
+    "generated_tokens": ("llamarock_engine_generated_tokens", "counter", "Tokens generated since the engine started."),
+}
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class EngineCollector(Collector):
+    """Reads every deployment's engine counters when Prometheus scrapes."""
+
+    def __init__(self, deployments: Callable[[], Sequence[Deployment]]) -> None:
+        self._deployments = deployments
+
+    def collect(self) -> Iterable[Metric]:
+        ready = GaugeMetricFamily("llamarock_deployment_ready", "1 once the deployment's engine is loaded.",
+                                  labels=["deployment"])
+        kv_use = GaugeMetricFamily("llamarock_engine_kv_usage_ratio",
+                                   "Share of the KV cache reserved by admitted requests.", labels=["deployment"])
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for deployment in self._deployments():
+            is_ready = deployment.error is None and deployment.engine.ready
+            ready.add_metric([deployment.name], 1 if is_ready else 0)
+            if not is_ready:
+                continue
+            stats = deployment.engine.stats()
+            for key, value in stats.items():
+                name, kind, doc = ENGINE_METRICS.get(key, (f"llamarock_engine_{_UNSAFE.sub('_', key)}", "gauge",
+                                                             f"Engine statistic {key!r}."))
+                family = families.get(name)
+                if family is None:
+                    family = (CounterMetricFamily(name, doc, labels=["deployment"]) if kind == "counter"
+                              else GaugeMetricFamily(name, doc, labels=["deployment"]))
+                    families[name] = family
+                family.add_metric([deployment.name], value)
+            if stats.get("kv_cells"):
+                kv_use.add_metric([deployment.name], stats.get("kv_reserved", 0) / stats["kv_cells"])
+        yield ready
+        yield from families.values()
+        if kv_use.samples:
+            yield kv_use
+
+
+class InvocationMetrics:
+    """The metrics observer: one ``record`` per finished invocation updates the Bedrock series."""
+
+    def __init__(self, deployments: Callable[[], Sequence[Deployment]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["ModelId"]
+        registry = self.registry
+        self.invocations = Counter(
+            "bedrock_invocations", "Invocations (CloudWatch Invocations): accepted requests, later failures "
+            "included; not throttled or validation-rejected ones.", labels, registry=registry)
+        self.latency = Histogram(
+            "bedrock_invocation_latency_milliseconds", "Request received to last byte sent (InvocationLatency).",
+            labels, buckets=MILLISECOND_BUCKETS, registry=registry)
+        self.client_errors = Counter(
+            "bedrock_invocation_client_errors", "Invocations that failed with a 4xx error.", labels, registry=registry)
+        self.server_errors = Counter(
+            "bedrock_invocation_server_errors", "Invocations that failed with a 5xx error.", labels, registry=registry)
+        self.throttles = Counter(
+            "bedrock_invocation_throttles", "Throttled invocations (counted nowhere else).", labels, registry=registry)
+        self.input_tokens = Counter(
+            "bedrock_input_tokens", "Prompt tokens computed (InputTokenCount).", labels, registry=registry)
+        self.output_tokens = Counter(
+            "bedrock_output_tokens", "Generated tokens (OutputTokenCount).", labels, registry=registry)
+        self.cache_read_tokens = Counter(
+            "bedrock_cache_read_input_tokens", "Prompt tokens read from the prefix cache (CacheReadInputTokenCount).",
+            labels, registry=registry)
+        self.time_to_first_token = Histogram(
+            "bedrock_time_to_first_token_milliseconds",
+            "Request received to first token sent, streaming operations only (TimeToFirstToken).",
+            labels, buckets=MILLISECOND_BUCKETS, registry=registry)
+        self.legacy_invocations = Counter(
+            "bedrock_legacy_model_invocations", "Invocations of LEGACY-lifecycle models (LegacyModelInvocations).",
+            labels, registry=registry)
+        if deployments is not None:
+            registry.register(EngineCollector(deployments))
+
+    def record(self, record: InvocationRecord) -> None:
+        model = metric_model_id(record)
+        if record.throttled:
+            self.throttles.labels(model).inc()
+            return
+        if counts_as_invocation(record):
+            self.invocations.labels(model).inc()
+            self.latency.labels(model).observe(record.latency_ms)
+            model_id = catalog_model_id(record)
+            entry = catalog.get(model_id) if model_id else None
+            if entry is not None and entry.lifecycle == "LEGACY":
+                self.legacy_invocations.labels(model).inc()
+        kind = outcome(record)
+        if kind == "client_error":
+            self.client_errors.labels(model).inc()
+        elif kind == "server_error":
+            self.server_errors.labels(model).inc()
+        self.input_tokens.labels(model).inc(record.input_tokens)
+        self.output_tokens.labels(model).inc(record.output_tokens)
+        self.cache_read_tokens.labels(model).inc(record.cache_read_tokens)
+        if record.operation in STREAMING_OPERATIONS and record.ttft_ms is not None:
+            self.time_to_first_token.labels(model).observe(record.ttft_ms)
