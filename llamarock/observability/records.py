@@ -49,6 +49,7 @@ class InvocationRecord:
     request_metadata: dict[str, str] = field(default_factory=dict)
     performance_latency: str | None = None
     provisioned_model_arn: str | None = None
+    inference_region: str | None = None
     input_body: bytes | None = None
     input_content_type: str = "application/json"
     output_body: Any = None

@@ -1,0 +1,69 @@
+"""The model invocation logging configuration (PutModelInvocationLoggingConfiguration) in the metadata database.
+
+Bedrock keeps one configuration per account and region; llamarock answers as one account, so there is one row per
+region. It survives restarts and is shared by every server using the same database.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from llamarock.storage.db import Base, database_url, open_engine
+
+
+class LoggingConfigRow(Base):
+    __tablename__ = "model_invocation_logging"
+
+    region: Mapped[str] = mapped_column(String(32), primary_key=True)
+    config: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoggingConfigStore:
+    """Get, put and delete the ``loggingConfig`` of a region. The engine is opened at first use."""
+
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        self._url = database_url(data_dir, url)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = open_engine(self._url)
+        return self._engine
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every region's configuration."""
+        with Session(self.engine) as session:
+            return {row.region: json.loads(row.config) for row in session.scalars(select(LoggingConfigRow))}
+
+    def get(self, region: str) -> dict[str, Any] | None:
+        with Session(self.engine) as session:
+            row = session.get(LoggingConfigRow, region)
+            return json.loads(row.config) if row is not None else None
+
+    def put(self, region: str, config: dict[str, Any]) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(LoggingConfigRow, region)
+            if row is None:
+                session.add(LoggingConfigRow(region=region, config=json.dumps(config), updated_at=datetime.now(UTC)))
+            else:
+                row.config = json.dumps(config)
+                row.updated_at = datetime.now(UTC)
+
+    def delete(self, region: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(LoggingConfigRow, region)
+            if row is not None:
+                session.delete(row)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
