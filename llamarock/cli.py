@@ -1,4 +1,4 @@
-"""The ``llamarock`` command: ``serve``, ``models`` and ``keys``."""
+"""The ``llamarock`` command: ``serve``, ``models``, ``keys``, ``usage`` and ``quotas``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from llamarock import cli_keys
+from llamarock import cli_keys, cli_quotas, cli_usage
 from llamarock.bedrock import catalog
+from llamarock.observability import logs
 from llamarock.services.deployments import DeploymentConfigError, DeploymentRegistry
 from llamarock.settings import Settings, load_settings
 
@@ -23,14 +24,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["llamacpp", "fake"], help="engine for deployments that name none")
 
 
+def _region_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamarock", description="Amazon Bedrock's Llama API, self-hosted.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the Bedrock-compatible server")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
-    serve.add_argument("--region", help="AWS region to answer as (default us-west-2)")
+    serve.add_argument("--region", help="region of unsigned and bearer-token requests (default us-west-2)")
+    serve.add_argument("--regions", type=_region_list,
+                       help="comma-separated regions to answer for, e.g. us-west-2,us-east-1 (default: every region)")
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", dest="log_format", choices=["text", "json"],
+                       help="text (default) or json: one JSON object per log line, with the request id")
     serve.add_argument("--auth", choices=["dev", "enforce"],
                        help="dev (default; loopback only): unsigned requests allowed; enforce: keys required")
     serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate: serve HTTPS")
@@ -40,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(models)
     cli_keys.register(commands, _common)
+    cli_usage.register(commands, _common)
+    cli_quotas.register(commands, _common)
     return parser
 
 
@@ -105,12 +116,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from llamarock.app import create_app
 
-    settings = _settings(args, "host", "port", "region", "data_dir", "engine", "log_level", "auth", "tls_cert",
-                         "tls_key")
+    settings = _settings(args, "host", "port", "region", "regions", "data_dir", "engine", "log_level", "log_format",
+                         "auth", "tls_cert", "tls_key")
     _check_serving(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     for deployment in app.state.registry.deployments:
@@ -120,7 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     logging.getLogger("llamarock").info("auth mode %s%s", settings.auth, " over HTTPS" if settings.tls_cert else "")
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, log_config=None,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
@@ -134,11 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models(args)
         if args.command == "keys":
             return cli_keys.run(args, _settings(args, "data_dir"))
+        if args.command == "usage":
+            return cli_usage.run(args, _settings(args, "data_dir"))
+        if args.command == "quotas":
+            return cli_quotas.run(args, _settings(args, "data_dir"))
         return _serve(args)
     except (ValidationError, DeploymentConfigError, FileNotFoundError) as exc:
         print(f"llamarock: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (ServeError, cli_keys.KeysError) as exc:
+    except (ServeError, cli_keys.KeysError, cli_usage.UsageError, cli_quotas.QuotasError) as exc:
         print(f"llamarock: {exc}", file=sys.stderr)
         return 2
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llamarock.app import CONTROL_HANDLERS
 from llamarock.codec.service_model import service_model
 from llamarock.routes.runtime import OPERATIONS
-from llamarock.settings import DeploymentSettings, Settings
+from llamarock.settings import DeploymentSettings, PriceSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,12 @@ def configuration_markdown() -> str:
         "|---|---|---|---|",
         *_rows(DeploymentSettings, "deployments[]."),
         "",
+        "## `[prices.\"<model-id>\"]` entries",
+        "",
+        "| Setting | Environment | Default | Description |",
+        "|---|---|---|---|",
+        *_rows(PriceSettings, "prices.<model-id>."),
+        "",
     ]
     return "\n".join(lines)
 
@@ -72,6 +79,21 @@ def api_coverage_markdown() -> str:
         else:
             status, shown = "implemented", f"`{handler}`"
         lines.append(f"| {operation} | {status} | {shown} |")
+    lines += [
+        "",
+        "## bedrock (control plane)",
+        "",
+        "Operations without a handler answer UnknownOperationException naming the operation.",
+        "",
+        "| Operation | Status | Handler |",
+        "|---|---|---|",
+    ]
+    for operation in service_model("bedrock").operation_names:
+        control = CONTROL_HANDLERS.get(operation)
+        if control is None:
+            lines.append(f"| {operation} | not implemented | - |")
+        else:
+            lines.append(f"| {operation} | implemented | `{control.__name__}` |")
     lines.append("")
     return "\n".join(lines)
 

@@ -20,6 +20,8 @@ no service model defines, such as the front end's authentication errors)::
     ├── ThrottlingException              429
     ├── ModelNotReadyException           429  the deployment is still loading (botocore retries it)
     ├── ServiceQuotaExceededException    400
+    ├── ConflictException                400  (bedrock) the resource's state forbids it, e.g. a commitment term
+    ├── TooManyTagsException             400  (bedrock) more tags than a resource may carry
     ├── InternalServerException          500  anything unexpected; logged with the request id
     └── ServiceUnavailableException      503
 
@@ -127,6 +129,16 @@ class ModelNotReadyException(BedrockError):
 
 class ServiceQuotaExceededException(BedrockError):
     code = "ServiceQuotaExceededException"
+    fallback_status = 400
+
+
+class ConflictException(BedrockError):
+    code = "ConflictException"
+    fallback_status = 400
+
+
+class TooManyTagsException(BedrockError):
+    code = "TooManyTagsException"
     fallback_status = 400
 
 

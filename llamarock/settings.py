@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 EngineName = Literal["llamacpp", "fake"]
+_REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d+$"
+RegionName = Annotated[str, StringConstraints(pattern=_REGION_PATTERN)]
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("llamarock_config_file", default=None)
 
@@ -74,6 +77,11 @@ class DeploymentSettings(BaseModel):
         description="Prompt tokens prefilled per step while other requests are decoding, so that a long prompt "
         "never stalls running streams for more than one step.",
     )
+    priority_slots: int = Field(
+        default=1, ge=0, le=32,
+        description="Extra decode slots only prioritised requests (latency-optimized, provisioned throughput) may "
+        "use, so that they start at once even when standard requests fill all `max_parallel` slots.",
+    )
     fake_reply: str | None = Field(
         default=None,
         description="Fake engine only: the reply to generate; '{prompt}' is replaced by the last user message. "
@@ -85,6 +93,19 @@ class DeploymentSettings(BaseModel):
     fake_token_delay_ms: int = Field(default=0, ge=0, description="Fake engine only: delay before each token.")
 
 
+class PriceSettings(BaseModel):
+    """One ``[prices."<model-id>"]`` entry: the price of a model the catalog has none for (or a different one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Decimal = Field(ge=0, description="On-demand price in USD per one million input tokens.")
+    output: Decimal = Field(ge=0, description="On-demand price in USD per one million output tokens.")
+    provisioned_hourly: Decimal | None = Field(
+        default=None, ge=0, description="Provisioned Throughput price in USD per model unit per hour; empty means "
+        "the catalog's, if any.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything `llamarock serve` and the CLI can be told."""
 
@@ -92,7 +113,28 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Address the server listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="TCP port the server listens on (0 = any free port).")
-    region: str = Field(default="us-west-2", description="AWS region the server answers as.")
+    region: str = Field(
+        default="us-west-2", pattern=_REGION_PATTERN,
+        description="AWS region of requests that carry none (unsigned or bearer-token requests); a SigV4 request's "
+        "region is the one it was signed for. Defaults to the first of `regions` when only those are given.",
+    )
+    regions: list[RegionName] = Field(
+        default_factory=list,
+        description="Regions this server answers for (`serve --regions us-west-2,us-east-1`); a request signed for "
+        "another gets InvalidSignatureException \"Credential should be scoped to a valid region\". Empty means "
+        "every region.",
+    )
+    model_regions: dict[str, list[RegionName]] = Field(
+        default_factory=dict,
+        description="Per catalog model id, the regions that offer it, replacing the catalog's (docs/regions.md), "
+        "e.g. `model_regions = {\"meta.llama3-1-8b-instruct-v1:0\" = [\"us-west-2\", \"us-east-1\"]}`. The "
+        "model is on demand in all of them unless `on_demand_regions` names it too.",
+    )
+    on_demand_regions: dict[str, list[RegionName]] = Field(
+        default_factory=dict,
+        description="Per catalog model id, the regions where its own id or foundation-model ARN may be invoked "
+        "(elsewhere only through an inference profile), replacing the catalog's; [] makes it profile-only.",
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Directory for the metadata database, logs and blobs (env LLAMAROCK_DATA_DIR).",
@@ -104,6 +146,11 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="Default CPU threads per deployment."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log verbosity.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log line format: 'text', or 'json' (one JSON object per line: time, level, logger, message, "
+        "and request_id, operation, model, status, latency_ms where known; one access line per request).",
+    )
     aliases: dict[str, str] = Field(
         default_factory=dict, description="Extra model names clients may use, each mapped to a catalog model id."
     )
@@ -141,6 +188,21 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Tokens (prompt + generated) per minute per principal and model; empty "
         "means unlimited. `keys create --tpm` overrides it for one principal.",
     )
+    provisioned_sequences_per_unit: int = Field(
+        default=2, ge=1,
+        description="Provisioned Throughput: concurrent sequences each model unit reserves on the deployment serving "
+        "its model. On-demand requests may use only the deployment's `max_parallel` minus all reservations.",
+    )
+    provisioned_tpm_per_unit: int = Field(
+        default=60_000, ge=1,
+        description="Provisioned Throughput: tokens (prompt + generated) per minute each model unit allows; requests "
+        "through the provisioned model beyond it get ThrottlingException.",
+    )
+    provisioning_seconds: float = Field(
+        default=5.0, ge=0,
+        description="Provisioned Throughput: how long a new (or model-changing) provisioned model stays Creating "
+        "(Updating) before it is InService, once the deployment serving its model is loaded.",
+    )
     clock_skew_seconds: int = Field(
         default=300, ge=1, description="How far a SigV4 timestamp may be from the server's clock, in seconds."
     )
@@ -148,6 +210,59 @@ class Settings(BaseSettings):
         default=10_000_000, ge=1024, description="Size at which <data_dir>/logs/audit.jsonl is rotated."
     )
     audit_log_backups: int = Field(default=5, ge=0, description="Rotated audit log files to keep.")
+    blob_store_url: str = Field(
+        default="",
+        pattern=r"^$|^(file|https?)://",
+        description="Where buckets (e.g. model invocation logging's s3Config.bucketName) live: empty means a local "
+        "folder, <data_dir>/blobs/<bucket>/<key> (create a bucket with mkdir); file:///path means that folder; "
+        "http://host:port or https://... means an S3-compatible endpoint (MinIO, Ceph, moto, AWS S3) via boto3.",
+    )
+    blob_store_access_key_id: str | None = Field(
+        default=None,
+        description="Access key id for an S3-compatible `blob_store_url`; empty means boto3's usual credential "
+        "chain (AWS_ACCESS_KEY_ID, ~/.aws/credentials, ...).",
+    )
+    blob_store_secret_access_key: str | None = Field(
+        default=None, description="Secret access key for `blob_store_access_key_id`."
+    )
+    blob_store_region: str | None = Field(
+        default=None, description="Region to sign S3-compatible blob store requests for; empty means `region`."
+    )
+    invocation_log_spool_max_bytes: int = Field(
+        default=1_073_741_824, ge=1024,
+        description="Model invocation logging: most bytes of records waiting in <data_dir>/spool/invocation-logs.db "
+        "for delivery while the blob store is unreachable. When it is full, new records are dropped, counted and "
+        "logged; none already spooled is lost.",
+    )
+    invocation_log_retry_max_s: float = Field(
+        default=60.0, gt=0,
+        description="Model invocation logging: longest wait between delivery attempts while the blob store is "
+        "down (the wait doubles from 0.5 s up to this).",
+    )
+    prices: dict[str, PriceSettings] = Field(
+        default_factory=dict,
+        description="Prices by catalog model id, e.g. `[prices.\"meta.llama3-8b-instruct-v1:0\"]` with "
+        "`input = 0.3`, `output = 0.6` (USD per 1M tokens); they override the catalog's. Models with no price are "
+        "reported as unpriced (cost null).",
+    )
+    cache_read_price_fraction: Decimal = Field(
+        default=Decimal(0), ge=0, le=1,
+        description="Share of the input price charged for prompt tokens read from the prefix cache "
+        "(cacheReadInputTokens). 0 by default: Bedrock offers no prompt caching for Llama models, so there is no "
+        "Bedrock price to copy, and the prefix cache is llamarock's own optimization; 0 keeps costs equal to the "
+        "reported inputTokens/outputTokens times the spec's prices. 1 prices cache reads as plain input.",
+    )
+
+    @model_validator(mode="after")
+    def _default_region_is_served(self) -> Settings:
+        if self.regions and "region" not in self.model_fields_set:
+            self.region = self.regions[0]
+        elif self.regions and self.region not in self.regions:
+            raise ValueError(
+                f"region {self.region} (the region of unsigned and bearer-token requests) must be one of "
+                f"regions ({', '.join(self.regions)})"
+            )
+        return self
 
     @field_validator("deployments")
     @classmethod

@@ -179,6 +179,11 @@ MODELLED = [
     (errors.InternalServerException, 500),
     (errors.ServiceUnavailableException, 503),
 ]
+# Control-plane codes, rendered with the bedrock service model.
+CONTROL = [
+    (errors.ConflictException, 400),
+    (errors.TooManyTagsException, 400),
+]
 UNMODELLED = [
     (errors.UnrecognizedClientException, 403),
     (errors.IncompleteSignatureException, 400),
@@ -221,8 +226,16 @@ def test_unmodelled_uses_fallback(cls: type[errors.BedrockError], status: int) -
     assert cls.fallback_status == status
 
 
+@pytest.mark.parametrize(("cls", "status"), CONTROL)
+def test_control_plane_errors_take_the_bedrock_models_status(cls: type[errors.BedrockError], status: int) -> None:
+    control = botocore.session.get_session().get_service_model("bedrock")
+    assert control.shape_for(cls.code).metadata["error"]["httpStatusCode"] == status
+    rendered_status, headers, _ = render_error(cls("m"), "r", "bedrock")
+    assert rendered_status == status and headers["x-amzn-ErrorType"].startswith(cls.code + ":")
+
+
 def test_every_error_class_is_covered() -> None:
-    covered = {cls for cls, _ in MODELLED + UNMODELLED}
+    covered = {cls for cls, _ in MODELLED + UNMODELLED + CONTROL}
     assert set(errors.BedrockError.__subclasses__()) == covered
 
 

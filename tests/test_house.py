@@ -12,13 +12,13 @@ import pytest
 from pydantic import BaseModel
 
 from llamarock import docsgen
-from llamarock.settings import DeploymentSettings, Settings
+from llamarock.settings import DeploymentSettings, PriceSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "llamarock"
 
 
-@pytest.mark.parametrize("model", [Settings, DeploymentSettings])
+@pytest.mark.parametrize("model", [Settings, DeploymentSettings, PriceSettings])
 def test_every_setting_is_documented(model: type[BaseModel]) -> None:
     undocumented = [name for name, field in model.model_fields.items() if not (field.description or "").strip()]
     assert undocumented == []
@@ -53,7 +53,7 @@ ALLOWED = {
     "bedrock": {"bedrock"},
     "engines": {"engines"},
     "services": {"services", "bedrock", "engines", "scheduler", "storage", "jobs", "knowledge"},
-    "routes": {"routes", "codec", "bedrock", "services", "auth"},
+    "routes": {"routes", "codec", "bedrock", "services", "auth", "observability"},
 }
 OPEN = {"types", "errors", "settings"}
 

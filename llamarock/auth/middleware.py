@@ -27,13 +27,14 @@ from llamarock.auth.quotas import Quotas, Reservation, estimate_tokens
 from llamarock.codec.errors import render_error
 from llamarock.codec.rest_json import check_body_size
 from llamarock.errors import AccessDeniedException, BedrockError, InternalServerException, ThrottlingException
+from llamarock.observability.logs import log_access
 from llamarock.observability.records import InvocationRecord, Observers
 from llamarock.settings import Settings
 from llamarock.storage.keys import KeyStore
 
 log = logging.getLogger(__name__)
 
-UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/metrics"})
 INVOCATION_OPERATIONS = frozenset({"InvokeModel", "InvokeModelWithResponseStream", "Converse", "ConverseStream"})
 _SNIFF_LIMIT = 4_000_000
 
@@ -179,6 +180,8 @@ class AuthMiddleware:
         record: dict[str, Any] = {
             "sourceIp": scope["client"][0] if scope.get("client") else None,
             "userAgent": next((v.decode("latin-1")[:256] for k, v in headers if k == b"user-agent"), None),
+            "method": scope["method"],
+            "path": scope["path"],
         }
         request_id = str(uuid.uuid4())
         status = 500
@@ -307,3 +310,4 @@ class AuthMiddleware:
             self.gate.audit.write(**record)
         except OSError:
             log.exception("cannot write the audit log %s", self.gate.audit.path)
+        log_access(record)

@@ -46,6 +46,8 @@ class Call:
         if self.record is not None:
             self.record.model_id = target.model.model_id
             self.record.deployment = target.deployment.name
+            self.record.inference_region = target.inference_region
+            self.record.provisioned_model_arn = target.provisioned_arn
             self.record.input_body = body
 
     def usage(self, input_tokens: int, output_tokens: int, cache_read: int | None) -> None:

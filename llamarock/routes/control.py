@@ -4,8 +4,9 @@ Each operation's ``requestUri`` is compiled from the service model and matched o
 ARNs (``%2F`` for ``/``) and ids with ``:`` come through intact. Input members are taken from the URI, the query
 string (by ``locationName``), headers and the JSON body and validated against the input shape with AWS's words;
 the handler returns the output members, serialized as JSON with the operation's success status. Handlers are
-named after the operations in snake_case and registered per feature module in ``HANDLERS``; an operation that the
-model defines but llamarock has no handler for yet gets a clear error naming it.
+named after the operations in snake_case; ``create_app`` collects each feature module's ``HANDLERS`` into
+``app.state.control_handlers``. An operation that the model defines but llamarock has no handler for yet gets a
+clear error naming it.
 """
 
 from __future__ import annotations
@@ -54,12 +55,6 @@ class ControlCall:
 
 ControlHandler = Callable[[ControlCall, dict[str, Any]], Awaitable[dict[str, Any]]]
 
-HANDLERS: dict[str, ControlHandler] = {}
-
-
-def register(handlers: dict[str, ControlHandler]) -> None:
-    """Add a feature module's handlers (operation name -> handler)."""
-    HANDLERS.update(handlers)
 
 
 def _location_values(operation: str, labels: dict[str, str], request: Request) -> dict[str, Any]:
@@ -96,7 +91,8 @@ async def control_operation(request: Request) -> Response | None:
     operation, labels = matched
     request_id = str(uuid.uuid4())
     try:
-        handler = HANDLERS.get(operation)
+        handlers: dict[str, ControlHandler] = request.app.state.control_handlers
+        handler = handlers.get(operation)
         if handler is None:
             raise UnknownOperationException(
                 f"llamarock does not implement the bedrock operation {operation} yet; docs/api-coverage.md lists "

@@ -37,7 +37,8 @@ async def _prepare(call: Call, operation: str) -> tuple[Target, ChatRequest, Gen
     call.resolved(target, body)
     call.service.check_ready(target)
     chat = parse_chat_request(params, target.model)
-    request = _conversation(call).generation_request(target, chat, call.request_id)
+    request = call.service.tiered(target, _conversation(call).generation_request(target, chat, call.request_id),
+                                  chat.latency)
     if call.record is not None:
         call.record.request_metadata = dict(chat.request_metadata)
         call.record.performance_latency = chat.latency

@@ -33,6 +33,7 @@ async def prepare_native(
     call.service.check_images(target, native.images)
     sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
     generation = call.service.native_request(target, native.prompt, sampling, call.request_id)
+    generation = call.service.tiered(target, generation, headers.get("performanceConfigLatency"))
     echoed = {}
     if "performanceConfigLatency" in headers:
         echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = headers["performanceConfigLatency"]

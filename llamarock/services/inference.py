@@ -5,6 +5,8 @@ Engine exceptions are translated here, once, into the error tree.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from llamarock.bedrock import catalog
 from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef, parse_model_ref
 from llamarock.bedrock.prompts import parse_prompt
+from llamarock.bedrock.regions import RegionMap
 from llamarock.errors import (
     AccessDeniedException,
     ContextOverflowError,
@@ -28,13 +31,17 @@ from llamarock.errors import (
     UnsupportedSchemaError,
     ValidationException,
 )
-from llamarock.services.deployments import Deployment, DeploymentRegistry
+from llamarock.scheduler import Scheduler
+from llamarock.services.deployments import Deployment, DeploymentConfigError, DeploymentRegistry
+from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
 from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
 INPUT_TOO_LONG = "Input is too long for requested model."
+# Engine admission priority of latency-optimized requests (standard traffic is 0).
+LATENCY_OPTIMIZED_PRIORITY = 1
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ class Target:
     ref: ModelRef
     model: CatalogModel
     deployment: Deployment
+    # The region that runs the request (a cross-region inference profile's pick); invocation logs' inferenceRegion.
+    inference_region: str | None = None
+    # Set when the request names a provisioned model: it runs on that model's reserved capacity.
+    provisioned_arn: str | None = None
 
 
 def shape_prompt(prompt: str, engine_format: str) -> tuple[tuple, str] | None:
@@ -63,9 +74,21 @@ def shape_prompt(prompt: str, engine_format: str) -> tuple[tuple, str] | None:
 class InferenceService:
     """Runs generations for the runtime routes."""
 
-    def __init__(self, registry: DeploymentRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        registry: DeploymentRegistry,
+        settings: Settings,
+        scheduler: Scheduler | None = None,
+        provisioning: ProvisioningService | None = None,
+    ) -> None:
         self.registry = registry
         self.settings = settings
+        self.scheduler = scheduler or Scheduler(settings)
+        self.provisioning = provisioning
+        try:
+            self.regions = RegionMap(settings.model_regions, settings.on_demand_regions)
+        except ValueError as exc:
+            raise DeploymentConfigError(str(exc)) from exc
 
     def resolve(self, identifier: str, region: str | None = None) -> Target:
         """Map any accepted identifier form (or a configured alias) to a catalog model and its deployment.
@@ -74,7 +97,31 @@ class InferenceService:
         """
         region = region or self.settings.region
         ref = parse_model_ref(self.settings.aliases.get(identifier, identifier))
+        if ref.kind == "provisioned-model-arn":
+            if ref.region is not None and ref.region != region:
+                raise ValidationException(
+                    f"{INVALID_MODEL_IDENTIFIER} The ARN {ref.requested} names a provisioned model in {ref.region}, "
+                    f"but the request was signed for {region}. Sign the request for {ref.region}."
+                )
+            return self._provisioned(ref)
         model = catalog.get(self.settings.aliases.get(ref.model_id, ref.model_id))
+        if model is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        inference_region = self.regions.inference_region(model, ref, region)
+        deployment = self.registry.for_model(model.model_id)
+        if deployment is None:
+            raise AccessDeniedException(
+                "You don't have access to the model with the specified model ID. "
+                f"No deployment of this server serves {model.model_id}; add it to a [[deployments]] entry."
+            )
+        return Target(ref, model, deployment, inference_region)
+
+    def _provisioned(self, ref: ModelRef) -> Target:
+        """A provisioned-model ARN runs its (InService) provisioned model's catalog model on its reservation."""
+        if self.provisioning is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        provisioned = self.provisioning.for_invocation(ref)
+        model = catalog.get(provisioned.model_id)
         if model is None:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
         deployment = self.registry.for_model(model.model_id)
@@ -83,7 +130,7 @@ class InferenceService:
                 "You don't have access to the model with the specified model ID. "
                 f"No deployment of this server serves {model.model_id}; add it to a [[deployments]] entry."
             )
-        return Target(ref, model, deployment)
+        return Target(ref, model, deployment, ref.region, provisioned_arn=provisioned.arn)
 
     def check_ready(self, target: Target) -> None:
         deployment = target.deployment
@@ -126,9 +173,37 @@ class InferenceService:
             sampling=sampling, messages=tuple(messages), assistant_prefix=prefix, request_id=request_id
         )
 
+    def tiered(self, target: Target, request: GenerationRequest, latency: str | None) -> GenerationRequest:
+        """Apply the request's performance tier: ``optimized`` is served ahead of standard traffic.
+
+        As on Bedrock, only Llama 3.1 70B and 405B Instruct offer latency-optimized inference.
+        """
+        if latency != "optimized":
+            return request
+        if not target.model.latency_optimized:
+            offered = ", ".join(m.model_id for m in catalog.MODELS if m.latency_optimized)
+            raise ValidationException(
+                f"The model {target.model.model_id} doesn't support latency-optimized inference. It is offered for "
+                f"{offered}; send performanceConfig latency 'standard' (or leave it out) for this model."
+            )
+        return dataclasses.replace(request, priority=max(request.priority, LATENCY_OPTIMIZED_PRIORITY))
+
     async def generate(self, target: Target, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
-        """Generate with the target's engine, translating engine failures into Bedrock errors."""
+        """Generate once the scheduler admits the request (on-demand share, or the provisioned model's reservation).
+
+        Raises ThrottlingException or ModelTimeoutException before the first chunk when it is not admitted.
+        """
         self.check_ready(target)
+        async with self.scheduler.admit(target.deployment.name, request, target.provisioned_arn) as admission:
+            async with contextlib.aclosing(self._engine_chunks(target, admission.request)) as chunks:
+                async for chunk in chunks:
+                    admission.count(chunk)
+                    yield chunk
+
+    async def _engine_chunks(
+        self, target: Target, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """Generate with the target's engine, translating engine failures into Bedrock errors."""
         stream = target.deployment.engine.generate(request)
         try:
             async for chunk in stream:
