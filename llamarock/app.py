@@ -31,6 +31,7 @@ from llamarock.scheduler import Scheduler
 from llamarock.services.conversation import ConversationService
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.inference import InferenceService
+from llamarock.services.peers import PeerService
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
 from llamarock.storage.blobs import open_blob_store
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await registry.close_all()
+            await app.state.peers.close()
             gate.close()
             await asyncio.to_thread(usage.close)
             await asyncio.to_thread(invocation_log.close)
@@ -120,4 +122,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.provisioning = provisioning
     app.state.inference = InferenceService(registry, settings, scheduler, provisioning)
     app.state.conversation = ConversationService(app.state.inference)
+    app.state.peers = PeerService(settings, app.state.inference)
     return app

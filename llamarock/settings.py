@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 EngineName = Literal["llamacpp", "fake"]
 _REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d+$"
 RegionName = Annotated[str, StringConstraints(pattern=_REGION_PATTERN)]
+ServerUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("llamarock_config_file", default=None)
 
@@ -134,6 +135,27 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per catalog model id, the regions where its own id or foundation-model ARN may be invoked "
         "(elsewhere only through an inference profile), replacing the catalog's; [] makes it profile-only.",
+    )
+    region_servers: dict[RegionName, ServerUrl] = Field(
+        default_factory=dict,
+        description="Other llamarock servers, by the region they serve: `region_servers = {\"us-east-2\" = "
+        "\"http://10.0.0.5:8080\"}`. A runtime request whose inference region (docs/regions.md) is named here is "
+        "forwarded to that server and its answer streamed back, even when a deployment here could serve it; a "
+        "request that a peer forwarded (header x-llamarock-forwarded) is never forwarded again.",
+    )
+    peer_access_key_id: str | None = Field(
+        default=None,
+        description="Access key id of a key that the `region_servers` peers know (`llamarock keys create` there): "
+        "forwarded requests are signed with it (SigV4, service bedrock, the inference region). Empty: they are sent "
+        "unsigned, which peers accept only in `--auth dev` (and then run in the peer's `region`).",
+    )
+    peer_secret_access_key: str | None = Field(
+        default=None, description="Secret access key for `peer_access_key_id`."
+    )
+    peer_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="Seconds to wait for a `region_servers` peer to accept the connection and for each piece of its "
+        "answer; past it the call fails with ServiceUnavailableException.",
     )
     data_dir: Path = Field(
         default_factory=default_data_dir,
@@ -262,6 +284,12 @@ class Settings(BaseSettings):
                 f"region {self.region} (the region of unsigned and bearer-token requests) must be one of "
                 f"regions ({', '.join(self.regions)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _peer_key_is_whole(self) -> Settings:
+        if bool(self.peer_access_key_id) != bool(self.peer_secret_access_key):
+            raise ValueError("peer_access_key_id and peer_secret_access_key are set together, or neither")
         return self
 
     @field_validator("deployments")

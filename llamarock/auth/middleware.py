@@ -8,22 +8,19 @@ the credential scope) and ``.quota`` (the token reservation; a route that knows 
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.eventstream import EventStreamBuffer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarock.auth.actions import Access, describe
 from llamarock.auth.audit import AuditLog
 from llamarock.auth.identity import Authenticator, Identity, RequestParts
 from llamarock.auth.quotas import Quotas, Reservation, estimate_tokens
+from llamarock.bedrock.response_usage import ResponseUsage
 from llamarock.codec.errors import render_error
 from llamarock.codec.rest_json import check_body_size
 from llamarock.errors import AccessDeniedException, BedrockError, InternalServerException, ThrottlingException
@@ -36,7 +33,6 @@ log = logging.getLogger(__name__)
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/metrics"})
 INVOCATION_OPERATIONS = frozenset({"InvokeModel", "InvokeModelWithResponseStream", "Converse", "ConverseStream"})
-_SNIFF_LIMIT = 4_000_000
 
 
 def denial(principal_arn: str, action: str, resource: str, explicit: bool) -> AccessDeniedException:
@@ -90,61 +86,6 @@ def _context(identity: Identity, scope: Scope, now: datetime) -> dict[str, str]:
     return context
 
 
-@dataclass
-class _Usage:
-    """Token counts read from a response on its way out: headers, a JSON ``usage`` or the stream's last events."""
-
-    operation: str
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    _json: bytearray = field(default_factory=bytearray)
-    _events: EventStreamBuffer | None = None
-    _broken: bool = False
-
-    def start(self, headers: list[tuple[bytes, bytes]]) -> None:
-        found = {k.lower(): v for k, v in headers}
-        raw_in = found.get(b"x-amzn-bedrock-input-token-count")
-        raw_out = found.get(b"x-amzn-bedrock-output-token-count")
-        if raw_in is not None and raw_out is not None and raw_in.isdigit() and raw_out.isdigit():
-            self.input_tokens, self.output_tokens = int(raw_in), int(raw_out)
-        if found.get(b"content-type", b"").startswith(b"application/vnd.amazon.eventstream"):
-            self._events = EventStreamBuffer()
-
-    def body(self, chunk: bytes) -> None:
-        if self._broken or not chunk:
-            return
-        try:
-            if self._events is not None:
-                self._events.add_data(chunk)
-                for message in self._events:
-                    self._event(message.headers.get(":event-type"), message.payload)
-            elif self.operation == "Converse" and len(self._json) + len(chunk) <= _SNIFF_LIMIT:
-                self._json.extend(chunk)
-        except Exception:
-            self._broken = True
-
-    def _event(self, event_type: Any, payload: bytes) -> None:
-        if event_type == "metadata":
-            usage = json.loads(payload).get("usage") or {}
-            self.input_tokens, self.output_tokens = usage.get("inputTokens"), usage.get("outputTokens")
-        elif event_type == "chunk":
-            inner = json.loads(base64.b64decode(json.loads(payload)["bytes"]))
-            metrics = inner.get("amazon-bedrock-invocationMetrics")
-            if metrics:
-                self.input_tokens, self.output_tokens = metrics["inputTokenCount"], metrics["outputTokenCount"]
-
-    def total(self) -> int | None:
-        if self._json and self.input_tokens is None:
-            try:
-                usage = json.loads(self._json).get("usage") or {}
-                self.input_tokens, self.output_tokens = usage.get("inputTokens"), usage.get("outputTokens")
-            except (ValueError, AttributeError):
-                return None
-        if isinstance(self.input_tokens, int) and isinstance(self.output_tokens, int):
-            return self.input_tokens + self.output_tokens
-        return None
-
-
 class _Disconnected(Exception):
     pass
 
@@ -186,7 +127,7 @@ class AuthMiddleware:
         request_id = str(uuid.uuid4())
         status = 500
         reservation: Reservation | None = None
-        usage: _Usage | None = None
+        usage: ResponseUsage | None = None
         try:
             try:
                 body = await _read_body(scope, receive)
@@ -220,7 +161,7 @@ class AuthMiddleware:
 
     async def _admit(
         self, scope: Scope, body: bytes, record: dict[str, Any]
-    ) -> tuple[Reservation | None, _Usage | None]:
+    ) -> tuple[Reservation | None, ResponseUsage | None]:
         gate = self.gate
         settings = gate.settings
         now = datetime.now(UTC)
@@ -249,10 +190,10 @@ class AuthMiddleware:
         reservation = gate.quotas.admit(principal.name, access.model, principal.rpm, principal.tpm, tokens)
         record["decision"] = "allow"
         state["quota"] = reservation
-        usage = _Usage(access.operation) if reservation.bucket is not None else None
+        usage = ResponseUsage(access.operation) if reservation.bucket is not None else None
         return reservation, usage
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, body: bytes, usage: _Usage | None,
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, body: bytes, usage: ResponseUsage | None,
                        request_id: str, record: dict[str, Any]) -> tuple[int, str]:
         replayed = False
         status = 500

@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from llamarock.codec.rest_json import split_model_path
 from llamarock.errors import BedrockError, InternalServerException, UnknownOperationException
 from llamarock.observability.records import InvocationRecord
+from llamarock.routes import forwarding
 from llamarock.routes.common import Call, Handler, error_response
 from llamarock.routes.converse import converse, converse_stream, count_tokens
 from llamarock.routes.invoke import invoke_model, invoke_model_with_response_stream
@@ -50,7 +51,9 @@ async def model_operation(request: Request) -> Response:
         service: InferenceService = request.app.state.inference
         call = Call(request, request_id, started, model_identifier, service, _record(request, request_id,
                                                                                       entry[0], model_identifier))
-        response = await entry[1](call)
+        # A call whose inference region another llamarock server serves (region_servers) is relayed there.
+        peer = forwarding.peer_for(call)
+        response = await (entry[1](call) if peer is None else forwarding.forward(call, peer))
     except BedrockError as error:
         if call is not None:
             call.finish(error=error)

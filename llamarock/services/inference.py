@@ -45,6 +45,15 @@ LATENCY_OPTIMIZED_PRIORITY = 1
 
 
 @dataclass(frozen=True)
+class Placement:
+    """A request's model and the region that runs it (a cross-region inference profile's pick)."""
+
+    ref: ModelRef
+    model: CatalogModel
+    inference_region: str
+
+
+@dataclass(frozen=True)
 class Target:
     """A request's model, resolved: the identifier as sent, its catalog entry and the deployment serving it."""
 
@@ -104,17 +113,32 @@ class InferenceService:
                     f"but the request was signed for {region}. Sign the request for {ref.region}."
                 )
             return self._provisioned(ref)
-        model = catalog.get(self.settings.aliases.get(ref.model_id, ref.model_id))
-        if model is None:
-            raise ValidationException(INVALID_MODEL_IDENTIFIER)
-        inference_region = self.regions.inference_region(model, ref, region)
+        placement = self._placement(ref, region)
+        model = placement.model
         deployment = self.registry.for_model(model.model_id)
         if deployment is None:
             raise AccessDeniedException(
                 "You don't have access to the model with the specified model ID. "
                 f"No deployment of this server serves {model.model_id}; add it to a [[deployments]] entry."
             )
-        return Target(ref, model, deployment, inference_region)
+        return Target(ref, model, deployment, placement.inference_region)
+
+    def place(self, identifier: str, region: str | None = None) -> Placement | None:
+        """Where a request signed for ``region`` naming ``identifier`` runs, without needing a deployment here.
+
+        None for a provisioned-model ARN: its reservation is this server's own. Raises Bedrock's refusal for an
+        identifier the region cannot invoke, as :meth:`resolve` does.
+        """
+        ref = parse_model_ref(self.settings.aliases.get(identifier, identifier))
+        if ref.kind == "provisioned-model-arn":
+            return None
+        return self._placement(ref, region or self.settings.region)
+
+    def _placement(self, ref: ModelRef, region: str) -> Placement:
+        model = catalog.get(self.settings.aliases.get(ref.model_id, ref.model_id))
+        if model is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        return Placement(ref, model, self.regions.inference_region(model, ref, region))
 
     def _provisioned(self, ref: ModelRef) -> Target:
         """A provisioned-model ARN runs its (InService) provisioned model's catalog model on its reservation."""
