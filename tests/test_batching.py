@@ -225,3 +225,29 @@ def test_prioritised_requests_jump_the_queue() -> None:
     finally:
         asyncio.run(engine.close())
     assert order == ["prioritised", "standard"]
+
+
+def test_a_prompt_that_only_starts_the_same_way_leaves_the_cached_prompt_cached() -> None:
+    engine = _engine(max_parallel=2)
+    first = "Counting: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+    other = "Counting: 51, 52, 53, 54, 55, 56, 57, 58, 59, 60,"
+
+    async def cached_tokens(prompt: str) -> tuple[int, int]:
+        chunks = await _collect(engine, _request(prompt, max_tokens=8))
+        return chunks[0].cached_tokens or 0, chunks[0].prompt_tokens or 0
+
+    async def run() -> None:
+        await cached_tokens(first)
+        shared, _ = await cached_tokens(other)
+        assert 0 < shared < 8  # only "Counting:" is shared
+        # Serving the other prompt from a copy of the shared part kept the first prompt whole in the cache.
+        reused, prompt_tokens = await cached_tokens(first)
+        assert reused == prompt_tokens - 1
+        again, prompt_tokens = await cached_tokens(other)
+        assert again == prompt_tokens - 1
+        assert engine.stats()["prefix_cached_sequences"] == 2
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())

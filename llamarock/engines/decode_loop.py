@@ -85,6 +85,7 @@ class _Cached:
     seq_id: int
     kv_tokens: list[int]
     used: float
+    prompt: int  # prompt length of the request that left it: a repeat of that prompt reuses prompt - 1 tokens
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -219,14 +220,18 @@ class DecodeLoop:
             self.waiting.remove(job)
             job.emit(EngineTimeoutError(f"waited more than {self.config.queue_timeout_s:g} s for the model"))
 
-    def _evict_one(self) -> bool:
-        if not self.cache:
+    def _evict_one(self, spare: _Cached | None = None) -> bool:
+        """Drop the least recently used cached prefix (never ``spare``); False when there is none to drop."""
+        candidates = [c for c in self.cache if c is not spare]
+        if not candidates:
             return False
-        victim = min(self.cache, key=lambda c: c.used)
-        self.cache.remove(victim)
-        llama_cpp.llama_memory_seq_rm(self.memory, victim.seq_id, -1, -1)
-        self.free_ids.append(victim.seq_id)
+        self._drop_cached(min(candidates, key=lambda c: c.used))
         return True
+
+    def _drop_cached(self, entry: _Cached) -> None:
+        self.cache.remove(entry)
+        llama_cpp.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
+        self.free_ids.append(entry.seq_id)
 
     def _admit(self) -> None:
         # Prioritised requests may also take the priority slots, so they start at once even when standard
@@ -283,7 +288,14 @@ class DecodeLoop:
             if length > best_len:
                 best, best_len = candidate, length
         sampler = self._sampler(job.sampling, job.grammar)
-        if isinstance(best, _Cached):
+        # A cached prefix that holds more than the part shared (another prompt that only starts the same way) is
+        # copied, so that it stays cached for the request that repeats it; one shared whole is taken over.
+        keep_cached = isinstance(best, _Cached) and best_len < len(best.kv_tokens) and (
+            bool(self.free_ids) or self._evict_one(spare=best)
+        )
+        if isinstance(best, _Cached) and keep_cached:
+            best.used = time.monotonic()
+        if isinstance(best, _Cached) and not keep_cached:
             self.cache.remove(best)
             seq_id = best.seq_id
             llama_cpp.llama_memory_seq_rm(self.memory, seq_id, best_len, -1)
@@ -300,8 +312,16 @@ class DecodeLoop:
         """Remove a sequence from the running set; keep its KV as prefix cache or free it."""
         self.active.remove(sequence)
         llama_cpp.llama_sampler_free(sequence.sampler)
-        if keep and sequence.kv_tokens and len(self.cache) < self.config.cache_slots:
-            self.cache.append(_Cached(sequence.seq_id, sequence.kv_tokens, time.monotonic()))
+        if keep and sequence.kv_tokens and self.config.cache_slots > 0:
+            # Cached entries whose prompt this sequence holds too are redundant: a repeat would reuse as much here.
+            for entry in [c for c in self.cache if _common_prefix(c.kv_tokens, sequence.kv_tokens) >= c.prompt - 1]:
+                self._drop_cached(entry)
+            # The newest prefix is the likeliest to be asked for again: a full cache drops its least recent one.
+            while len(self.cache) >= self.config.cache_slots and self._evict_one():
+                pass
+            self.cache.append(
+                _Cached(sequence.seq_id, sequence.kv_tokens, time.monotonic(), len(sequence.job.tokens))
+            )
             return
         llama_cpp.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
         self.free_ids.append(sequence.seq_id)
