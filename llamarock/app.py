@@ -64,11 +64,11 @@ def create_app(settings: Settings) -> Starlette:
     observers = Observers()
     usage = UsageRecorder(settings)
     observers.add(usage)
-    invocation_metrics = InvocationMetrics(lambda: registry.deployments)
-    observers.add(invocation_metrics)
     invocation_log = InvocationLog(
         settings, open_blob_store(settings), LoggingConfigStore(settings.data_dir, settings.database_url)
     )
+    invocation_metrics = InvocationMetrics(lambda: registry.deployments, lambda: dict(invocation_log.counts))
+    observers.add(invocation_metrics)
     observers.add(invocation_log)
     scheduler = Scheduler(settings)
     provisioning = ProvisioningService(

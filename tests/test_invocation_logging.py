@@ -293,6 +293,13 @@ def test_every_operation_logs_one_record_local_store(local_server: Server) -> No
     assert failed["errorCode"] == "ValidationException"
     assert failed["output"]["outputTokenCount"] == 0
 
+    # The delivery counters of CloudWatch's logging metrics, on /metrics.
+    with urllib.request.urlopen(local_server.url + "/metrics", timeout=10) as response:
+        scraped = response.read().decode()
+    delivered = [line for line in scraped.splitlines()
+                 if line.startswith("bedrock_model_invocation_logs_s3_delivery_success_total")]
+    assert delivered and float(delivered[0].split()[-1]) >= 5
+
 
 def test_text_delivery_off_images_stripped_and_large_bodies_offloaded(local_server: Server) -> None:
     bucket = "flags"

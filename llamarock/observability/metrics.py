@@ -19,6 +19,9 @@ TimeToFirstToken (ms, streams only)   ``bedrock_time_to_first_token_milliseconds
 LegacyModelInvocations                ``bedrock_legacy_model_invocations_total``
 ====================================  ===========================================================
 
+Model invocation logging's delivery counters (``ModelInvocationLogsS3DeliverySuccess``...) are
+``bedrock_model_invocation_logs_s3_delivery_success_total`` and so on.
+
 Engine gauges, labelled ``deployment``, are read from each deployment's ``engine.stats()`` at scrape time (see
 :data:`ENGINE_METRICS`); tokens per second is ``rate(llamarock_engine_generated_tokens_total[1m])``.
 """
@@ -26,7 +29,7 @@ Engine gauges, labelled ``deployment``, are read from each deployment's ``engine
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -96,10 +99,29 @@ class EngineCollector(Collector):
             yield kv_use
 
 
+class DeliveryCollector(Collector):
+    """Model invocation logging's delivery counters (reference §7: ModelInvocationLogsS3DeliverySuccess, ...), as
+    ``bedrock_model_invocation_logs_<kind>_total``."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        for name, value in sorted(self._counts().items()):
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name.removeprefix("ModelInvocation")).lower()
+            family = CounterMetricFamily(f"bedrock_model_invocation_{snake}", f"Model invocation logging: {name}.")
+            family.add_metric([], value)
+            yield family
+
+
 class InvocationMetrics:
     """The metrics observer: one ``record`` per finished invocation updates the Bedrock series."""
 
-    def __init__(self, deployments: Callable[[], Sequence[Deployment]] | None = None) -> None:
+    def __init__(
+        self,
+        deployments: Callable[[], Sequence[Deployment]] | None = None,
+        delivery: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         labels = ["ModelId"]
         registry = self.registry
@@ -131,6 +153,8 @@ class InvocationMetrics:
             labels, registry=registry)
         if deployments is not None:
             registry.register(EngineCollector(deployments))
+        if delivery is not None:
+            registry.register(DeliveryCollector(delivery))
 
     def record(self, record: InvocationRecord) -> None:
         model = metric_model_id(record)

@@ -20,17 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Engine, ForeignKey, Integer, String, Text, case, func, select
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, case, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from llamarock.bedrock import catalog, pricing
 from llamarock.observability.outcome import catalog_model_id, counts_as_invocation, outcome
 from llamarock.observability.records import InvocationRecord
 from llamarock.settings import PriceSettings, Settings
-from llamarock.storage.db import Base, database_url, open_engine
+from llamarock.storage.db import Base, Store
 
 log = logging.getLogger(__name__)
 
@@ -137,23 +136,8 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-class UsageStore:
+class UsageStore(Store):
     """The usage tables; the engine is opened at first use."""
-
-    def __init__(self, data_dir: Path, url: str | None = None) -> None:
-        self._url = database_url(data_dir, url)
-        self._engine: Engine | None = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = open_engine(self._url)
-        return self._engine
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Insert rows built by :meth:`UsageRecorder.row`, in one transaction."""

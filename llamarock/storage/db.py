@@ -38,3 +38,25 @@ def open_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
     return engine
+
+
+class Store:
+    """Base of the stores on the metadata database: the SQLAlchemy engine is opened at first use.
+
+    Each process (a server, a CLI command) opens its own; ``close`` disposes of its connections.
+    """
+
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        self._url = database_url(data_dir, url)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = open_engine(self._url)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, ForeignKey, Integer, LargeBinary, String, Text, select
+from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llamarock.storage.db import Base, database_url, open_engine
+from llamarock.storage.db import Base, Store
 from llamarock.storage.secrets import SecretBox
 
 PRINCIPAL_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
@@ -91,24 +91,12 @@ def _principal(row: PrincipalRow) -> StoredPrincipal:
     return StoredPrincipal(row.name, json.loads(row.policy) if row.policy else None, row.rpm, row.tpm)
 
 
-class KeyStore:
+class KeyStore(Store):
     """Principals and keys in the metadata database. The engine is opened at first use."""
 
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
-        self._url = database_url(data_dir, url)
+        super().__init__(data_dir, url)
         self._box = SecretBox(data_dir)
-        self._engine: Engine | None = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = open_engine(self._url)
-        return self._engine
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
     def create_key(
         self,

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, String, Text, select
+from sqlalchemy import DateTime, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llamarock.storage.db import Base, database_url, open_engine
+from llamarock.storage.db import Base, Store
 
 
 class LoggingConfigRow(Base):
@@ -25,18 +24,8 @@ class LoggingConfigRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class LoggingConfigStore:
+class LoggingConfigStore(Store):
     """Get, put and delete the ``loggingConfig`` of a region. The engine is opened at first use."""
-
-    def __init__(self, data_dir: Path, url: str | None = None) -> None:
-        self._url = database_url(data_dir, url)
-        self._engine: Engine | None = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = open_engine(self._url)
-        return self._engine
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every region's configuration."""
@@ -63,7 +52,3 @@ class LoggingConfigStore:
             if row is not None:
                 session.delete(row)
 
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import DateTime, Engine, Integer, String, Text, or_, select
+from sqlalchemy import DateTime, Integer, String, Text, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llamarock.storage.db import Base, database_url, open_engine
+from llamarock.storage.db import Base, Store
 
 Status = Literal["Creating", "InService", "Updating", "Failed"]
 
@@ -141,27 +141,15 @@ def _copy(model: ProvisionedModel, row: ProvisionedModelRow) -> None:
     row.updated_at, row.ready_at, row.failure_message = model.updated_at, model.ready_at, model.failure_message
 
 
-class ProvisionedStore:
+class ProvisionedStore(Store):
     """Provisioned models and their billing in the metadata database. The engine is opened at first use.
 
     ``lock`` serialises check-then-write sequences (a unique name, an idempotency token) within the process.
     """
 
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
-        self._url = database_url(data_dir, url)
-        self._engine: Engine | None = None
+        super().__init__(data_dir, url)
         self.lock = threading.Lock()
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = open_engine(self._url)
-        return self._engine
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
     def insert(self, model: ProvisionedModel) -> None:
         with Session(self.engine) as session, session.begin():
