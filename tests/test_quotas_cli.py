@@ -178,3 +178,35 @@ def test_the_default_endpoint_comes_from_the_settings(tmp_path: Path) -> None:
         assert document["provisioned"] == [] and document["quotas"] == []
     finally:
         stop_server(server)
+
+
+def _signed_get(url: str, key: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials(key["accessKeyId"], key["secretAccessKey"]), "bedrock", "us-west-2").add_auth(request)
+    prepared = urllib.request.Request(url, headers=dict(request.headers.items()))
+    try:
+        with urllib.request.urlopen(prepared, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_usage_report_over_http_needs_llamarock_get_usage(enforced: tuple[Server, Path], tmp_path: Path) -> None:
+    server, data = enforced
+    plain = create_key(data, "plain-user")
+    policy = tmp_path / "accountant.json"
+    policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["llamarock:GetUsage"], "Resource": "*"}
+    ]}))
+    accountant = create_key(data, "accountant", "--policy", str(policy))
+    status, body = _signed_get(server.url + "/llamarock/usage?by=principal", plain)
+    assert status == 403 and "llamarock:GetUsage" in body["message"]
+    status, body = _signed_get(server.url + "/llamarock/usage?by=principal", accountant)
+    assert status == 200 and body["by"] == "principal" and isinstance(body["rows"], list)

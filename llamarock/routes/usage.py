@@ -1,7 +1,8 @@
 """``GET /llamarock/usage?by=model|principal|tag|day&since=DATE``: the usage report as JSON, for the console.
 
 The same rows as ``llamarock usage --json`` (see ``observability/usage.py``), answered as ``{"by": ..., "since":
-..., "rows": [...]}``. Bad parameters are a ValidationException that says what to send instead.
+..., "rows": [...]}``. Bad parameters are a ValidationException that says what to send instead. With ``--auth
+enforce`` the caller's policy must allow ``llamarock:GetUsage`` (the report shows every principal's usage).
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from llamarock.errors import ValidationException
+from llamarock.auth.identity import Principal
+from llamarock.errors import AccessDeniedException, ValidationException
 from llamarock.observability.usage import UsageRecorder, parse_grouping, parse_since
 from llamarock.routes.common import error_response
+
+VIEW_ACTION = "llamarock:GetUsage"
 
 
 async def usage_report(request: Request) -> Response:
     request_id = str(uuid.uuid4())
     recorder: UsageRecorder = request.app.state.usage
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if request.app.state.settings.auth == "enforce" and principal is not None and \
+            principal.policy.evaluate(VIEW_ACTION, "*", {}) != "Allow":
+        return error_response(AccessDeniedException(
+            f"User: {principal.arn} is not authorized to perform: {VIEW_ACTION} on resource: * because no "
+            f"identity-based policy allows the {VIEW_ACTION} action"), request_id)
     unknown = sorted(set(request.query_params) - {"by", "since"})
     try:
         if unknown:
