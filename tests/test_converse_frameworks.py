@@ -54,7 +54,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 class Person(BaseModel):
     """A person."""
 
-    name: str = Field(max_length=24, description="The person's first name")
+    name: str = Field(min_length=1, max_length=24, description="The person's first name")
     age: int = Field(description="Age in years")
 
 
