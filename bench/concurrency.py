@@ -216,7 +216,7 @@ def bench_llamarock(args: argparse.Namespace, levels: list[int]) -> dict[str, An
         client = boto3.client(
             "bedrock-runtime", region_name="us-west-2", endpoint_url=url, aws_access_key_id="x",
             aws_secret_access_key="y",
-            config=Config(retries={"max_attempts": 1}, max_pool_connections=64, read_timeout=600),
+            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64, read_timeout=600),
         )
         result: dict[str, Any] = {"levels": _sweep(_bedrock_request(client), levels, args.requests, args.tokens)}
         if not args.skip_prefix:

@@ -74,7 +74,7 @@ def main() -> None:
         client = boto3.client(
             "bedrock-runtime", region_name="us-west-2", endpoint_url=url, aws_access_key_id="x",
             aws_secret_access_key="y",
-            config=Config(retries={"max_attempts": 1}, max_pool_connections=64, read_timeout=600),
+            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64, read_timeout=600),
         )
         _ttft(client, _prompt(0), args.tokens, False)  # warm-up
         stop = time.monotonic() + args.seconds

@@ -59,7 +59,7 @@ def bench_llamarock(threads: int, tokens: int, runs: int) -> dict[str, object]:
                 time.sleep(0.1)
         client = boto3.client(
             "bedrock-runtime", region_name="us-west-2", endpoint_url=url, aws_access_key_id="x",
-            aws_secret_access_key="y", config=Config(read_timeout=600, retries={"max_attempts": 1}),
+            aws_secret_access_key="y", config=Config(read_timeout=600, retries={"total_max_attempts": 1}),
         )
         rates, ttfts = [], []
         body = json.dumps({"prompt": PROMPT, "max_gen_len": tokens, "temperature": 0})
