@@ -15,6 +15,7 @@ Prints one JSON object. Run by hand; never a test. Needs `pip install xllamacpp`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -188,47 +189,48 @@ def _prefix_test(client: Any, runs: int) -> dict[str, Any]:
     }
 
 
-def bench_llamarock(args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
+@contextlib.contextmanager
+def llamarock_server(deployment: str, threads: int, prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """`llamarock serve` on a free port with one ``[[deployments]]`` entry (TOML lines after the header), once
+    healthy; yields the process and a boto3 bedrock-runtime client without retries. Stopped on exit."""
     import boto3
     from botocore.config import Config
 
     port = _free_port()
-    data = tempfile.mkdtemp(prefix="llamarock-bench-")
+    data = tempfile.mkdtemp(prefix=prefix)
     config = Path(data) / "bench.toml"
-    config.write_text(
-        "[[deployments]]\n"
-        'name = "bench"\n'
-        'models = ["*"]\n'
-        f"context_length = {N_CTX}\n"
-        f"max_parallel = {args.parallel}\n"
-        f"max_queue = {args.max_queue}\n"
-    )
-    env = {**os.environ, "LLAMAROCK_THREADS": str(args.threads)}
-    log = open(Path(data) / "serve.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llamarock", "serve", "--port", str(port), "--data-dir", data,
-         "--log-level", "warning", "--config", str(config)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url + "/healthz", process)
-        client = boto3.client(
-            "bedrock-runtime", region_name="us-west-2", endpoint_url=url, aws_access_key_id="x",
-            aws_secret_access_key="y",
-            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64, read_timeout=600),
+    config.write_text('[[deployments]]\nname = "bench"\nmodels = ["*"]\n' + deployment)
+    env = {**os.environ, "LLAMAROCK_THREADS": str(threads)}
+    with open(Path(data) / "serve.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llamarock", "serve", "--port", str(port), "--data-dir", data,
+             "--log-level", "warning", "--config", str(config)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
         )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_healthy(url + "/healthz", process)
+            client = boto3.client(
+                "bedrock-runtime", region_name="us-west-2", endpoint_url=url, aws_access_key_id="x",
+                aws_secret_access_key="y",
+                config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64, read_timeout=600),
+            )
+            yield process, client
+        finally:
+            process.terminate()
+            process.wait()
+
+
+def bench_llamarock(args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
+    deployment = f"context_length = {N_CTX}\nmax_parallel = {args.parallel}\nmax_queue = {args.max_queue}\n"
+    with llamarock_server(deployment, args.threads, "llamarock-bench-") as (process, client):
         result: dict[str, Any] = {"levels": _sweep(_bedrock_request(client), levels, args.requests, args.tokens)}
         if not args.skip_prefix:
             result["shared_prefix"] = _prefix_test(client, args.prefix_requests)
         result["peak_rss_mb"] = _peak_rss_mb(process.pid)
-        result["max_parallel"] = args.parallel
-        result["max_queue"] = args.max_queue
-        return result
-    finally:
-        process.terminate()
-        process.wait()
-        log.close()
+    result["max_parallel"] = args.parallel
+    result["max_queue"] = args.max_queue
+    return result
 
 
 # ---------------------------------------------------------------------------------------- llama-server

@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from concurrency import _free_port, _pct, _prompt, _wait_healthy
+from concurrency import _pct, _prompt, llamarock_server
 
 MODEL_ID = "meta.llama3-1-70b-instruct-v1:0"
 
@@ -49,33 +44,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
 
-    import boto3
-    from botocore.config import Config
-
-    port = _free_port()
-    data = tempfile.mkdtemp(prefix="llamarock-tier-")
-    config = Path(data) / "bench.toml"
-    config.write_text(
-        '[[deployments]]\nname = "bench"\nmodels = ["*"]\n'
-        f"max_parallel = {args.parallel}\nmax_queue = {4 * args.standard}\npriority_slots = 1\n"
-    )
-    env = {**os.environ, "LLAMAROCK_THREADS": str(args.threads)}
-    log = open(Path(data) / "serve.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llamarock", "serve", "--port", str(port), "--data-dir", data, "--log-level",
-         "warning", "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
     standard: list[float] = []
     optimized: list[float] = []
     errors: list[str] = []
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url + "/healthz", process)
-        client = boto3.client(
-            "bedrock-runtime", region_name="us-west-2", endpoint_url=url, aws_access_key_id="x",
-            aws_secret_access_key="y",
-            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64, read_timeout=600),
-        )
+    deployment = f"max_parallel = {args.parallel}\nmax_queue = {4 * args.standard}\npriority_slots = 1\n"
+    with llamarock_server(deployment, args.threads, "llamarock-tier-") as (_, client):
         _ttft(client, _prompt(0), args.tokens, False)  # warm-up
         stop = time.monotonic() + args.seconds
         warmup_end = time.monotonic() + min(5.0, args.seconds / 4)
@@ -108,10 +81,6 @@ def main() -> None:
             time.sleep(0.2)
         for worker in workers:
             worker.join()
-    finally:
-        process.terminate()
-        process.wait()
-        log.close()
     std_p50, opt_p50 = _pct(standard, 50), _pct(optimized, 50)
     print(json.dumps({
         "model": MODEL_ID, "threads": args.threads, "max_parallel": args.parallel, "standard_clients": args.standard,

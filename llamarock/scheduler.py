@@ -111,11 +111,12 @@ class SlotPool:
         self._grant()
 
 
-class TokenBudget:
-    """Tokens per minute: a bucket holding one minute's allowance, refilled continuously.
+class TokenBucket:
+    """So many per minute: a bucket holding one minute's allowance, refilled continuously.
 
-    A request takes its estimate up front and settles with the real count afterwards (the bucket may go into debt).
-    An estimate larger than a whole minute's allowance is admitted when the bucket is full, so it is never stuck.
+    Used for principals' RPM/TPM quotas (``auth/quotas.py``) and provisioned models' tokens per minute. A request
+    takes its estimate up front and settles with the real count afterwards (the bucket may go into debt). An amount
+    larger than a whole minute's allowance is admitted when the bucket is full, so it is never stuck.
     """
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -123,27 +124,34 @@ class TokenBudget:
         self.tokens = float(per_minute)
         self._clock = clock
         self._updated = clock()
+        self.last_used = self._updated
 
     def _refill(self) -> None:
         now = self._clock()
         self.tokens = min(float(self.per_minute), self.tokens + (now - self._updated) * self.per_minute / 60.0)
         self._updated = now
 
-    def take(self, amount: int) -> bool:
+    def take(self, amount: float) -> bool:
         self._refill()
+        self.last_used = self._updated
         if self.tokens < min(amount, self.per_minute):
             return False
         self.tokens -= amount
         return True
 
-    def give_back(self, amount: int) -> None:
+    def give_back(self, amount: float) -> None:
         self._refill()
         self.tokens = min(float(self.per_minute), self.tokens + amount)
 
     def used(self) -> int:
-        """Tokens taken and not yet refilled: about what the last minute used."""
+        """Taken and not yet refilled: about what the last minute used (more when the bucket is in debt)."""
         self._refill()
         return max(0, math.ceil(self.per_minute - self.tokens))
+
+    def seconds_until(self, amount: float) -> float:
+        self._refill()
+        missing = min(amount, self.per_minute) - self.tokens
+        return max(0.0, missing / (self.per_minute / 60.0))
 
     def resize(self, per_minute: int) -> None:
         self._refill()
@@ -161,7 +169,7 @@ class Reservation:
     deployment: str
     units: int
     pool: SlotPool
-    budget: TokenBudget
+    budget: TokenBucket
 
     @property
     def sequences(self) -> int:
@@ -252,7 +260,7 @@ class Scheduler:
             spec = self._deployments.get(deployment)
             max_queue = spec.max_queue if spec is not None else 0
             self._reservations[arn] = Reservation(
-                arn, name, model_id, deployment, units, SlotPool(sequences, 0, max_queue), TokenBudget(per_minute)
+                arn, name, model_id, deployment, units, SlotPool(sequences, 0, max_queue), TokenBucket(per_minute)
             )
         else:
             moved_from = current.deployment

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from llamarock.errors import BedrockError, ModelTimeoutException, ThrottlingException
-from llamarock.scheduler import PROVISIONED_PRIORITY, Admission, Scheduler, SlotPool, TokenBudget, estimate_tokens
+from llamarock.scheduler import PROVISIONED_PRIORITY, Admission, Scheduler, SlotPool, TokenBucket, estimate_tokens
 from llamarock.settings import load_settings
 from llamarock.types import GenerationRequest, SamplingParams
 
@@ -155,7 +155,7 @@ async def _provisioned_tokens_per_minute_are_enforced_and_settled_with_real_use(
 
 def test_token_budget_refills_continuously() -> None:
     now = [0.0]
-    budget = TokenBudget(60, clock=lambda: now[0])
+    budget = TokenBucket(60, clock=lambda: now[0])
     assert budget.take(60) and not budget.take(1)
     now[0] = 10.0
     assert budget.used() == 50

@@ -16,47 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llamarock.errors import ThrottlingException
+from llamarock.scheduler import TokenBucket
 
 TOO_MANY_REQUESTS = "Too many requests, please wait before trying again."
 TOO_MANY_TOKENS = "Too many tokens, please wait before trying again."
 DEFAULT_MAX_TOKENS = 512
-
-
-class TokenBucket:
-    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
-        self.capacity = float(per_minute)
-        self.tokens = float(per_minute)
-        self.rate = per_minute / 60.0
-        self._clock = clock
-        self._updated = clock()
-        self.last_used = self._updated
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self._updated) * self.rate)
-        self._updated = now
-
-    def try_take(self, amount: float) -> bool:
-        self._refill()
-        self.last_used = self._updated
-        if self.tokens < min(amount, self.capacity):
-            return False
-        self.tokens -= amount
-        return True
-
-    def give_back(self, amount: float) -> None:
-        self._refill()
-        self.tokens = min(self.capacity, self.tokens + amount)
-
-    def used(self) -> int:
-        """Taken and not yet refilled: about what the last minute used (more when the bucket is in debt)."""
-        self._refill()
-        return max(0, math.ceil(self.capacity - self.tokens))
-
-    def seconds_until(self, amount: float) -> float:
-        self._refill()
-        missing = min(amount, self.capacity) - self.tokens
-        return max(0.0, missing / self.rate)
 
 
 @dataclass(frozen=True)
@@ -125,12 +89,12 @@ class Quotas:
     def admit(self, principal: str, model: str, rpm: int | None, tpm: int | None, tokens: int) -> Reservation:
         """Take a request and reserve ``tokens``, or raise ThrottlingException (taking nothing)."""
         requests = self._bucket(principal, model, "rpm", rpm) if rpm else None
-        if requests is not None and not requests.try_take(1):
+        if requests is not None and not requests.take(1):
             raise ThrottlingException(TOO_MANY_REQUESTS)
         if not tpm or tokens <= 0:
             return Reservation(None, 0)
         bucket = self._bucket(principal, model, "tpm", tpm)
-        if not bucket.try_take(tokens):
+        if not bucket.take(tokens):
             if requests is not None:
                 requests.give_back(1)
             raise ThrottlingException(TOO_MANY_TOKENS)
