@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -75,10 +76,11 @@ class Server:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    def client(self, **config: object) -> object:
+    def client(self, service: str = "bedrock-runtime", region: str = "us-west-2", **config: object) -> Any:
+        """A boto3 client of ``service`` (bedrock-runtime, bedrock...) for this server, signed for ``region``."""
         return boto3.client(
-            "bedrock-runtime",
-            region_name="us-west-2",
+            service,
+            region_name=region,
             endpoint_url=self.url,
             aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],

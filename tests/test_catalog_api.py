@@ -9,13 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from llamarock.codec.service_model import service_model
-from tests.conftest import DUMMY_CREDENTIALS, Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server
 
 ACCOUNT = "123456789012"
 # The product spec's twelve models, its two Vision models, and its fine-tunable Llama 3.2 series.
@@ -38,12 +36,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def bedrock(server: Server, region: str = "us-west-2") -> Any:
-    return boto3.client(
-        "bedrock", region_name=region, endpoint_url=server.url,
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
+    return server.client("bedrock", region)
 
 
 def error_of(call: Any, **kwargs: Any) -> tuple[str, int, str]:

@@ -18,10 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import jsonschema
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from llamarock.observability.invocation_log import InvocationLog, log_prefix
@@ -30,23 +28,17 @@ from llamarock.observability.records import InvocationRecord
 from llamarock.settings import Settings
 from llamarock.storage.blobs import BucketMissingError, LocalBlobStore, S3BlobStore
 from llamarock.storage.logging_config import LoggingConfigStore
-from tests.conftest import DUMMY_CREDENTIALS, Server, free_port, start_server, stop_server
+from tests.conftest import Server, free_port, start_server, stop_server
 
 REGION = "us-west-2"
 ACCOUNT = "000000000000"
 MODEL = "meta.llama3-1-8b-instruct-v1:0"
 VISION_MODEL = "meta.llama3-2-11b-instruct-v1:0"
-RETRY = Config(retries={"mode": "standard", "max_attempts": 1}, read_timeout=300)
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
 def bedrock(server: Server, **config: Any) -> Any:
-    return boto3.client(
-        "bedrock", region_name=REGION, endpoint_url=server.url,
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=RETRY.merge(Config(**config)),
-    )
+    return server.client("bedrock", REGION, **config)
 
 
 def data_dir(server: Server) -> Path:

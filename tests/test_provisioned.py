@@ -15,9 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from llamarock.auth.actions import model_resources
@@ -26,7 +24,7 @@ from llamarock.errors import ValidationException
 from llamarock.services.provisioning import accrued_costs, add_months
 from llamarock.settings import PriceSettings
 from llamarock.storage.provisioned import ProvisionedModel, ProvisionedStore
-from tests.conftest import DUMMY_CREDENTIALS, Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server
 
 SMALL = "meta.llama3-1-8b-instruct-v1:0"
 SLOW = "meta.llama3-8b-instruct-v1:0"
@@ -61,12 +59,7 @@ max_parallel = 64
 
 
 def bedrock(server: Server, region: str = "us-west-2", **config: Any) -> Any:
-    return boto3.client(
-        "bedrock", region_name=region, endpoint_url=server.url,
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"mode": "standard", "max_attempts": 1}, **config),
-    )
+    return server.client("bedrock", region, **config)
 
 
 def error_of(call: Any, **kwargs: Any) -> tuple[str, int, str]:
@@ -319,12 +312,7 @@ def test_invoke_stream_converse_and_converse_stream_through_the_provisioned_arn(
     stream = runtime.converse_stream(modelId=arn, messages=messages)["stream"]
     deltas = "".join(e["contentBlockDelta"]["delta"]["text"] for e in stream if "contentBlockDelta" in e)
     assert "hello converse" in deltas
-    elsewhere = boto3.client(
-        "bedrock-runtime", region_name="us-east-1", endpoint_url=server.url,
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
+    elsewhere = server.client("bedrock-runtime", "us-east-1")
     code, status, message = error_of(elsewhere.invoke_model, modelId=arn, body=body)
     assert (code, status) == ("ValidationException", 400) and "signed for us-east-1" in message
     missing = "arn:aws:bedrock:us-west-2:000000000000:provisioned-model/zzzzzzzzzzzz"

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from llamarock.bedrock import catalog
@@ -23,7 +21,7 @@ from llamarock.errors import ValidationException
 from llamarock.services.deployments import DeploymentConfigError, DeploymentRegistry
 from llamarock.services.inference import InferenceService
 from llamarock.settings import load_settings
-from tests.conftest import DUMMY_CREDENTIALS, Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server
 
 OREGON_ONLY = "meta.llama3-1-70b-instruct-v1:0"  # the spec: Llama 3.1 models in US West (Oregon)
 SMALL = "meta.llama3-1-8b-instruct-v1:0"
@@ -34,21 +32,11 @@ MESSAGES = [{"role": "user", "content": [{"text": "hello"}]}]
 
 
 def runtime(server: Server, region: str) -> Any:
-    return boto3.client(
-        "bedrock-runtime", region_name=region, endpoint_url=server.url,
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
+    return server.client("bedrock-runtime", region)
 
 
 def control(server: Server, region: str) -> Any:
-    return boto3.client(
-        "bedrock", region_name=region, endpoint_url=server.url,
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
+    return server.client("bedrock", region)
 
 
 def invoke(client: Any, model_id: str) -> dict[str, Any]:
