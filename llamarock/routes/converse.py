@@ -109,8 +109,6 @@ async def converse_stream(call: Call) -> Response:
                 yield eventstream.event(event_type, payload)
             while delta is not None:
                 output_tokens += delta.token_count
-                counted = usage(prompt_tokens, output_tokens, first.cached_tokens)
-                call.usage(counted["inputTokens"], counted["outputTokens"], counted.get("cacheReadInputTokens"))
                 for event_type, payload in assembler.feed(delta.text):
                     sent.append({event_type: payload})
                     yield eventstream.event(event_type, payload)
@@ -129,6 +127,8 @@ async def converse_stream(call: Call) -> Response:
             failure = error
             yield stream_error_frame(error, call.request_id)
         finally:
+            counted = usage(prompt_tokens, output_tokens, first.cached_tokens)
+            call.usage(counted["inputTokens"], counted["outputTokens"], counted.get("cacheReadInputTokens"))
             call.finish(200, failure, cancelled=failure is None and not complete)
             await deltas.aclose()
 

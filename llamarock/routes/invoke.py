@@ -115,8 +115,7 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
                 metrics = None
                 if chunk.stop_reason is not None:
                     metrics = InvocationMetrics(
-                        prompt_tokens - (first.cached_tokens or 0), output_tokens, call.elapsed_ms(), first_byte_ms,
-                        first.cached_tokens,
+                        prompt_tokens - (cached or 0), output_tokens, call.elapsed_ms(), first_byte_ms, cached
                     )
                 body = stream_chunk(
                     chunk.text,
@@ -126,7 +125,6 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
                     metrics=metrics,
                 )
                 sent.append(body)
-                call.usage(prompt_tokens - (cached or 0), output_tokens, cached)
                 yield eventstream.chunk_event(body)
                 is_first = False
                 if chunk.stop_reason is not None:
@@ -136,6 +134,7 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
             failure = error
             yield stream_error_frame(error, call.request_id)
         finally:
+            call.usage(prompt_tokens - (cached or 0), output_tokens, cached)
             complete = failure is None and bool(sent) and sent[-1].get("stop_reason") is not None
             call.finish(200, failure, cancelled=failure is None and not complete)
             await chunks.aclose()
