@@ -83,6 +83,12 @@ class DeploymentSettings(BaseModel):
         description="Extra decode slots only prioritised requests (latency-optimized, provisioned throughput) may "
         "use, so that they start at once even when standard requests fill all `max_parallel` slots.",
     )
+    prefix_cache_tokens: int | None = Field(
+        default=None, ge=0,
+        description="Tokens of finished requests' KV kept in host memory for prefix reuse (prompt caching; cached "
+        "prefixes leave the KV cache when the deployment is idle or needs the room); empty means half as many as the "
+        "KV cache has cells, 0 keeps no finished request (running ones still share prefixes).",
+    )
     fake_reply: str | None = Field(
         default=None,
         description="Fake engine only: the reply to generate; '{prompt}' is replaced by the last user message. "

@@ -251,3 +251,63 @@ def test_a_prompt_that_only_starts_the_same_way_leaves_the_cached_prompt_cached(
         asyncio.run(run())
     finally:
         asyncio.run(engine.close())
+
+
+async def _until_idle(engine: LlamaCppEngine) -> None:
+    deadline = time.monotonic() + 10
+    while (engine.stats()["running"] or engine.stats()["prefix_cached_in_kv"]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_an_idle_loop_moves_cached_prefixes_to_host_memory_and_restores_them_exactly() -> None:
+    prefix = "Inventory list. " + " ".join(f"Box {n} holds {n * 3} marbles." for n in range(1, 40))
+    cold_engine = _engine(max_parallel=4)
+    try:
+        cold = _text(asyncio.run(_collect(cold_engine, _request(prefix + " Box 7 holds", max_tokens=24))))
+    finally:
+        asyncio.run(cold_engine.close())
+
+    engine = _engine(max_parallel=4)
+
+    async def run() -> None:
+        first = await _collect(engine, _request(prefix + " Box 2 holds", max_tokens=8))
+        await _until_idle(engine)
+        stats = engine.stats()
+        # Nothing runs: the finished prompt left the KV cache (no cells reserved) but is still cached.
+        assert stats["prefix_cached_in_kv"] == 0 and stats["kv_reserved"] == 0
+        assert stats["prefix_cached_sequences"] == 1 and stats["prefix_cached_tokens"] > first[0].prompt_tokens
+        again = await _collect(engine, _request(prefix + " Box 7 holds", max_tokens=24))
+        assert again[0].cached_tokens is not None and again[0].cached_tokens >= (again[0].prompt_tokens or 0) - 8
+        # The KV copied back is the KV computed, in the same cell order: the reply is the cold one.
+        assert _text(again) == cold
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())
+
+
+def test_the_host_memory_budget_bounds_the_prefix_cache() -> None:
+    prompts = [f"Counting from {n}: {n}, {n + 1}, {n + 2}, {n + 3}," for n in (10, 200, 3000)]
+
+    async def fill(engine: LlamaCppEngine) -> None:
+        for prompt in prompts:
+            await _collect(engine, _request(prompt, max_tokens=8))
+            await _until_idle(engine)
+
+    small = _engine(max_parallel=2, prefix_cache_tokens=40)
+    off = _engine(max_parallel=2, prefix_cache_tokens=0)
+    try:
+        asyncio.run(fill(small))
+        # Each finished request holds ~25 tokens: a 40-token budget keeps only the newest.
+        assert small.stats()["prefix_cached_sequences"] == 1
+        assert 0 < small.stats()["prefix_cached_tokens"] <= 40
+        newest = asyncio.run(_collect(small, _request(prompts[-1], max_tokens=4)))
+        oldest = asyncio.run(_collect(small, _request(prompts[0], max_tokens=4)))
+        assert newest[0].cached_tokens == (newest[0].prompt_tokens or 0) - 1
+        assert (oldest[0].cached_tokens or 0) < 8
+        asyncio.run(fill(off))
+        assert off.stats()["prefix_cached_sequences"] == 0
+    finally:
+        asyncio.run(small.close())
+        asyncio.run(off.close())

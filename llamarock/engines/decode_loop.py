@@ -7,10 +7,19 @@ requests are admitted between steps and finished ones retired; nothing is locked
 
 The KV cache is one unified pool (``kv_unified``) shared by all sequences, so a request may use up to the model's
 window however many others run. Admission reserves ``prompt + max_tokens`` cells per request (counting shared
-prefixes once per sequence, which overestimates and so never runs out mid-generation). Finished sequences keep
-their KV as a prefix cache: a new prompt that starts like a cached or running sequence copies that prefix
-(``llama_memory_seq_cp``, which only tags the cells) instead of recomputing it. Cached sequences are evicted,
-least recently used first, when their cells or sequence ids are needed.
+prefixes once per sequence, which overestimates and so never runs out mid-generation).
+
+Prefix cache: a new prompt that starts like a running or cached sequence reuses that prefix's KV instead of
+recomputing it. A finished sequence stays in the KV cache (its cells tagged with a sequence id of its own), where
+a later prompt takes it over or copies its prefix (``llama_memory_seq_cp``, which only tags the cells), and is
+copied to host memory at once (``llama_state_seq_get_data``). When the loop goes idle, or when its cells or
+sequence id are needed, its cells are freed; a later prompt that starts the same way restores the host copy
+(``llama_state_seq_set_data``). Two reasons for the host tier: every decode step's attention scans all cells up to
+the highest one in use, masked or not, so cached prefixes left in the KV cache slow every step (8 sequences' step:
+40.6 ms with 1,200 cells in use, 48.1 ms with 2,400; bench/decode_ceiling.py); and freeing cells while sequences
+decode leaves holes that llama.cpp fills with later tokens out of position order, which changes the order
+attention adds up and so the results (batching must stay invisible). So cells are only freed when nothing runs,
+or when there is no other room. Host copies are dropped least recently used first beyond ``cache_tokens``.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ class LoopConfig:
     queue_timeout_s: float
     prefill_chunk: int
     threads: int
-    cache_slots: int = 16
+    cache_slots: int = 8  # finished sequences kept in the KV cache (the rest go to host memory)
+    cache_tokens: int | None = None  # host-memory budget of the prefix cache in tokens; None: half of kv_cells
     n_batch: int = 512
     priority_slots: int = 1
 
@@ -82,10 +92,20 @@ class _Sequence:
 
 @dataclass
 class _Cached:
-    seq_id: int
     kv_tokens: list[int]
     used: float
     prompt: int  # prompt length of the request that left it: a repeat of that prompt reuses prompt - 1 tokens
+    seq_id: int | None = None  # in the KV cache under this sequence id, or
+    state: Any = None  # in host memory: its KV as llama_state_seq_get_data wrote it (a ctypes byte array)
+
+
+HOST_ENTRIES = 64  # at most this many prefixes in host memory (each admission compares its prompt with every one)
+
+# A cached prefix in host memory is restored whole and then cut to the part shared, so restoring copies every cell
+# of it; that is worth it when the shared part is at least this fraction of the entry (copying a cell costs far less
+# than computing one, so the bar is low: it only stops a long conversation being copied to reuse a chat template's
+# first tokens).
+RESTORE_MIN_SHARE = 1 / 32
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -129,6 +149,7 @@ class DecodeLoop:
         self.waiting: deque[Job] = deque()
         self.active: list[_Sequence] = []
         self.cache: list[_Cached] = []
+        self.cache_budget = config.kv_cells // 2 if config.cache_tokens is None else config.cache_tokens
         self.lock = threading.Condition()
         self.stopping = False
         self.generated_tokens = 0
@@ -166,6 +187,8 @@ class DecodeLoop:
                 "kv_reserved": self._reserved(),
                 "kv_cells": self.config.kv_cells,
                 "prefix_cached_sequences": len(self.cache),
+                "prefix_cached_tokens": self._cached_tokens(),
+                "prefix_cached_in_kv": sum(1 for c in self.cache if c.seq_id is not None),
                 "prefix_hits": self.prefix_hits,
             }
 
@@ -184,6 +207,8 @@ class DecodeLoop:
     def _run(self) -> None:
         while True:
             with self.lock:
+                if not self.active and not self.waiting:
+                    self._offload_all()
                 while not self.stopping and not self.active and not self.waiting:
                     self.lock.wait()
                 if self.stopping:
@@ -205,7 +230,11 @@ class DecodeLoop:
                     sequence.job.emit(exc)
 
     def _reserved(self) -> int:
-        return sum(s.reserved for s in self.active) + sum(len(c.kv_tokens) for c in self.cache)
+        in_kv = sum(len(c.kv_tokens) for c in self.cache if c.seq_id is not None)
+        return sum(s.reserved for s in self.active) + in_kv
+
+    def _cached_tokens(self) -> int:
+        return sum(len(c.kv_tokens) for c in self.cache)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self.active if s.job.cancelled.is_set()]:
@@ -221,17 +250,47 @@ class DecodeLoop:
             job.emit(EngineTimeoutError(f"waited more than {self.config.queue_timeout_s:g} s for the model"))
 
     def _evict_one(self, spare: _Cached | None = None) -> bool:
-        """Drop the least recently used cached prefix (never ``spare``); False when there is none to drop."""
-        candidates = [c for c in self.cache if c is not spare]
-        if not candidates:
+        """Free the cells and sequence id of the least recently used prefix in the KV cache (never ``spare``),
+        keeping its host copy; False when there is none."""
+        in_kv = [c for c in self.cache if c.seq_id is not None and c is not spare]
+        if not in_kv:
             return False
-        self._drop_cached(min(candidates, key=lambda c: c.used))
+        self._offload(min(in_kv, key=lambda c: c.used))
         return True
 
-    def _drop_cached(self, entry: _Cached) -> None:
-        self.cache.remove(entry)
-        llama_cpp.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
-        self.free_ids.append(entry.seq_id)
+    def _snapshot(self, entry: _Cached) -> None:
+        """Copy a cached prefix's KV to host memory, making room within the budget (least recent copies first)."""
+        if entry.seq_id is None or entry.state is not None or len(entry.kv_tokens) > self.cache_budget:
+            return
+        hosted = [c for c in self.cache if c.state is not None]
+        while hosted and (len(hosted) >= HOST_ENTRIES
+                          or sum(len(c.kv_tokens) for c in hosted) + len(entry.kv_tokens) > self.cache_budget):
+            oldest = min(hosted, key=lambda c: c.used)
+            hosted.remove(oldest)
+            oldest.state = None
+            if oldest.seq_id is None:
+                self.cache.remove(oldest)
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, entry.seq_id)
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx, state, size, entry.seq_id) == size:
+            entry.state = state
+
+    def _offload(self, entry: _Cached) -> None:
+        """Free a cached prefix's cells and sequence id, keeping its host copy (dropped when it has none)."""
+        seq_id = entry.seq_id
+        if seq_id is None:
+            return
+        self._snapshot(entry)
+        entry.seq_id = None
+        if entry.state is None:
+            self.cache.remove(entry)
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+        self.free_ids.append(seq_id)
+
+    def _offload_all(self) -> None:
+        """Idle: free every cached prefix's cells, so that the next requests' attention spans only their own."""
+        for entry in [c for c in self.cache if c.seq_id is not None]:
+            self._offload(entry)
 
     def _admit(self) -> None:
         # Prioritised requests may also take the priority slots, so they start at once even when standard
@@ -285,46 +344,73 @@ class DecodeLoop:
         candidates: list[_Cached | _Sequence] = [*self.cache, *self.active]
         for candidate in candidates:
             length = min(_common_prefix(candidate.kv_tokens, job.tokens), limit)
+            in_host = isinstance(candidate, _Cached) and candidate.seq_id is None
+            if in_host and length < RESTORE_MIN_SHARE * len(candidate.kv_tokens):
+                continue
             if length > best_len:
                 best, best_len = candidate, length
         sampler = self._sampler(job.sampling, job.grammar)
-        # A cached prefix that holds more than the part shared (another prompt that only starts the same way) is
-        # copied, so that it stays cached for the request that repeats it; one shared whole is taken over.
-        keep_cached = isinstance(best, _Cached) and best_len < len(best.kv_tokens) and (
-            bool(self.free_ids) or self._evict_one(spare=best)
-        )
-        if isinstance(best, _Cached) and keep_cached:
+        if isinstance(best, _Cached):
             best.used = time.monotonic()
-        if isinstance(best, _Cached) and not keep_cached:
+        if isinstance(best, _Cached) and best.seq_id is not None and (
+            best_len == len(best.kv_tokens) or not (self.free_ids or self._evict_one(spare=best))
+        ):
+            # Shared whole (or no id to copy it to): the new sequence takes the cached one over.
             self.cache.remove(best)
             seq_id = best.seq_id
             llama_cpp.llama_memory_seq_rm(self.memory, seq_id, best_len, -1)
         else:
+            # A cached prefix that holds more than the part shared (another prompt that only starts the same way)
+            # is copied, so that it stays cached for the request that repeats it.
             seq_id = self.free_ids.pop()
             llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
-            if best is not None:
-                llama_cpp.llama_memory_seq_cp(self.memory, best.seq_id, seq_id, 0, best_len)
+            source = best.seq_id if best is not None else None
+            if source is not None:
+                llama_cpp.llama_memory_seq_cp(self.memory, source, seq_id, 0, best_len)
+            elif isinstance(best, _Cached):
+                if self._restore(best, seq_id):
+                    llama_cpp.llama_memory_seq_rm(self.memory, seq_id, best_len, -1)
+                else:
+                    best_len = 0
         if best_len:
             self.prefix_hits += 1
         return _Sequence(job, seq_id, sampler, budget, reserve, best_len, job.tokens[:best_len], best_len)
+
+    def _restore(self, entry: _Cached, seq_id: int) -> bool:
+        """Copy a prefix from host memory back into the KV cache as ``seq_id``; False (cells left free) when it does
+        not fit."""
+        if llama_cpp.llama_state_seq_set_data(self.ctx, entry.state, len(entry.state), seq_id):
+            return True
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+        log.warning("could not restore a cached prefix of %d tokens; prefilling instead", len(entry.kv_tokens))
+        return False
 
     def _retire(self, sequence: _Sequence, *, keep: bool) -> None:
         """Remove a sequence from the running set; keep its KV as prefix cache or free it."""
         self.active.remove(sequence)
         llama_cpp.llama_sampler_free(sequence.sampler)
-        if keep and sequence.kv_tokens and self.config.cache_slots > 0:
+        tokens = sequence.kv_tokens
+        if keep and tokens and self.config.cache_slots > 0 and self.cache_budget > 0:
             # Cached entries whose prompt this sequence holds too are redundant: a repeat would reuse as much here.
-            for entry in [c for c in self.cache if _common_prefix(c.kv_tokens, sequence.kv_tokens) >= c.prompt - 1]:
+            for entry in [c for c in self.cache if _common_prefix(c.kv_tokens, tokens) >= c.prompt - 1]:
                 self._drop_cached(entry)
-            # The newest prefix is the likeliest to be asked for again: a full cache drops its least recent one.
-            while len(self.cache) >= self.config.cache_slots and self._evict_one():
+            # The newest prefix is the likeliest to be asked for again: a full cache moves its least recent one out.
+            while sum(1 for c in self.cache if c.seq_id is not None) >= self.config.cache_slots and self._evict_one():
                 pass
-            self.cache.append(
-                _Cached(sequence.seq_id, sequence.kv_tokens, time.monotonic(), len(sequence.job.tokens))
-            )
+            entry = _Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id)
+            self.cache.append(entry)
+            # Copied to host memory now, while its cells are still needed for nothing else: leaving the KV cache
+            # later (idle, or room needed) is then only freeing cells, never a copy on a request's way in.
+            self._snapshot(entry)
             return
         llama_cpp.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
         self.free_ids.append(sequence.seq_id)
+
+    def _drop_cached(self, entry: _Cached) -> None:
+        self.cache.remove(entry)
+        if entry.seq_id is not None:
+            llama_cpp.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
+            self.free_ids.append(entry.seq_id)
 
     def _step(self) -> None:
         """One llama_decode over every running sequence, then one sampled token for each that has logits."""
@@ -356,7 +442,7 @@ class DecodeLoop:
         batch.n_tokens = n
         status = llama_cpp.llama_decode(self.ctx, batch)
         if status == 1 and self._evict_one():
-            return  # no free KV slot: a cached prefix was dropped; the same step is rebuilt next time
+            return  # no free KV slot: a cached prefix left the KV cache; the same step is rebuilt next time
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status}")
         for sequence, tokens in plan:

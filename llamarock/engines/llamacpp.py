@@ -58,6 +58,7 @@ class LlamaCppEngine(Engine):
         queue_timeout_s: float = 120.0,
         prefill_chunk: int = 256,
         priority_slots: int = 1,
+        prefix_cache_tokens: int | None = None,
     ) -> None:
         super().__init__(name)
         self._model_path = model_path
@@ -70,6 +71,7 @@ class LlamaCppEngine(Engine):
         self._queue_timeout_s = queue_timeout_s
         self._prefill_chunk = prefill_chunk
         self._priority_slots = priority_slots
+        self._prefix_cache_tokens = prefix_cache_tokens
         self._model: Any = None
         self._vocab: Any = None
         self._loop: DecodeLoop | None = None
@@ -119,6 +121,7 @@ class LlamaCppEngine(Engine):
             prefill_chunk=self._prefill_chunk,
             priority_slots=self._priority_slots,
             threads=self._threads,
+            cache_tokens=self._prefix_cache_tokens,
         )
         self._loop = DecodeLoop(model, config, self.name)
         template_bytes = llama_cpp.llama_model_chat_template(model, None)

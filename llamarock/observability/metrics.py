@@ -58,6 +58,13 @@ ENGINE_METRICS: dict[str, tuple[str, str, str]] = {
     "prefix_cached_sequences": (
         "llamarock_engine_prefix_cached_sequences", "gauge", "Finished sequences kept for prefix reuse."
     ),
+    "prefix_cached_tokens": (
+        "llamarock_engine_prefix_cached_tokens", "gauge", "Tokens of finished sequences kept for prefix reuse."
+    ),
+    "prefix_cached_in_kv": (
+        "llamarock_engine_prefix_cached_in_kv", "gauge",
+        "Cached prefixes still in the KV cache (the others are in host memory until reused).",
+    ),
     "prefix_hits": ("llamarock_engine_prefix_cache_hits", "counter", "Requests that reused a cached prompt prefix."),
     "generated_tokens": ("llamarock_engine_generated_tokens", "counter", "Tokens generated since the engine started."),
 }

@@ -90,6 +90,7 @@ def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine,
         queue_timeout_s=spec.queue_timeout_s,
         prefill_chunk=spec.prefill_chunk,
         priority_slots=spec.priority_slots,
+        prefix_cache_tokens=spec.prefix_cache_tokens,
     )
     return engine, engine_name, str(path)
 
