@@ -177,6 +177,34 @@ def test_a_long_prefill_does_not_stall_a_running_stream(monkeypatch: pytest.Monk
     assert arrived >= 10
 
 
+def test_a_new_short_prompt_is_prefilled_in_a_step_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _engine(max_parallel=4)
+    steps: list[set[int]] = []
+    original = decode_loop.llama_cpp.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        steps.append({int(batch.seq_id[i][0]) for i in range(int(batch.n_tokens))})
+        return int(original(ctx, batch))
+
+    monkeypatch.setattr(decode_loop.llama_cpp, "llama_decode", recording)
+
+    async def run() -> None:
+        stream = engine.generate(_request(COUNTING, max_tokens=600))
+        await anext(stream)
+        running = steps[-1]
+        # Its first token comes after one short step with just its prompt, not after a full batch step.
+        await _collect(engine, _request("The capital of France is", max_tokens=3))
+        await stream.aclose()
+        newcomer = next(i for i, ids in enumerate(steps) if not ids <= running)
+        assert steps[newcomer] != running and not steps[newcomer] & running
+        assert steps[newcomer + 1] >= running | steps[newcomer]  # then it decodes alongside the running stream
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())
+
+
 def _prioritised(prompt: str) -> GenerationRequest:
     return GenerationRequest(sampling=SamplingParams(temperature=0.0, max_tokens=4), prompt=prompt, priority=1)
 

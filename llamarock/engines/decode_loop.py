@@ -413,23 +413,46 @@ class DecodeLoop:
             self.free_ids.append(entry.seq_id)
 
     def _step(self) -> None:
-        """One llama_decode over every running sequence, then one sampled token for each that has logits."""
+        """One llama_decode over every running sequence, then one sampled token for each that has logits.
+
+        Prefill first: when sequences are decoding, the prompts admitted since the last step that fit whole in one
+        prefill chunk get a llama_decode of their own just before, so a new request's first token comes after that
+        short step rather than after a full batch step; the decode step that follows then prefills only what is
+        left of the chunk budget, so running streams still wait at most one chunk's worth of prefill per token.
+        """
+        room = self.config.n_batch
+        if any(s.last_token is not None for s in self.active):
+            room = self.config.prefill_chunk
+            short: list[_Sequence] = []
+            left = room
+            for sequence in self.active:
+                rest = len(sequence.job.tokens) - sequence.prefilled
+                if sequence.last_token is None and 0 < rest <= left:
+                    short.append(sequence)
+                    left -= rest
+            if short:
+                if not self._decode([], short, room - left):
+                    return
+                room = left
+        decoding = [s for s in self.active if s.last_token is not None]
+        self._decode(decoding, [s for s in self.active if s.last_token is None], room)
+
+    def _decode(self, decoding: list[_Sequence], prefilling: list[_Sequence], room: int) -> bool:
+        """One llama_decode: the next token of each of ``decoding`` and up to ``room`` tokens of the prompts of
+        ``prefilling``; samples every sequence that has logits. False when the step is to be built again."""
         batch = self.batch
         plan: list[tuple[_Sequence, list[int]]] = []
         outputs: list[tuple[_Sequence, int]] = []
         n = 0
-        decoding = [s for s in self.active if s.last_token is not None]
         for sequence in decoding:
             self._put(n, sequence.last_token or 0, len(sequence.kv_tokens), sequence.seq_id, True)
             plan.append((sequence, [sequence.last_token or 0]))
             outputs.append((sequence, n))
             n += 1
-        room = self.config.n_batch - n
-        if decoding:
-            room = min(room, self.config.prefill_chunk)
-        for sequence in self.active:
-            if sequence.last_token is not None or room <= 0:
-                continue
+        room = min(room, self.config.n_batch - n)
+        for sequence in prefilling:
+            if room <= 0:
+                break
             chunk = sequence.job.tokens[sequence.prefilled: sequence.prefilled + room]
             for offset, token in enumerate(chunk):
                 last = sequence.prefilled + offset == len(sequence.job.tokens) - 1
@@ -439,10 +462,12 @@ class DecodeLoop:
                 n += 1
             plan.append((sequence, chunk))
             room -= len(chunk)
+        if n == 0:
+            return True
         batch.n_tokens = n
         status = llama_cpp.llama_decode(self.ctx, batch)
         if status == 1 and self._evict_one():
-            return  # no free KV slot: a cached prefix left the KV cache; the same step is rebuilt next time
+            return False  # no free KV slot: a cached prefix moved to host memory; the step is rebuilt next time
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status}")
         for sequence, tokens in plan:
@@ -452,6 +477,7 @@ class DecodeLoop:
         for sequence, index in outputs:
             token = llama_cpp.llama_sampler_sample(sequence.sampler, self.ctx, index)
             self._advance(sequence, token)
+        return True
 
     def _put(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         batch = self.batch
