@@ -8,13 +8,14 @@ pool of `level` workers. Prompts are counting sequences, which rarely stop early
 produced. llama-cpp-python has no concurrency: it runs the same request set one after another, once.
 
 Usage: .venv/bin/python bench/concurrency.py [--threads N] [--concurrency 1,4,8,16,32] [--requests 16]
-       [--tokens 128] [--parallel 8] [--skip-llama-server] [--skip-direct] [--skip-prefix]
+       [--tokens 128] [--parallel 8] [--client httpx|boto3] [--skip-llama-server] [--skip-direct] [--skip-prefix]
 Prints one JSON object. Run by hand; never a test. Needs `pip install xllamacpp` for the llama-server side.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import math
@@ -162,6 +163,44 @@ def _bedrock_request(client: Any) -> Request:
     return request
 
 
+def _eventstream_request(client: Any, url: str) -> Request:
+    """The same InvokeModelWithResponseStream call over plain httpx (unsigned: `serve` runs with --auth dev), its
+    event stream parsed by botocore's EventStreamBuffer: the same client library as the llama-server side, so
+    that TTFT compares the servers rather than boto3 with httpx."""
+    import httpx
+    from botocore.eventstream import EventStreamBuffer
+
+    def request(prompt: str, tokens: int) -> dict[str, Any]:
+        body = json.dumps({"prompt": prompt, "max_gen_len": tokens, "temperature": 0})
+        started = time.perf_counter()
+        first = None
+        chunks: list[dict[str, Any]] = []
+        try:
+            with client.stream("POST", url, content=body, headers={"Content-Type": "application/json"}) as response:
+                if response.status_code != 200:
+                    text = response.read().decode(errors="replace")
+                    kind = "throttled" if response.status_code == 429 else "error"
+                    return {"ok": False, "kind": kind, "message": f"HTTP {response.status_code}: {text}"}
+                frames = EventStreamBuffer()
+                for data in response.iter_raw():
+                    frames.add_data(data)
+                    for message in frames:
+                        if message.headers.get(":event-type") != "chunk":
+                            return {"ok": False, "kind": "error", "message": message.payload.decode(errors="replace")}
+                        first = first or time.perf_counter()
+                        chunks.append(json.loads(base64.b64decode(json.loads(message.payload)["bytes"])))
+        except httpx.TransportError as exc:
+            return {"ok": False, "kind": "dropped", "message": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:
+            return {"ok": False, "kind": "error", "message": f"{type(exc).__name__}: {exc}"}
+        last = chunks[-1] if chunks else {}
+        if first is None or last.get("stop_reason") is None:
+            return {"ok": False, "kind": "dropped", "message": "stream ended without a final chunk"}
+        return {"ok": True, "ttft_ms": (first - started) * 1000, "tokens": int(last["generation_token_count"])}
+
+    return request
+
+
 def _prefix_test(client: Any, runs: int) -> dict[str, Any]:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -192,7 +231,8 @@ def _prefix_test(client: Any, runs: int) -> dict[str, Any]:
 @contextlib.contextmanager
 def llamarock_server(deployment: str, threads: int, prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
     """`llamarock serve` on a free port with one ``[[deployments]]`` entry (TOML lines after the header), once
-    healthy; yields the process and a boto3 bedrock-runtime client without retries. Stopped on exit."""
+    healthy; yields the process and a boto3 bedrock-runtime client without retries (its ``meta.endpoint_url`` is
+    the server's URL). Stopped on exit."""
     import boto3
     from botocore.config import Config
 
@@ -224,7 +264,16 @@ def llamarock_server(deployment: str, threads: int, prefix: str) -> Iterator[tup
 def bench_llamarock(args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
     deployment = f"context_length = {N_CTX}\nmax_parallel = {args.parallel}\nmax_queue = {args.max_queue}\n"
     with llamarock_server(deployment, args.threads, "llamarock-bench-") as (process, client):
-        result: dict[str, Any] = {"levels": _sweep(_bedrock_request(client), levels, args.requests, args.tokens)}
+        if args.client == "boto3":
+            swept = _sweep(_bedrock_request(client), levels, args.requests, args.tokens)
+        else:
+            import httpx
+
+            url = f"{client.meta.endpoint_url}/model/{MODEL_ID}/invoke-with-response-stream"
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            with httpx.Client(timeout=httpx.Timeout(600.0), limits=limits) as http:
+                swept = _sweep(_eventstream_request(http, url), levels, args.requests, args.tokens)
+        result: dict[str, Any] = {"client": args.client, "levels": swept}
         if not args.skip_prefix:
             result["shared_prefix"] = _prefix_test(client, args.prefix_requests)
         result["peak_rss_mb"] = _peak_rss_mb(process.pid)
@@ -402,9 +451,9 @@ def _ratio(a: Any, b: Any) -> float | None:
 def _targets(rock: dict[str, Any], server: dict[str, Any] | None, ratios: dict[str, Any]) -> dict[str, Any]:
     levels = rock["levels"]
     out: dict[str, Any] = {}
-    if "8" in ratios:
+    if "8" in ratios and server is not None:
         out["c8_aggregate_ge_1.1x_llama_server"] = (ratios["8"]["aggregate_tok_s"] or 0) >= 1.1
-        rock_ttft, server_ttft = levels["8"]["ttft_p50_ms"], server["levels"]["8"]["ttft_p50_ms"]  # type: ignore[index]
+        rock_ttft, server_ttft = levels["8"]["ttft_p50_ms"], server["levels"]["8"]["ttft_p50_ms"]
         both = rock_ttft is not None and server_ttft is not None
         out["c8_ttft_p50_le_llama_server"] = both and rock_ttft <= server_ttft
     if "1" in ratios:
@@ -429,6 +478,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8, help="llamarock max_parallel = llama-server n_parallel")
     parser.add_argument("--max-queue", type=int, default=64, help="llamarock max_queue")
     parser.add_argument("--prefix-requests", type=int, default=5, help="shared-prefix requests (first + later)")
+    parser.add_argument("--client", choices=["httpx", "boto3"], default="httpx",
+                        help="llamarock's client: httpx (the same library as the llama-server side; default) or "
+                        "boto3 (what SDK users see, its own parsing included)")
     parser.add_argument("--skip-llama-server", action="store_true")
     parser.add_argument("--skip-direct", action="store_true")
     parser.add_argument("--skip-prefix", action="store_true")
@@ -468,7 +520,7 @@ def main() -> None:
             }
             for level, stats in server["levels"].items()
         }
-        ratios["peak_rss"] = {"mb": _ratio(rock["peak_rss_mb"], server["peak_rss_mb"])}  # type: ignore[dict-item]
+        ratios["peak_rss"] = {"mb": _ratio(rock["peak_rss_mb"], server["peak_rss_mb"])}
         out["llamarock_over_llama_server"] = ratios
     else:
         ratios = {}
