@@ -205,6 +205,7 @@ def test_failing_deployment_stream(fake_runtime: Any) -> None:
     with pytest.raises(EventStreamError) as info:
         for event in response["body"]:
             chunks.append(json.loads(event["chunk"]["bytes"]))
+    response["body"].close()  # a stream that raised midway still holds its connection
     assert [c["generation_token_count"] for c in chunks] == [1, 2, 3]
     assert all(c["stop_reason"] is None for c in chunks)
     assert info.value.response["Error"] == {
