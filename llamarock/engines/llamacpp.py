@@ -26,6 +26,7 @@ from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONTEXT = 8192
+INLINE_TOKENIZE_CHARS = 4096  # raw prompts up to this size are tokenized on the event loop, longer ones in a thread
 
 
 def chat_format_of(template: str | None) -> str:
@@ -205,7 +206,10 @@ class LlamaCppEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         if not self._ready or self._loop is None:
             raise EngineNotReadyError(f"{self.name} is not loaded")
-        tokens = await asyncio.to_thread(self._tokenize, request)
+        if request.prompt is not None and len(request.prompt) <= INLINE_TOKENIZE_CHARS:
+            tokens = self._tokenize(request)  # microseconds: cheaper than a hop to a worker thread on busy cores
+        else:
+            tokens = await asyncio.to_thread(self._tokenize, request)
         if len(tokens) >= self.info.context_length:
             raise ContextOverflowError(len(tokens), self.info.context_length)
         grammar = None
@@ -220,20 +224,24 @@ class LlamaCppEngine(Engine):
         job = Job(tokens, request.sampling, emit, grammar, priority=request.priority)
         self._loop.submit(job)
         self._active += 1
+        ended = False
         try:
             while True:
                 item = await queue.get()
-                if isinstance(item, EngineError):
-                    raise item
                 if isinstance(item, BaseException):
+                    ended = True
+                    if isinstance(item, EngineError):
+                        raise item
                     raise EngineError(f"llama.cpp failed while generating: {item}") from item
+                ended = item.stop_reason is not None
                 yield item
-                if item.stop_reason is not None:
+                if ended:
                     return
         finally:
             self._active -= 1
-            job.cancelled.set()
-            self._loop.wake()
+            if not ended:  # the caller left early: the loop frees the sequence and its KV at its next step
+                job.cancelled.set()
+                self._loop.wake()
 
     async def close(self) -> None:
         self._ready = False
