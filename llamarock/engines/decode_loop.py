@@ -258,9 +258,13 @@ class DecodeLoop:
         self._offload(min(in_kv, key=lambda c: c.used))
         return True
 
-    def _snapshot(self, entry: _Cached) -> None:
-        """Copy a cached prefix's KV to host memory, making room within the budget (least recent copies first)."""
+    def _snapshot(self, entry: _Cached, state: Any = None) -> None:
+        """Give a cached prefix its host copy (``state``, or copied now), making room within the budget (least
+        recent copies first)."""
         if entry.seq_id is None or entry.state is not None or len(entry.kv_tokens) > self.cache_budget:
+            return
+        state = state if state is not None else self._copy_state(entry.seq_id)
+        if state is None:
             return
         hosted = [c for c in self.cache if c.state is not None]
         while hosted and (len(hosted) >= HOST_ENTRIES
@@ -270,10 +274,13 @@ class DecodeLoop:
             oldest.state = None
             if oldest.seq_id is None:
                 self.cache.remove(oldest)
-        size = llama_cpp.llama_state_seq_get_size(self.ctx, entry.seq_id)
+        entry.state = state
+
+    def _copy_state(self, seq_id: int) -> Any:
+        """A sequence's KV as a byte array (llama_state_seq_get_data), or None if llama.cpp could not write it."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq_id)
         state = (ctypes.c_uint8 * size)()
-        if llama_cpp.llama_state_seq_get_data(self.ctx, state, size, entry.seq_id) == size:
-            entry.state = state
+        return state if llama_cpp.llama_state_seq_get_data(self.ctx, state, size, seq_id) == size else None
 
     def _offload(self, entry: _Cached) -> None:
         """Free a cached prefix's cells and sequence id, keeping its host copy (dropped when it has none)."""
@@ -397,11 +404,7 @@ class DecodeLoop:
             # The newest prefix is the likeliest to be asked for again: a full cache moves its least recent one out.
             while sum(1 for c in self.cache if c.seq_id is not None) >= self.config.cache_slots and self._evict_one():
                 pass
-            entry = _Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id)
-            self.cache.append(entry)
-            # Copied to host memory now, while its cells are still needed for nothing else: leaving the KV cache
-            # later (idle, or room needed) is then only freeing cells, never a copy on a request's way in.
-            self._snapshot(entry)
+            self.cache.append(_Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id))
             return
         llama_cpp.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
         self.free_ids.append(sequence.seq_id)
@@ -530,3 +533,11 @@ class DecodeLoop:
         sequence.job.emit(self._chunk(sequence, tail, stop))
         with self.lock:
             self._retire(sequence, keep=True)
+        entry = next((c for c in self.cache if c.seq_id == sequence.seq_id), None)
+        if entry is not None and len(entry.kv_tokens) <= self.cache_budget:
+            # Copied to host memory now, so that leaving the KV cache later (idle, or room needed) only frees cells,
+            # never a copy on a request's way in; copied outside the lock (a millisecond or more), which only this
+            # thread's own bookkeeping could race with.
+            state = self._copy_state(sequence.seq_id)
+            with self.lock:
+                self._snapshot(entry, state)
