@@ -153,14 +153,19 @@ def _bedrock_request(client: Any) -> Request:
             return {"ok": False, "kind": "dropped", "message": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:
             return {"ok": False, "kind": "error", "message": f"{type(exc).__name__}: {exc}"}
-        last = chunks[-1] if chunks else {}
-        if first is None or last.get("stop_reason") is None:
-            return {"ok": False, "kind": "dropped", "message": "stream ended without a final chunk"}
-        metrics = last.get("amazon-bedrock-invocationMetrics") or {}
-        return {"ok": True, "ttft_ms": (first - started) * 1000, "tokens": int(last["generation_token_count"]),
-                "cache_read": metrics.get("cacheReadInputTokenCount", 0)}
+        return _stream_result(started, first, chunks)
 
     return request
+
+
+def _stream_result(started: float, first: float | None, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One InvokeModelWithResponseStream call's outcome from its decoded chunks (the last one carries the counts)."""
+    last = chunks[-1] if chunks else {}
+    if first is None or last.get("stop_reason") is None:
+        return {"ok": False, "kind": "dropped", "message": "stream ended without a final chunk"}
+    metrics = last.get("amazon-bedrock-invocationMetrics") or {}
+    return {"ok": True, "ttft_ms": (first - started) * 1000, "tokens": int(last["generation_token_count"]),
+            "cache_read": metrics.get("cacheReadInputTokenCount", 0)}
 
 
 def _eventstream_request(client: Any, url: str) -> Request:
@@ -193,10 +198,7 @@ def _eventstream_request(client: Any, url: str) -> Request:
             return {"ok": False, "kind": "dropped", "message": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:
             return {"ok": False, "kind": "error", "message": f"{type(exc).__name__}: {exc}"}
-        last = chunks[-1] if chunks else {}
-        if first is None or last.get("stop_reason") is None:
-            return {"ok": False, "kind": "dropped", "message": "stream ended without a final chunk"}
-        return {"ok": True, "ttft_ms": (first - started) * 1000, "tokens": int(last["generation_token_count"])}
+        return _stream_result(started, first, chunks)
 
     return request
 
