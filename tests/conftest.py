@@ -19,43 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import botocore.session
 import pytest
 from botocore.config import Config
-
-# Every botocore client the tests make (directly, through Server.client, or inside LangChain and the like) is closed
-# when the test that made it ends, or at the end of the session for those module fixtures made: a client left to the
-# garbage collector drops its pooled sockets unclosed, and the ResourceWarning (an error here) then lands on
-# whichever later test happens to trigger the collection.
-_CLIENTS: list[Any] = []
-_create_client = botocore.session.Session.create_client
-
-
-def _tracked_create_client(self: botocore.session.Session, *args: Any, **kwargs: Any) -> Any:
-    client = _create_client(self, *args, **kwargs)
-    _CLIENTS.append(client)
-    return client
-
-
-botocore.session.Session.create_client = _tracked_create_client
-
-
-def _close_clients(start: int) -> None:
-    for client in _CLIENTS[start:]:
-        client.close()
-    del _CLIENTS[start:]
-
-
-@pytest.fixture(autouse=True)
-def _close_botocore_clients() -> Iterator[None]:
-    start = len(_CLIENTS)
-    yield
-    _close_clients(start)
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    _close_clients(0)
-
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDLLAMAROCKTEST", "AWS_SECRET_ACCESS_KEY": "not-a-secret"}
 
