@@ -35,23 +35,20 @@ import numpy as np
 from concurrency import N_CTX, _prompt
 from llama_cpp._logger import set_verbose
 
+from llamarock.engines.decode_loop import LoopConfig, context_params
 from llamarock.services.deployments import embedded_model_path
 
 
 def _context(model: Any, *, unified: bool, parallel: int, threads: int) -> Any:
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = N_CTX
-    params.n_batch = 512
-    params.n_ubatch = 512
-    params.n_seq_max = parallel
-    params.n_threads = threads
-    params.n_threads_batch = threads
-    params.kv_unified = unified
-    params.no_perf = True
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    if unified:
-        params.type_k = llama_cpp.GGML_TYPE_Q8_0
-        params.type_v = llama_cpp.GGML_TYPE_Q8_0
+    """llamarock's own decode-loop context (unified pool, Q8_0, flash attention) with ``parallel`` sequence ids;
+    ``unified=False`` turns it into llama-server's defaults: a KV stream per slot, F16 cache."""
+    config = LoopConfig(window=N_CTX, kv_cells=N_CTX, max_parallel=parallel, max_queue=0, queue_timeout_s=1,
+                        prefill_chunk=256, threads=threads, cache_slots=0, priority_slots=0)
+    params = context_params(config)
+    if not unified:
+        params.kv_unified = False
+        params.type_k = llama_cpp.GGML_TYPE_F16
+        params.type_v = llama_cpp.GGML_TYPE_F16
     ctx = llama_cpp.llama_init_from_model(model, params)
     if not ctx:
         raise RuntimeError("llama.cpp could not create the context")

@@ -117,6 +117,27 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def context_params(config: LoopConfig) -> Any:
+    """The llama.cpp context of a decode loop: one unified KV pool of ``kv_cells``, flash attention, Q8_0 cache."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = config.kv_cells
+    params.n_batch = config.n_batch
+    params.n_ubatch = config.n_batch
+    params.n_seq_max = config.max_parallel + config.priority_slots + config.cache_slots
+    params.n_threads = config.threads
+    params.n_threads_batch = config.threads
+    params.kv_unified = True
+    params.no_perf = True
+    # Batch invariance: flash attention skips the cells of other sequences instead of summing their zeros, and with a
+    # quantized KV cache ggml always takes its one-row-at-a-time attention kernel (its tiled and split-KV kernels,
+    # chosen by batch shape, add in another order). So a sequence computes the same numbers alone as among others.
+    # Q8_0 also halves the KV cache's memory.
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params.type_k = llama_cpp.GGML_TYPE_Q8_0
+    params.type_v = llama_cpp.GGML_TYPE_Q8_0
+    return params
+
+
 class DecodeLoop:
     """Owns a loaded llama.cpp model and decodes every admitted request together."""
 
@@ -124,22 +145,7 @@ class DecodeLoop:
         self.model = model
         self.config = config
         self.vocab = llama_cpp.llama_model_get_vocab(model)
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = config.kv_cells
-        params.n_batch = config.n_batch
-        params.n_ubatch = config.n_batch
-        params.n_seq_max = config.max_parallel + config.priority_slots + config.cache_slots
-        params.n_threads = config.threads
-        params.n_threads_batch = config.threads
-        params.kv_unified = True
-        params.no_perf = True
-        # Batch invariance: flash attention skips the cells of other sequences instead of summing their zeros, and
-        # with a quantized KV cache ggml always takes its one-row-at-a-time attention kernel (its tiled and
-        # split-KV kernels, chosen by batch shape, add in another order). So a sequence computes the same numbers
-        # alone as among others. Q8_0 also halves the KV cache's memory.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        params.type_k = llama_cpp.GGML_TYPE_Q8_0
-        params.type_v = llama_cpp.GGML_TYPE_Q8_0
+        params = context_params(config)
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise EngineError("llama.cpp could not create a context (not enough memory for the KV cache?)")
@@ -291,6 +297,10 @@ class DecodeLoop:
         entry.seq_id = None
         if entry.state is None:
             self.cache.remove(entry)
+        self._release(seq_id)
+
+    def _release(self, seq_id: int) -> None:
+        """Free a sequence id and every cell it holds."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
         self.free_ids.append(seq_id)
 
@@ -392,8 +402,8 @@ class DecodeLoop:
         log.warning("could not restore a cached prefix of %d tokens; prefilling instead", len(entry.kv_tokens))
         return False
 
-    def _retire(self, sequence: _Sequence, *, keep: bool) -> None:
-        """Remove a sequence from the running set; keep its KV as prefix cache or free it."""
+    def _retire(self, sequence: _Sequence, *, keep: bool) -> _Cached | None:
+        """Remove a sequence from the running set; keep its KV as prefix cache (the new entry) or free it."""
         self.active.remove(sequence)
         llama_cpp.llama_sampler_free(sequence.sampler)
         tokens = sequence.kv_tokens
@@ -404,16 +414,16 @@ class DecodeLoop:
             # The newest prefix is the likeliest to be asked for again: a full cache moves its least recent one out.
             while sum(1 for c in self.cache if c.seq_id is not None) >= self.config.cache_slots and self._evict_one():
                 pass
-            self.cache.append(_Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id))
-            return
-        llama_cpp.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
-        self.free_ids.append(sequence.seq_id)
+            entry = _Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id)
+            self.cache.append(entry)
+            return entry
+        self._release(sequence.seq_id)
+        return None
 
     def _drop_cached(self, entry: _Cached) -> None:
         self.cache.remove(entry)
         if entry.seq_id is not None:
-            llama_cpp.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
-            self.free_ids.append(entry.seq_id)
+            self._release(entry.seq_id)
 
     def _step(self) -> None:
         """One llama_decode over every running sequence, then one sampled token for each that has logits.
@@ -532,8 +542,7 @@ class DecodeLoop:
         tail = sequence.decoder.decode(b"", final=True)
         sequence.job.emit(self._chunk(sequence, tail, stop))
         with self.lock:
-            self._retire(sequence, keep=True)
-        entry = next((c for c in self.cache if c.seq_id == sequence.seq_id), None)
+            entry = self._retire(sequence, keep=True)
         if entry is not None and len(entry.kv_tokens) <= self.cache_budget:
             # Copied to host memory now, so that leaving the KV cache later (idle, or room needed) only frees cells,
             # never a copy on a request's way in; copied outside the lock (a millisecond or more), which only this
