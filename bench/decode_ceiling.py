@@ -35,16 +35,16 @@ import numpy as np
 from concurrency import N_CTX, _prompt
 from llama_cpp._logger import set_verbose
 
-from llamarock.engines.decode_loop import LoopConfig, context_params
+from llamarock.engines.decode_loop import LlamaCppConfig, context_params
 from llamarock.services.deployments import embedded_model_path
 
 
 def _context(model: Any, *, unified: bool, parallel: int, threads: int) -> Any:
     """llamarock's own decode-loop context (unified pool, Q8_0, flash attention) with ``parallel`` sequence ids;
     ``unified=False`` turns it into llama-server's defaults: a KV stream per slot, F16 cache."""
-    config = LoopConfig(window=N_CTX, kv_cells=N_CTX, max_parallel=parallel, max_queue=0, queue_timeout_s=1,
-                        prefill_chunk=256, threads=threads, cache_slots=0, priority_slots=0)
-    params = context_params(config)
+    config = LlamaCppConfig(model_path=embedded_model_path(), threads=threads, kv_cells=N_CTX, slots=parallel,
+                            cache_slots=0)
+    params = context_params(config, N_CTX)
     if not unified:
         params.kv_unified = False
         params.type_k = llama_cpp.GGML_TYPE_F16

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from llamarock.app import CONTROL_HANDLERS
 from llamarock.codec.service_model import service_model
-from llamarock.routes.runtime import OPERATIONS
+from llamarock.context import BEDROCK, RUNTIME
+from llamarock.routes.operations import OperationTable
 from llamarock.settings import DeploymentSettings, PriceSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,42 +58,34 @@ def configuration_markdown() -> str:
     return "\n".join(lines)
 
 
+def _handler_name(row: object) -> str:
+    handler = getattr(row, "handler", None)
+    return getattr(handler, "__name__", "-")
+
+
 def api_coverage_markdown() -> str:
-    implemented = {operation: handler.__name__ for operation, handler in OPERATIONS.values()}
+    table = OperationTable()
     lines = [
         "# API coverage",
         "",
-        "Generated from `llamarock/routes/` by `python -m llamarock.docsgen`; do not edit by hand.",
-        "",
-        "## bedrock-runtime",
-        "",
-        "| Operation | Status | Handler |",
-        "|---|---|---|",
+        "Generated from the operation table (`llamarock/routes/operations.py`) by `python -m llamarock.docsgen`; do "
+        "not edit by hand. Operations without a handler answer UnknownOperationException naming the operation.",
     ]
-    for operation in service_model("bedrock-runtime").operation_names:
-        handler = implemented.get(operation)
-        if handler is None:
-            status, shown = "not implemented (unknown route)", "-"
-        elif handler == "not_implemented":
-            status, shown = "not implemented (clear ValidationException)", "-"
-        else:
-            status, shown = "implemented", f"`{handler}`"
-        lines.append(f"| {operation} | {status} | {shown} |")
-    lines += [
-        "",
-        "## bedrock (control plane)",
-        "",
-        "Operations without a handler answer UnknownOperationException naming the operation.",
-        "",
-        "| Operation | Status | Handler |",
-        "|---|---|---|",
-    ]
-    for operation in service_model("bedrock").operation_names:
-        control = CONTROL_HANDLERS.get(operation)
-        if control is None:
-            lines.append(f"| {operation} | not implemented | - |")
-        else:
-            lines.append(f"| {operation} | implemented | `{control.__name__}` |")
+    for service, heading in ((RUNTIME, "bedrock-runtime"), (BEDROCK, "bedrock (control plane)")):
+        implemented = table.implemented(service)
+        lines += ["", f"## {heading}", "", "| Operation | Status | IAM action | Handler |", "|---|---|---|---|"]
+        for operation in service_model(service).operation_names:
+            row = implemented.get(operation)
+            if row is None:
+                lines.append(f"| {operation} | not implemented | - | - |")
+            else:
+                lines.append(f"| {operation} | implemented | `{row.action}` | `{_handler_name(row)}` |")
+    lines += ["", "## llamarock's own endpoints", "", "| Operation | Route | IAM action | Handler |",
+              "|---|---|---|---|"]
+    for row in table.rows:
+        if row.route is not None:
+            action = f"`{row.action}`" if row.action else ("none (public)" if row.public else "none (any caller)")
+            lines.append(f"| {row.name} | `{row.route[0]} {row.route[1]}` | {action} | `{_handler_name(row)}` |")
     lines.append("")
     return "\n".join(lines)
 

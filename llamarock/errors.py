@@ -4,7 +4,16 @@ Every error a client can see is an AWS error code plus a message. The HTTP statu
 looks it up in botocore's service model when it renders the error (``fallback_status`` is used only for codes that
 no service model defines, such as the front end's authentication errors)::
 
-    BedrockError                         (code, message, extra members)
+    LlamarockError                       every error llamarock raises on purpose
+    ├── ConfigError                      the settings or deployments cannot be served (start-up, CLI)
+    │   └── DeploymentConfigError        a [[deployments]] entry or region map is wrong
+    ├── PolicyError                      an IAM policy document is invalid (keys create, key store)
+    ├── CliError                         a CLI command cannot do what it was asked; the message says why
+    ├── EngineError                      an engine failed; the service layer translates it once
+    │   ├── ContextOverflowError         the prompt does not fit the context window
+    │   ├── UnsupportedSchemaError       a JSON schema the engine cannot enforce
+    │   └── EngineNotReadyError          the weights are not loaded yet
+    └── BedrockError                     (code, message, extra members): what a client sees
     ├── ValidationException              400  bad input: schema, ranges, model id, prompt too long
     ├── SerializationException           400  (front-end, unmodelled): the body is not parseable JSON
     ├── IncompleteSignatureException     400  (front-end, unmodelled): a malformed SigV4 signature
@@ -25,7 +34,9 @@ no service model defines, such as the front end's authentication errors)::
     ├── InternalServerException          500  anything unexpected; logged with the request id
     └── ServiceUnavailableException      503
 
-Engines raise :class:`EngineError` (not a BedrockError): the service layer translates it once.
+Engines raise :class:`EngineError` (not a BedrockError): the service layer translates it once. The edge
+(``routes/edge.py``) renders every BedrockError, and turns any other exception into a logged InternalServerException
+with the request id; the CLI prints ConfigError and CliError as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -33,7 +44,27 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
-class BedrockError(Exception):
+class LlamarockError(Exception):
+    """Root of every error llamarock raises on purpose."""
+
+
+class ConfigError(LlamarockError):
+    """The configuration cannot be served; raised at start-up (before listening) or by a CLI command."""
+
+
+class DeploymentConfigError(ConfigError):
+    """A deployment (or the region map it serves) cannot be served as configured."""
+
+
+class PolicyError(LlamarockError):
+    """An IAM-style policy document is not valid; the message says what is wrong."""
+
+
+class CliError(LlamarockError):
+    """A CLI command cannot do what it was asked; the message says why and what to do."""
+
+
+class BedrockError(LlamarockError):
     """An error with an AWS error code, rendered by the codec."""
 
     code: ClassVar[str] = "InternalServerException"
@@ -152,7 +183,7 @@ class ServiceUnavailableException(BedrockError):
     fallback_status = 503
 
 
-class EngineError(Exception):
+class EngineError(LlamarockError):
     """Raised by an engine when generation fails; translated to a BedrockError by the service layer."""
 
 
@@ -167,14 +198,6 @@ class ContextOverflowError(EngineError):
 
 class UnsupportedSchemaError(EngineError):
     """The engine cannot constrain its output to the requested JSON schema."""
-
-
-class EngineOverloadedError(EngineError):
-    """The engine's request queue is full."""
-
-
-class EngineTimeoutError(EngineError):
-    """A request waited longer than the engine's queue deadline."""
 
 
 class EngineNotReadyError(EngineError):

@@ -1,10 +1,11 @@
 """Admission to the engines: concurrency per deployment, priorities, and provisioned throughput's reserved capacity.
 
-Every generation goes through :meth:`Scheduler.admit` (``InferenceService.generate`` wraps the engine call in it).
-A deployment runs ``max_parallel`` sequences at once, plus ``priority_slots`` that only prioritised requests may take
-(as in the engine). Provisioned throughput carves its share out of them: each model unit of a provisioned model
-reserves ``provisioned_sequences_per_unit`` sequences and ``provisioned_tpm_per_unit`` tokens per minute that only
-requests through its ARN use. So:
+The one admission layer: every generation goes through :meth:`Scheduler.admit` (``InferenceService.generate`` wraps
+the engine call in it), which owns queueing, deadlines, priorities and reserved capacity; the engine decodes what it
+is given (its decode loop only waits for KV room and sequence ids). A deployment runs ``max_parallel`` sequences at
+once, plus ``priority_slots`` that only prioritised requests may take. Provisioned throughput carves its share out of
+them: each model unit of a provisioned model reserves ``provisioned_sequences_per_unit`` sequences and
+``provisioned_tpm_per_unit`` tokens per minute that only requests through its ARN use. So:
 
 * on-demand requests run at most ``max_parallel - reserved`` at once (prioritised ones, e.g. latency-optimized, also
   the priority slots); the others wait, highest priority first, in a queue of ``max_queue`` per priority class. A
@@ -23,11 +24,10 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import math
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from llamarock.budget import TokenBucket, estimate_tokens
 from llamarock.errors import BedrockError, ModelTimeoutException, ResourceNotFoundException, ThrottlingException
 from llamarock.settings import DeploymentSettings, Settings
 from llamarock.types import GenerationChunk, GenerationRequest
@@ -111,54 +111,6 @@ class SlotPool:
         self._grant()
 
 
-class TokenBucket:
-    """So many per minute: a bucket holding one minute's allowance, refilled continuously.
-
-    Used for principals' RPM/TPM quotas (``auth/quotas.py``) and provisioned models' tokens per minute. A request
-    takes its estimate up front and settles with the real count afterwards (the bucket may go into debt). An amount
-    larger than a whole minute's allowance is admitted when the bucket is full, so it is never stuck.
-    """
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self.tokens = float(per_minute)
-        self._clock = clock
-        self._updated = clock()
-        self.last_used = self._updated
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self.tokens = min(float(self.per_minute), self.tokens + (now - self._updated) * self.per_minute / 60.0)
-        self._updated = now
-
-    def take(self, amount: float) -> bool:
-        self._refill()
-        self.last_used = self._updated
-        if self.tokens < min(amount, self.per_minute):
-            return False
-        self.tokens -= amount
-        return True
-
-    def give_back(self, amount: float) -> None:
-        self._refill()
-        self.tokens = min(float(self.per_minute), self.tokens + amount)
-
-    def used(self) -> int:
-        """Taken and not yet refilled: about what the last minute used (more when the bucket is in debt)."""
-        self._refill()
-        return max(0, math.ceil(self.per_minute - self.tokens))
-
-    def seconds_until(self, amount: float) -> float:
-        self._refill()
-        missing = min(amount, self.per_minute) - self.tokens
-        return max(0.0, missing / (self.per_minute / 60.0))
-
-    def resize(self, per_minute: int) -> None:
-        self._refill()
-        self.tokens += per_minute - self.per_minute
-        self.per_minute = per_minute
-
-
 @dataclass
 class Reservation:
     """The capacity one provisioned model holds on the deployment serving its model."""
@@ -215,13 +167,13 @@ class ReservationUse:
     tokens_used: int
 
 
-def estimate_tokens(request: GenerationRequest) -> int:
-    """What a request may use: its prompt (about 4 characters a token) plus the most it may generate."""
+def request_tokens(request: GenerationRequest) -> int:
+    """What an engine request may use (:func:`llamarock.budget.estimate_tokens` of its prompt and max tokens)."""
     if request.prompt is not None:
         chars = len(request.prompt)
     else:
         chars = sum(len(m.content) for m in request.messages or ())
-    return math.ceil((chars + len(request.assistant_prefix)) / 4) + request.sampling.max_tokens
+    return estimate_tokens(chars + len(request.assistant_prefix), request.sampling.max_tokens)
 
 
 class Scheduler:
@@ -326,7 +278,7 @@ class Scheduler:
         reservation = self._reservations.get(arn)
         if reservation is None:
             raise ResourceNotFoundException(f"The provisioned model {arn} was not found; it may have been deleted.")
-        estimate = estimate_tokens(request)
+        estimate = request_tokens(request)
         if not reservation.budget.take(estimate):
             raise ThrottlingException(
                 f"{TOO_MANY_TOKENS} Provisioned model {reservation.name} allows {reservation.budget.per_minute} "

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+# Bedrock's defaults for Meta Llama models (native body and Converse alike): the one place they are written.
+DEFAULT_TEMPERATURE = 0.5
+DEFAULT_TOP_P = 0.9
+DEFAULT_MAX_TOKENS = 512
 StopReason = Literal["stop", "length"]
 
 
@@ -24,9 +29,9 @@ class ChatMessage:
 class SamplingParams:
     """How to pick tokens. ``temperature == 0`` means greedy decoding."""
 
-    temperature: float = 0.5
-    top_p: float = 0.9
-    max_tokens: int = 512
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    max_tokens: int = DEFAULT_MAX_TOKENS
     seed: int | None = None
 
 

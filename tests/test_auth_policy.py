@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llamarock.auth.actions import describe, model_resources
+from llamarock.auth.actions import model_resources
 from llamarock.auth.policy import FULL_ACCESS, PolicyError, parse_policy
-from llamarock.auth.quotas import TOO_MANY_REQUESTS, TOO_MANY_TOKENS, Quotas, estimate_tokens
+from llamarock.auth.quotas import TOO_MANY_REQUESTS, TOO_MANY_TOKENS, Quotas, request_estimate
+from llamarock.context import ModelName
 from llamarock.errors import ThrottlingException
+from llamarock.routes.operations import OperationTable
 
 FM = "arn:aws:bedrock:us-west-2::foundation-model/"
 CTX = {"aws:sourceip": "10.1.2.3", "aws:currenttime": "2025-06-01T12:00:00Z"}
@@ -127,23 +129,27 @@ def test_fuzzed_policies_parse_or_fail_cleanly(document: Any, action: str, resou
 
 
 def test_resources_of_each_identifier_form() -> None:
-    assert model_resources("meta.llama3-8b-instruct-v1:0", "eu-west-1", "123456789012", {}) == (
+    assert model_resources(ModelName.parse("meta.llama3-8b-instruct-v1:0", {}), "eu-west-1", "123456789012") == (
         ("arn:aws:bedrock:eu-west-1::foundation-model/meta.llama3-8b-instruct-v1:0",), "meta.llama3-8b-instruct-v1:0"
     )
-    resources, model = model_resources("us.meta.llama3-1-8b-instruct-v1:0", "us-east-1", "123456789012", {})
+    profile = ModelName.parse("us.meta.llama3-1-8b-instruct-v1:0", {})
+    resources, model = model_resources(profile, "us-east-1", "123456789012")
     assert resources == (
         "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.meta.llama3-1-8b-instruct-v1:0",
         "arn:aws:bedrock:us-east-1::foundation-model/meta.llama3-1-8b-instruct-v1:0",
     )
     assert model == "meta.llama3-1-8b-instruct-v1:0"
     arn = "arn:aws:bedrock:us-east-2::foundation-model/meta.llama3-8b-instruct-v1:0"
-    assert model_resources(arn, "us-west-2", "123456789012", {})[0] == (arn,)
-    assert model_resources("mine", "us-west-2", "1", {"mine": "meta.llama3-8b-instruct-v1:0"})[1] == (
+    assert model_resources(ModelName.parse(arn, {}), "us-west-2", "123456789012")[0] == (arn,)
+    assert model_resources(ModelName.parse("mine", {"mine": "meta.llama3-8b-instruct-v1:0"}), "us-west-2", "1")[1] == (
         "meta.llama3-8b-instruct-v1:0"
     )
-    access = describe("POST", b"/model/meta.llama3-8b-instruct-v1%3A0/converse-stream", "us-west-2", "1", {})
-    assert access is not None and access.action == "bedrock:InvokeModelWithResponseStream"
-    assert describe("GET", b"/model/x/invoke", "us-west-2", "1", {}) is None
+    table = OperationTable()
+    resolved = table.resolve("POST", b"/model/meta.llama3-8b-instruct-v1%3A0/converse-stream")
+    assert resolved is not None
+    assert resolved[0].action == "bedrock:InvokeModelWithResponseStream"
+    assert resolved[1] == {"modelId": "meta.llama3-8b-instruct-v1:0"}
+    assert table.resolve("GET", b"/model/x/invoke") is None
 
 
 def test_token_buckets() -> None:
@@ -169,8 +175,8 @@ def test_token_buckets() -> None:
 
 
 def test_estimate_tokens() -> None:
-    assert estimate_tokens("InvokeModel", b'{"prompt": "abcdefgh", "max_gen_len": 10}') == 12
-    assert estimate_tokens("InvokeModel", b'{"prompt": "abcd"}') == 513
+    assert request_estimate(b'{"prompt": "abcdefgh", "max_gen_len": 10}') == 12
+    assert request_estimate(b'{"prompt": "abcd"}') == 513
     converse = b'{"messages": [{"role": "user", "content": [{"text": "hi"}]}], "inferenceConfig": {"maxTokens": 7}}'
-    assert 7 < estimate_tokens("Converse", converse) < 30
-    assert estimate_tokens("Converse", b"not json") == 2 + 512
+    assert 7 < request_estimate(converse) < 30
+    assert request_estimate(b"not json") == 2 + 512

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from llamarock.engines import decode_loop
+from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.llamacpp import LlamaCppEngine
-from llamarock.errors import EngineOverloadedError, EngineTimeoutError
 from llamarock.services.deployments import embedded_model_path
 from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
 
@@ -29,14 +29,14 @@ PROMPTS = [
 
 
 def _engine(**kwargs: Any) -> LlamaCppEngine:
-    engine = LlamaCppEngine("batch", model_path=embedded_model_path(), threads=2, **kwargs)
+    engine = LlamaCppEngine("batch", LlamaCppConfig(model_path=embedded_model_path(), threads=2, **kwargs))
     asyncio.run(engine.load())
     return engine
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaCppEngine]:
-    eng = _engine(max_parallel=8)
+    eng = _engine(slots=8)
     yield eng
     asyncio.run(eng.close())
 
@@ -58,7 +58,7 @@ def _text(chunks: list[GenerationChunk]) -> str:
 def test_batching_is_invisible_in_results() -> None:
     # A fresh engine for each run, so that no prefix cache changes how the prompts are prefilled.
     def run(prompts: list[str]) -> list[str]:
-        engine = _engine(max_parallel=8)
+        engine = _engine(slots=8)
 
         async def go() -> list[list[GenerationChunk]]:
             return list(await asyncio.gather(*(_collect(engine, _request(p, max_tokens=32)) for p in prompts)))
@@ -75,7 +75,7 @@ def test_batching_is_invisible_in_results() -> None:
 
 def test_seeded_sampling_is_the_same_in_a_batch() -> None:
     def run(concurrent: bool) -> str:
-        engine = _engine(max_parallel=8)
+        engine = _engine(slots=8)
 
         async def go() -> str:
             seeded = _collect(engine, _request(PROMPTS[1], temperature=0.9, seed=11))
@@ -123,29 +123,8 @@ def test_shared_prefix_is_reused_and_reported(engine: LlamaCppEngine) -> None:
     assert first[0].cached_tokens < second[0].cached_tokens
 
 
-def test_queue_overflow_and_queue_deadline() -> None:
-    engine = _engine(max_parallel=1, max_queue=1, queue_timeout_s=0.5)
-
-    async def run() -> None:
-        # Greedy counting does not stop by itself, so the one slot stays taken past the queue deadline.
-        running = engine.generate(_request(COUNTING, max_tokens=2000))
-        await anext(running)
-        waiting = asyncio.ensure_future(_collect(engine, _request(PROMPTS[1])))
-        await asyncio.sleep(0.05)
-        with pytest.raises(EngineOverloadedError):
-            await _collect(engine, _request(PROMPTS[2]))
-        with pytest.raises(EngineTimeoutError):
-            await waiting
-        await running.aclose()
-
-    try:
-        asyncio.run(run())
-    finally:
-        asyncio.run(engine.close())
-
-
 def test_a_long_prefill_does_not_stall_a_running_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = _engine(max_parallel=4, prefill_chunk=64)
+    engine = _engine(slots=4, prefill_chunk=64)
     batch_sizes: list[int] = []
     original = decode_loop.llama_cpp.llama_decode
 
@@ -178,7 +157,7 @@ def test_a_long_prefill_does_not_stall_a_running_stream(monkeypatch: pytest.Monk
 
 
 def test_a_new_short_prompt_is_prefilled_in_a_step_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = _engine(max_parallel=4)
+    engine = _engine(slots=4)
     steps: list[set[int]] = []
     original = decode_loop.llama_cpp.llama_decode
 
@@ -209,29 +188,8 @@ def _prioritised(prompt: str) -> GenerationRequest:
     return GenerationRequest(sampling=SamplingParams(temperature=0.0, max_tokens=4), prompt=prompt, priority=1)
 
 
-def test_prioritised_requests_take_the_priority_slot_while_standard_ones_wait() -> None:
-    engine = _engine(max_parallel=1, max_queue=4, priority_slots=1)
-
-    async def run() -> None:
-        running = engine.generate(_request(COUNTING, max_tokens=2000))
-        await anext(running)
-        standard = asyncio.ensure_future(_collect(engine, _request(PROMPTS[1], max_tokens=4)))
-        await asyncio.sleep(0.05)
-        # The one regular slot is busy: the standard request waits, the prioritised one starts at once.
-        chunks = await asyncio.wait_for(_collect(engine, _prioritised(PROMPTS[2])), timeout=30)
-        assert chunks[-1].stop_reason is not None
-        assert not standard.done()
-        await running.aclose()
-        assert (await standard)[-1].stop_reason is not None
-
-    try:
-        asyncio.run(run())
-    finally:
-        asyncio.run(engine.close())
-
-
 def test_prioritised_requests_jump_the_queue() -> None:
-    engine = _engine(max_parallel=1, max_queue=4, priority_slots=0)
+    engine = _engine(slots=1)
     order: list[str] = []
 
     async def tracked(name: str, request: GenerationRequest) -> None:
@@ -256,7 +214,7 @@ def test_prioritised_requests_jump_the_queue() -> None:
 
 
 def test_a_prompt_that_only_starts_the_same_way_leaves_the_cached_prompt_cached() -> None:
-    engine = _engine(max_parallel=2)
+    engine = _engine(slots=2)
     first = "Counting: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
     other = "Counting: 51, 52, 53, 54, 55, 56, 57, 58, 59, 60,"
 
@@ -289,13 +247,13 @@ async def _until_idle(engine: LlamaCppEngine) -> None:
 
 def test_an_idle_loop_moves_cached_prefixes_to_host_memory_and_restores_them_exactly() -> None:
     prefix = "Inventory list. " + " ".join(f"Box {n} holds {n * 3} marbles." for n in range(1, 40))
-    cold_engine = _engine(max_parallel=4)
+    cold_engine = _engine(slots=4)
     try:
         cold = _text(asyncio.run(_collect(cold_engine, _request(prefix + " Box 7 holds", max_tokens=24))))
     finally:
         asyncio.run(cold_engine.close())
 
-    engine = _engine(max_parallel=4)
+    engine = _engine(slots=4)
 
     async def run() -> None:
         first = await _collect(engine, _request(prefix + " Box 2 holds", max_tokens=8))
@@ -323,8 +281,8 @@ def test_the_host_memory_budget_bounds_the_prefix_cache() -> None:
             await _collect(engine, _request(prompt, max_tokens=8))
             await _until_idle(engine)
 
-    small = _engine(max_parallel=2, prefix_cache_tokens=40)
-    off = _engine(max_parallel=2, prefix_cache_tokens=0)
+    small = _engine(slots=2, prefix_cache_tokens=40)
+    off = _engine(slots=2, prefix_cache_tokens=0)
     try:
         asyncio.run(fill(small))
         # Each finished request holds ~25 tokens: a 40-token budget keeps only the newest.

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from llamarock.engines.base import Engine
+from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.fake import FakeEngine
 from llamarock.engines.llamacpp import LlamaCppEngine
 from llamarock.errors import ContextOverflowError, EngineNotReadyError
@@ -19,7 +20,8 @@ from llamarock.types import ChatMessage, GenerationChunk, GenerationRequest, Sam
 def _make(kind: str, context_length: int | None = None) -> Engine:
     if kind == "fake":
         return FakeEngine("fake", context_length=context_length or 8192, reply=" ".join(["word"] * 40))
-    return LlamaCppEngine("llamacpp", model_path=embedded_model_path(), threads=2, context_length=context_length)
+    return LlamaCppEngine("llamacpp", LlamaCppConfig(model_path=embedded_model_path(), threads=2,
+                                                  context_length=context_length))
 
 
 @pytest.fixture(scope="module", params=["fake", "llamacpp"])

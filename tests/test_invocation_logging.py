@@ -27,6 +27,7 @@ from llamarock.observability.invocation_log_record import SCHEMA, strip_images
 from llamarock.observability.records import InvocationRecord
 from llamarock.settings import Settings
 from llamarock.storage.blobs import BucketMissingError, LocalBlobStore, S3BlobStore
+from llamarock.storage.db import Database
 from llamarock.storage.logging_config import LoggingConfigStore
 from tests.conftest import Server, free_port, start_server, stop_server
 
@@ -516,7 +517,7 @@ def test_strip_images_blanks_native_and_converse_image_bytes() -> None:
 def test_full_spool_drops_and_counts_without_raising(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(data_dir=tmp_path, invocation_log_spool_max_bytes=4096, invocation_log_retry_max_s=0.2)
     blobs = LocalBlobStore(tmp_path / "blobs")
-    logger = InvocationLog(settings, blobs, LoggingConfigStore(tmp_path))
+    logger = InvocationLog(settings, blobs, LoggingConfigStore(Database.at(tmp_path)))
     try:
         # The bucket exists for the Put, then disappears: every delivery fails and records pile up.
         blobs.create_bucket("gone")

@@ -18,6 +18,7 @@ from llamarock.cli import main
 from llamarock.observability.records import InvocationRecord
 from llamarock.observability.usage import UsageRecorder, UsageStore, parse_since
 from llamarock.settings import load_settings
+from llamarock.storage.db import Database
 
 # The spec's on-demand table (US West - Oregon), USD per 1M input / output tokens.
 SPEC_PRICES = {
@@ -140,7 +141,7 @@ def _compare(rows: list[dict[str, object]], key_name: str, expected: dict[str, d
 
 def test_recorder_stores_every_record_and_the_report_groups_them(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path)
-    recorder = UsageRecorder(settings)
+    recorder = UsageRecorder(settings, UsageStore(Database.at(tmp_path)))
     records = _mix()
     for record in records:
         recorder.record(record)
@@ -168,20 +169,20 @@ def test_recorder_stores_every_record_and_the_report_groups_them(tmp_path: Path)
 
 def test_close_writes_everything_queued(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path)
-    recorder = UsageRecorder(settings)
+    recorder = UsageRecorder(settings, UsageStore(Database.at(tmp_path)))
     for index in range(500):
         recorder.record(_record(index))
     recorder.close()
     recorder.record(_record(1000))  # after close: written at once, not lost
-    store = UsageStore(tmp_path)
+    store = UsageStore(Database.at(tmp_path))
     (row,) = store.report("model")
     assert row.invocations == 501
     assert row.input_tokens == sum(100 + i for i in [*range(500), 1000])
-    store.close()
+    store.db.close()
 
 
 def test_cli_report_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    recorder = UsageRecorder(load_settings(data_dir=tmp_path))
+    recorder = UsageRecorder(load_settings(data_dir=tmp_path), UsageStore(Database.at(tmp_path)))
     records = _mix()
     for record in records:
         recorder.record(record)

@@ -52,6 +52,7 @@ def _record(**fields: Any) -> InvocationRecord:
         input_tokens=7, output_tokens=3, latency_ms=40,
     )
     base.update(fields)
+    base.setdefault("streaming", base["operation"] in ("InvokeModelWithResponseStream", "ConverseStream"))
     return InvocationRecord(**base)
 
 

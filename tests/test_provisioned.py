@@ -20,9 +20,11 @@ from botocore.exceptions import ClientError
 
 from llamarock.auth.actions import model_resources
 from llamarock.bedrock.model_ids import parse_model_ref
+from llamarock.context import ModelName
 from llamarock.errors import ValidationException
 from llamarock.services.provisioning import accrued_costs, add_months
 from llamarock.settings import PriceSettings
+from llamarock.storage.db import Database
 from llamarock.storage.provisioned import ProvisionedModel, ProvisionedStore
 from tests.conftest import Server, start_server, stop_server
 
@@ -336,7 +338,7 @@ def test_provisioned_arns_parse_and_name_their_iam_resource() -> None:
                 "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc"):
         with pytest.raises(ValidationException):
             parse_model_ref(bad)
-    assert model_resources(arn, "us-west-2", "123456789012", {}) == ((arn,), arn)
+    assert model_resources(ModelName.parse(arn, {}), "us-west-2", "123456789012") == ((arn,), arn)
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
@@ -387,7 +389,7 @@ def _stored(store: ProvisionedStore, pid: str, model_id: str, units: int, create
 
 
 def test_accrued_cost_is_hourly_price_times_units_times_hours_in_service(tmp_path: Path) -> None:
-    store = ProvisionedStore(tmp_path)
+    store = ProvisionedStore(Database.at(tmp_path))
     try:
         t0 = datetime(2025, 1, 1, tzinfo=UTC)
         llama2 = _stored(store, "aaaaaaaaaaaa", LLAMA2, 2, t0)
@@ -409,7 +411,7 @@ def test_accrued_cost_is_hourly_price_times_units_times_hours_in_service(tmp_pat
             ("name-aaaaaaaaaaaa", Decimal("42.36")), ("name-bbbbbbbbbbbb", Decimal("20")),
         ]
     finally:
-        store.close()
+        store.db.close()
 
 
 def test_add_months_keeps_the_day_or_takes_the_months_last() -> None:

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from llamarock.bedrock import catalog
 from llamarock.bedrock.model_ids import parse_model_ref
 from llamarock.bedrock.regions import ON_DEMAND_UNSUPPORTED, RegionMap, geography
+from llamarock.context import ModelName
 from llamarock.errors import ValidationException
 from llamarock.services.deployments import DeploymentConfigError, DeploymentRegistry
 from llamarock.services.inference import InferenceService
@@ -130,10 +131,10 @@ def test_overrides_replace_the_catalogs_regions() -> None:
 def test_resolve_records_the_inference_region(tmp_path: Path) -> None:
     service = InferenceService(DeploymentRegistry(load_settings(engine="fake", data_dir=tmp_path)),
                                load_settings(engine="fake", data_dir=tmp_path))
-    assert service.resolve(f"us.{SMALL}", "us-east-1").inference_region == "us-west-2"
-    assert service.resolve(SMALL).inference_region == "us-west-2"  # no region: the server's
+    assert service.resolve(ModelName.parse(f"us.{SMALL}", {}), "us-east-1").inference_region == "us-west-2"
+    assert service.resolve(ModelName.parse(SMALL, {})).inference_region == "us-west-2"  # no region: the server's
     with pytest.raises(ValidationException):
-        service.resolve(SMALL, "us-east-1")
+        service.resolve(ModelName.parse(SMALL, {}), "us-east-1")
     settings = load_settings(engine="fake", data_dir=tmp_path, model_regions={"meta.nope": ["us-west-2"]})
     with pytest.raises(DeploymentConfigError, match=r"meta\.nope"):
         InferenceService(DeploymentRegistry(settings), settings)

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from llamarock.budget import TokenBucket
 from llamarock.errors import BedrockError, ModelTimeoutException, ThrottlingException
-from llamarock.scheduler import PROVISIONED_PRIORITY, Admission, Scheduler, SlotPool, TokenBucket, estimate_tokens
+from llamarock.scheduler import PROVISIONED_PRIORITY, Admission, Scheduler, SlotPool, request_tokens
 from llamarock.settings import load_settings
 from llamarock.types import GenerationRequest, SamplingParams
 
@@ -140,7 +141,7 @@ async def _provisioned_tokens_per_minute_are_enforced_and_settled_with_real_use(
     scheduler = _scheduler()
     scheduler.reserve(ARN, "pt", "meta.llama3-1-8b-instruct-v1:0", "d", 1)
     request = _request(max_tokens=40)
-    assert estimate_tokens(request) == 42
+    assert request_tokens(request) == 42
     async with scheduler.admit("d", request, ARN) as admission:
         assert isinstance(admission, Admission)
         admission.tokens = 12

@@ -15,11 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from llamarock.auth import sigv4
-from llamarock.auth.policy import FULL_ACCESS, Policy, PolicyError, parse_policy
+from llamarock.auth.policy import DEV_ACCESS, FULL_ACCESS, Policy, parse_policy
 from llamarock.errors import (
     IncompleteSignatureException,
     InvalidSignatureException,
     MissingAuthenticationTokenException,
+    PolicyError,
     UnrecognizedClientException,
 )
 from llamarock.settings import Settings
@@ -69,7 +70,7 @@ class Authenticator:
         self.settings = settings
         self.store = store
         self._policies: dict[str, Policy] = {}
-        self.dev_principal = self._principal(StoredPrincipal(DEV_PRINCIPAL, None, None, None))
+        self.dev_principal = self._principal(StoredPrincipal(DEV_PRINCIPAL, DEV_ACCESS, None, None))
 
     def _compile(self, document: dict[str, Any] | None) -> Policy:
         """Policies are compiled once per distinct document; a policy that no longer parses denies everything."""

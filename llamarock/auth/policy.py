@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from llamarock.errors import PolicyError
+
 VERSIONS = ("2012-10-17", "2008-10-17")
 Decision = Literal["Allow", "Deny", "ImplicitDeny"]
 
@@ -22,10 +24,11 @@ FULL_ACCESS: dict[str, Any] = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "bedrock:*", "Resource": "*"}],
 }
-
-
-class PolicyError(ValueError):
-    """The policy document is not one llamarock can evaluate; the message says where and why."""
+# The ``dev`` principal of ``--auth dev`` may do anything, llamarock's own operations (usage, quotas) included.
+DEV_ACCESS: dict[str, Any] = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["bedrock:*", "llamarock:*"], "Resource": "*"}],
+}
 
 
 def wildcard(pattern: str, ignore_case: bool = False) -> re.Pattern[str]:
@@ -117,7 +120,7 @@ class Condition:
     def holds(self, context: Mapping[str, str]) -> bool:
         value = context.get(self.key)
         if self.operator == "Null":
-            return (value is None) == self.values[0]
+            return bool((value is None) == self.values[0])
         if value is None:
             return self.if_exists or OPERATORS[self.operator][2]
         _, test, negated = OPERATORS[self.operator]

@@ -9,18 +9,17 @@ A reservation larger than a whole minute's allowance is admitted when the bucket
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamarock.budget import TokenBucket, estimate_tokens
 from llamarock.errors import ThrottlingException
-from llamarock.scheduler import TokenBucket
+from llamarock.types import DEFAULT_MAX_TOKENS as DEFAULT_MAX_GEN_LEN
 
 TOO_MANY_REQUESTS = "Too many requests, please wait before trying again."
 TOO_MANY_TOKENS = "Too many tokens, please wait before trying again."
-DEFAULT_MAX_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -105,22 +104,23 @@ def _int(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**7 else default
 
 
-def estimate_tokens(operation: str, body: bytes) -> int:
-    """What a request reserves: its prompt (about 4 characters a token) plus the most it may generate."""
+def request_estimate(body: bytes) -> int:
+    """What an invocation body may use (:func:`llamarock.budget.estimate_tokens`): a native Llama body's prompt and
+    ``max_gen_len``, or a Converse body's system prompt, messages and ``inferenceConfig.maxTokens``."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
-        return math.ceil(len(body) / 4) + DEFAULT_MAX_TOKENS
-    if operation.startswith("InvokeModel"):
+        return estimate_tokens(len(body), DEFAULT_MAX_GEN_LEN)
+    if "prompt" in document:
         prompt = document.get("prompt")
         text = prompt if isinstance(prompt, str) else ""
-        return math.ceil(len(text) / 4) + _int(document.get("max_gen_len"), DEFAULT_MAX_TOKENS)
+        return estimate_tokens(len(text), _int(document.get("max_gen_len"), DEFAULT_MAX_GEN_LEN))
     config = document.get("inferenceConfig")
-    max_tokens = _int(config.get("maxTokens"), DEFAULT_MAX_TOKENS) if isinstance(config, dict) else DEFAULT_MAX_TOKENS
+    max_tokens = _int(config.get("maxTokens"), DEFAULT_MAX_GEN_LEN) if isinstance(config, dict) else DEFAULT_MAX_GEN_LEN
     try:
         text = json.dumps([document.get("system"), document.get("messages")], ensure_ascii=False)
     except (ValueError, RecursionError):
         text = ""
-    return math.ceil(len(text) / 4) + max_tokens
+    return estimate_tokens(len(text), max_tokens)

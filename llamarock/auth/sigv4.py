@@ -217,11 +217,11 @@ class _Verifier:
         return self._payload_hash
 
 
-class _HeaderVerifier(_Verifier, SigV4Auth):
+class _HeaderVerifier(_Verifier, SigV4Auth):  # type: ignore[misc]  # botocore ships no type hints
     pass
 
 
-class _QueryVerifier(_Verifier, SigV4QueryAuth):
+class _QueryVerifier(_Verifier, SigV4QueryAuth):  # type: ignore[misc]
     pass
 
 

@@ -17,9 +17,8 @@ from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.prompts import render_llama2, render_llama3
 from llamarock.bedrock.tools import ToolCall, ToolSpec, render_tool_call, render_tool_result, tools_system_prompt
 from llamarock.errors import ValidationException
-from llamarock.types import ChatMessage
+from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, ChatMessage
 
-DEFAULT_MAX_TOKENS = 512
 MAX_IMAGES = 20
 MAX_IMAGE_BYTES = 3_750_000
 NATIVE_FIELDS = ("temperature", "top_p", "max_gen_len")
@@ -54,8 +53,8 @@ class ChatRequest:
     tool_choice: Literal["auto", "any", "tool"] | None = None
     tool_name: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.5
-    top_p: float = 0.9
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
     stop_sequences: tuple[str, ...] = ()
     output_schema: dict[str, Any] | None = None
     images: tuple[bytes, ...] = ()
@@ -281,8 +280,8 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
         tool_choice=choice,
         tool_name=tool_name,
         max_tokens=max_tokens,
-        temperature=float(setting("temperature", "temperature", 0.5)),
-        top_p=float(setting("topP", "top_p", 0.9)),
+        temperature=float(setting("temperature", "temperature", DEFAULT_TEMPERATURE)),
+        top_p=float(setting("topP", "top_p", DEFAULT_TOP_P)),
         stop_sequences=stops,
         output_schema=_output_schema(params.get("outputConfig")),
         images=tuple(images),

@@ -23,6 +23,7 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
 from llamarock.errors import ValidationException
+from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 __all__ = [
     "DEFAULT_MAX_GEN_LEN",
@@ -37,9 +38,7 @@ __all__ = [
     "stream_chunk",
 ]
 
-DEFAULT_TEMPERATURE: Final = 0.5
-DEFAULT_TOP_P: Final = 0.9
-DEFAULT_MAX_GEN_LEN: Final = 512
+DEFAULT_MAX_GEN_LEN: Final = DEFAULT_MAX_TOKENS
 MAX_GEN_LEN_LIMIT: Final = 2048
 
 NATIVE_REQUEST_SCHEMA: Final[dict[str, Any]] = {

@@ -1,4 +1,5 @@
-"""``application/vnd.amazon.eventstream`` frame encoder (botocore only decodes; tests decode with it).
+"""``application/vnd.amazon.eventstream``: the frame encoder (botocore only decodes), and the decoding a relay needs
+(whole frames, and messages through botocore's own parser).
 
 Layout (big-endian): total length, headers length, prelude CRC32, headers, payload, message CRC32. Bedrock uses
 string headers only (type 7).
@@ -10,7 +11,10 @@ import base64
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any
+
+from botocore.eventstream import EventStreamBuffer, ParserError
 
 from llamarock.errors import BedrockError
 
@@ -50,3 +54,46 @@ def exception_event(error: BedrockError) -> bytes:
     member = error.code[0].lower() + error.code[1:]
     headers = {":exception-type": member, ":content-type": "application/json", ":message-type": "exception"}
     return frame(headers, _json(error.body()))
+
+
+# An event-stream frame starts with its total length (4 bytes) and is at least prelude + CRCs long.
+_MIN_FRAME = 16
+
+
+def take_frames(pending: bytearray) -> Iterator[bytes]:
+    """Take every complete frame off the front of ``pending`` (bytes that are not an event stream pass as they are).
+
+    Relays forward whole frames only, so that a failure midway can still end the stream with an exception frame.
+    """
+    while len(pending) >= 4:
+        total = int.from_bytes(pending[:4], "big")
+        if total < _MIN_FRAME:
+            total = len(pending)
+        if len(pending) < total:
+            return
+        frame = bytes(pending[:total])
+        del pending[:total]
+        yield frame
+
+
+class Decoder:
+    """Decodes frames as they arrive (botocore's parser): ``feed`` bytes, get (headers, payload) messages."""
+
+    def __init__(self) -> None:
+        self._buffer = EventStreamBuffer()
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+        """The messages completed by ``data``; ValueError when the bytes are not a valid event stream."""
+        self._buffer.add_data(data)
+        try:
+            return [(message.headers, message.payload) for message in self._buffer]
+        except ParserError as error:
+            raise ValueError(f"not a valid event stream: {error}") from error
+
+
+def decode_chunk(payload: bytes) -> dict[str, Any]:
+    """The model-native JSON body of an InvokeModelWithResponseStream ``chunk`` event's payload."""
+    body = json.loads(base64.b64decode(json.loads(payload)["bytes"]))
+    if not isinstance(body, dict):
+        raise ValueError("a chunk's bytes are not a JSON object")
+    return body

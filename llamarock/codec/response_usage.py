@@ -1,20 +1,19 @@
-"""Token counts read from a runtime response as it passes by: headers, a Converse JSON ``usage``, or a stream's
-last events (the InvokeModel stream's ``amazon-bedrock-invocationMetrics``, ConverseStream's ``metadata``).
+"""Token counts read from a relayed runtime response as it passes by: Bedrock's token-count headers, a JSON body's
+``usage``, or an event stream's last events (the InvokeModel stream's ``amazon-bedrock-invocationMetrics``,
+ConverseStream's ``metadata``).
 
-Used where a response is relayed rather than produced: the auth middleware settling token quotas, and forwarding to
-a ``region_servers`` peer.
+Only a relay needs this (forwarding to a ``region_servers`` peer): an answer produced here states its counts itself.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from botocore.eventstream import EventStreamBuffer
+from llamarock.codec.eventstream import CONTENT_TYPE, Decoder, decode_chunk
 
-# A Converse body larger than this is not kept for its ``usage`` (the counts are then unknown).
+# A JSON body larger than this is not kept for its ``usage`` (the counts are then unknown).
 SNIFF_LIMIT = 4_000_000
 
 
@@ -26,34 +25,35 @@ class ResponseUsage:
     Never raises: a body it cannot parse leaves the counts unknown.
     """
 
-    operation: str
     input_tokens: int | None = None
     output_tokens: int | None = None
     error_code: str | None = None
-    _json: bytearray = field(default_factory=bytearray)
-    _events: EventStreamBuffer | None = None
+    _json: bytearray | None = None
+    _events: Decoder | None = None
     _broken: bool = False
 
-    def start(self, headers: list[tuple[bytes, bytes]]) -> None:
-        found = {k.lower(): v for k, v in headers}
-        raw_in = found.get(b"x-amzn-bedrock-input-token-count")
-        raw_out = found.get(b"x-amzn-bedrock-output-token-count")
+    def start(self, headers: dict[str, str]) -> None:
+        found = {k.lower(): v for k, v in headers.items()}
+        raw_in = found.get("x-amzn-bedrock-input-token-count")
+        raw_out = found.get("x-amzn-bedrock-output-token-count")
         if raw_in is not None and raw_out is not None and raw_in.isdigit() and raw_out.isdigit():
             self.input_tokens, self.output_tokens = int(raw_in), int(raw_out)
-        if found.get(b"content-type", b"").startswith(b"application/vnd.amazon.eventstream"):
-            self._events = EventStreamBuffer()
+        content_type = found.get("content-type", "")
+        if content_type.startswith(CONTENT_TYPE):
+            self._events = Decoder()
+        elif content_type.startswith("application/json") and self.input_tokens is None:
+            self._json = bytearray()
 
     def body(self, chunk: bytes) -> None:
         if self._broken or not chunk:
             return
         try:
             if self._events is not None:
-                self._events.add_data(chunk)
-                for message in self._events:
-                    self._event(message.headers, message.payload)
-            elif self.operation == "Converse" and len(self._json) + len(chunk) <= SNIFF_LIMIT:
+                for headers, payload in self._events.feed(chunk):
+                    self._event(headers, payload)
+            elif self._json is not None and len(self._json) + len(chunk) <= SNIFF_LIMIT:
                 self._json.extend(chunk)
-        except Exception:
+        except (ValueError, KeyError, TypeError, AttributeError):
             self._broken = True
 
     def _event(self, headers: dict[str, Any], payload: bytes) -> None:
@@ -65,8 +65,7 @@ class ResponseUsage:
             usage = json.loads(payload).get("usage") or {}
             self.input_tokens, self.output_tokens = usage.get("inputTokens"), usage.get("outputTokens")
         elif event_type == "chunk":
-            inner = json.loads(base64.b64decode(json.loads(payload)["bytes"]))
-            metrics = inner.get("amazon-bedrock-invocationMetrics")
+            metrics = decode_chunk(payload).get("amazon-bedrock-invocationMetrics")
             if metrics:
                 self.input_tokens, self.output_tokens = metrics["inputTokenCount"], metrics["outputTokenCount"]
 

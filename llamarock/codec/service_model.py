@@ -29,15 +29,3 @@ def error_status(code: str, service: str = RUNTIME) -> int | None:
     error = model.shape_for(code).metadata.get("error") or {}
     status = error.get("httpStatusCode")
     return int(status) if status is not None else None
-
-
-def header_members(operation: str, service: str = RUNTIME) -> dict[str, str]:
-    """Map of input members bound to HTTP headers: member name -> header name."""
-    shape = operation_model(operation, service).input_shape
-    if shape is None:
-        return {}
-    return {
-        name: member.serialization["name"]
-        for name, member in shape.members.items()
-        if member.serialization.get("location") == "header"
-    }

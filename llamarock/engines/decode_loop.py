@@ -33,31 +33,41 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
-from llamarock.errors import EngineError, EngineOverloadedError, EngineTimeoutError
+from llamarock.errors import EngineError
 from llamarock.types import GenerationChunk, SamplingParams, StopReason
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LoopConfig:
-    """Sizes of one decode loop."""
+class LlamaCppConfig:
+    """Everything one llama.cpp deployment is told: its weights and the sizes of its decode loop.
 
-    window: int
-    kv_cells: int
-    max_parallel: int
-    max_queue: int
-    queue_timeout_s: float
-    prefill_chunk: int
+    ``slots`` is how many sequences decode at once; the scheduler (``llamarock/scheduler.py``) admits at most that
+    many requests to the engine (``max_parallel + priority_slots``) and owns queueing, deadlines and priorities, so
+    the loop only waits for KV room and sequence ids. ``context_length`` is the window of one request (None: the
+    model's trained context, at most 8192), ``kv_cells`` the unified KV pool shared by all (None: the window).
+    """
+
+    model_path: Path
     threads: int
+    context_length: int | None = None
+    chat_format: str = "auto"
+    kv_cells: int | None = None
+    slots: int = 9
+    prefill_chunk: int = 256
+    prefix_cache_tokens: int | None = None  # host-memory budget of the prefix cache; None: half of the KV cells
     cache_slots: int = 8  # finished sequences kept in the KV cache (the rest go to host memory)
-    cache_tokens: int | None = None  # host-memory budget of the prefix cache in tokens; None: half of kv_cells
     n_batch: int = 512
-    priority_slots: int = 1
+
+    def cells(self, window: int) -> int:
+        """The KV cells of a loop whose requests may use ``window`` tokens each."""
+        return max(self.kv_cells or window, window)
 
 
 @dataclass
@@ -69,7 +79,6 @@ class Job:
     emit: Callable[[GenerationChunk | BaseException], None]
     grammar: str | None = None
     priority: int = 0
-    submitted: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -117,13 +126,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def context_params(config: LoopConfig) -> Any:
-    """The llama.cpp context of a decode loop: one unified KV pool of ``kv_cells``, flash attention, Q8_0 cache."""
+def context_params(config: LlamaCppConfig, window: int) -> Any:
+    """The llama.cpp context of a decode loop: one unified KV pool, flash attention, Q8_0 cache."""
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = config.kv_cells
+    params.n_ctx = config.cells(window)
     params.n_batch = config.n_batch
     params.n_ubatch = config.n_batch
-    params.n_seq_max = config.max_parallel + config.priority_slots + config.cache_slots
+    params.n_seq_max = config.slots + config.cache_slots
     params.n_threads = config.threads
     params.n_threads_batch = config.threads
     params.kv_unified = True
@@ -141,11 +150,13 @@ def context_params(config: LoopConfig) -> Any:
 class DecodeLoop:
     """Owns a loaded llama.cpp model and decodes every admitted request together."""
 
-    def __init__(self, model: Any, config: LoopConfig, name: str) -> None:
+    def __init__(self, model: Any, config: LlamaCppConfig, window: int, name: str) -> None:
         self.model = model
         self.config = config
+        self.window = window
+        self.kv_cells = config.cells(window)
         self.vocab = llama_cpp.llama_model_get_vocab(model)
-        params = context_params(config)
+        params = context_params(config, window)
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise EngineError("llama.cpp could not create a context (not enough memory for the KV cache?)")
@@ -155,7 +166,7 @@ class DecodeLoop:
         self.waiting: deque[Job] = deque()
         self.active: list[_Sequence] = []
         self.cache: list[_Cached] = []
-        self.cache_budget = config.kv_cells // 2 if config.cache_tokens is None else config.cache_tokens
+        self.cache_budget = self.kv_cells // 2 if config.prefix_cache_tokens is None else config.prefix_cache_tokens
         self.lock = threading.Condition()
         self.stopping = False
         self.generated_tokens = 0
@@ -166,15 +177,9 @@ class DecodeLoop:
     # ---------------------------------------------------------------------------------------------- public side
 
     def submit(self, job: Job) -> None:
-        """Queue a request behind those of its priority or higher; EngineOverloadedError when the queue is full.
-
-        Prioritised requests (latency-optimized, provisioned) have a queue of the same size of their own, so that
-        standard traffic filling its queue never turns them away.
-        """
+        """Hand over a request admitted by the scheduler; it waits (behind those of its priority or higher) only
+        for a sequence id and KV room."""
         with self.lock:
-            peers = sum(1 for waiting in self.waiting if (waiting.priority > 0) == (job.priority > 0))
-            if peers >= self.config.max_queue:
-                raise EngineOverloadedError(f"the request queue is full ({self.config.max_queue} waiting)")
             position = len(self.waiting)
             while position > 0 and self.waiting[position - 1].priority < job.priority:
                 position -= 1
@@ -191,7 +196,7 @@ class DecodeLoop:
                 "running": len(self.active),
                 "queued": len(self.waiting),
                 "kv_reserved": self._reserved(),
-                "kv_cells": self.config.kv_cells,
+                "kv_cells": self.kv_cells,
                 "prefix_cached_sequences": len(self.cache),
                 "prefix_cached_tokens": self._cached_tokens(),
                 "prefix_cached_in_kv": sum(1 for c in self.cache if c.seq_id is not None),
@@ -220,7 +225,6 @@ class DecodeLoop:
                 if self.stopping:
                     return
                 self._drop_cancelled()
-                self._expire_waiting()
                 self._admit()
             if not self.active:
                 with self.lock:
@@ -247,13 +251,6 @@ class DecodeLoop:
             self._retire(sequence, keep=False)
         if any(job.cancelled.is_set() for job in self.waiting):
             self.waiting = deque(job for job in self.waiting if not job.cancelled.is_set())
-
-    def _expire_waiting(self) -> None:
-        deadline = time.monotonic() - self.config.queue_timeout_s
-        expired = [job for job in self.waiting if job.submitted < deadline]
-        for job in expired:
-            self.waiting.remove(job)
-            job.emit(EngineTimeoutError(f"waited more than {self.config.queue_timeout_s:g} s for the model"))
 
     def _evict_one(self, spare: _Cached | None = None) -> bool:
         """Free the cells and sequence id of the least recently used prefix in the KV cache (never ``spare``),
@@ -310,22 +307,19 @@ class DecodeLoop:
             self._offload(entry)
 
     def _admit(self) -> None:
-        # Prioritised requests may also take the priority slots, so they start at once even when standard
-        # requests fill every regular slot.
         while self.waiting:
             job = self.waiting[0]
-            limit = self.config.max_parallel + (self.config.priority_slots if job.priority > 0 else 0)
-            if len(self.active) >= limit:
+            if len(self.active) >= self.config.slots:
                 return
             prompt = len(job.tokens)
-            budget = min(job.sampling.max_tokens, self.config.window - prompt)
+            budget = min(job.sampling.max_tokens, self.window - prompt)
             reserve = prompt + budget
-            if reserve > self.config.kv_cells:
-                budget = self.config.kv_cells - prompt
-                reserve = self.config.kv_cells
-            while self._reserved() + reserve > self.config.kv_cells and self._evict_one():
+            if reserve > self.kv_cells:
+                budget = self.kv_cells - prompt
+                reserve = self.kv_cells
+            while self._reserved() + reserve > self.kv_cells and self._evict_one():
                 pass
-            if self._reserved() + reserve > self.config.kv_cells:
+            if self._reserved() + reserve > self.kv_cells:
                 return
             if not self.free_ids and not self._evict_one():
                 return

@@ -13,13 +13,12 @@ import ctypes
 import json
 import logging
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
 from llamarock.engines.base import Engine
-from llamarock.engines.decode_loop import DecodeLoop, Job, LoopConfig
+from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig
 from llamarock.errors import ContextOverflowError, EngineError, EngineNotReadyError, UnsupportedSchemaError
 from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest
 
@@ -45,34 +44,9 @@ def chat_format_of(template: str | None) -> str:
 class LlamaCppEngine(Engine):
     """Serves one GGUF file with llama.cpp on the CPU, many requests at once."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        model_path: Path,
-        threads: int,
-        context_length: int | None = None,
-        chat_format: str = "auto",
-        kv_cells: int | None = None,
-        max_parallel: int = 8,
-        max_queue: int = 64,
-        queue_timeout_s: float = 120.0,
-        prefill_chunk: int = 256,
-        priority_slots: int = 1,
-        prefix_cache_tokens: int | None = None,
-    ) -> None:
+    def __init__(self, name: str, config: LlamaCppConfig) -> None:
         super().__init__(name)
-        self._model_path = model_path
-        self._threads = threads
-        self._context_length = context_length
-        self._chat_format = chat_format
-        self._kv_cells = kv_cells
-        self._max_parallel = max_parallel
-        self._max_queue = max_queue
-        self._queue_timeout_s = queue_timeout_s
-        self._prefill_chunk = prefill_chunk
-        self._priority_slots = priority_slots
-        self._prefix_cache_tokens = prefix_cache_tokens
+        self.config = config
         self._model: Any = None
         self._vocab: Any = None
         self._loop: DecodeLoop | None = None
@@ -100,31 +74,19 @@ class LlamaCppEngine(Engine):
         from llama_cpp._logger import set_verbose
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        if not self._model_path.is_file():
-            raise EngineError(f"GGUF file not found: {self._model_path}")
+        path = self.config.model_path
+        if not path.is_file():
+            raise EngineError(f"GGUF file not found: {path}")
         llama_cpp.llama_backend_init()
         set_verbose(False)  # llama.cpp's progress lines stay quiet; its errors still reach stderr
-        model = llama_cpp.llama_model_load_from_file(
-            str(self._model_path).encode(), llama_cpp.llama_model_default_params()
-        )
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
         if not model:
-            raise EngineError(f"llama.cpp could not load {self._model_path}: not a valid GGUF model")
+            raise EngineError(f"llama.cpp could not load {path}: not a valid GGUF model")
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         trained = int(llama_cpp.llama_model_n_ctx_train(model)) or DEFAULT_MAX_CONTEXT
-        window = self._context_length or min(trained, DEFAULT_MAX_CONTEXT)
-        config = LoopConfig(
-            window=window,
-            kv_cells=max(self._kv_cells or window, window),
-            max_parallel=self._max_parallel,
-            max_queue=self._max_queue,
-            queue_timeout_s=self._queue_timeout_s,
-            prefill_chunk=self._prefill_chunk,
-            priority_slots=self._priority_slots,
-            threads=self._threads,
-            cache_tokens=self._prefix_cache_tokens,
-        )
-        self._loop = DecodeLoop(model, config, self.name)
+        window = self.config.context_length or min(trained, DEFAULT_MAX_CONTEXT)
+        self._loop = DecodeLoop(model, self.config, window, self.name)
         template_bytes = llama_cpp.llama_model_chat_template(model, None)
         template = template_bytes.decode() if template_bytes else None
         if template:
@@ -134,19 +96,19 @@ class LlamaCppEngine(Engine):
                 bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
                 add_generation_prompt=True,
             )
-        fmt = self._chat_format if self._chat_format != "auto" else chat_format_of(template)
+        fmt = self.config.chat_format if self.config.chat_format != "auto" else chat_format_of(template)
         self._info = EngineInfo(
             name=self.name,
             context_length=window,
             chat_format=fmt,
             details={
                 "engine": "llamacpp",
-                "weights": str(self._model_path),
+                "weights": str(path),
                 "architecture": self._meta("general.architecture") or "unknown",
-                "model_name": self._meta("general.name") or self._model_path.stem,
-                "threads": str(self._threads),
-                "kv_cells": str(config.kv_cells),
-                "max_parallel": str(config.max_parallel),
+                "model_name": self._meta("general.name") or path.stem,
+                "threads": str(self.config.threads),
+                "kv_cells": str(self._loop.kv_cells),
+                "slots": str(self.config.slots),
             },
         )
 
@@ -251,7 +213,6 @@ class LlamaCppEngine(Engine):
         if self._model is not None:
             llama_cpp.llama_model_free(self._model)
             self._model = None
-
 
 
 MAX_ENUMERATED_RANGE = 2048

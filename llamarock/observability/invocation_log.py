@@ -227,7 +227,6 @@ class InvocationLog:
         if self._spool is not None:
             self._spool.close()
         self.blobs.close()
-        self._config_store.close()
 
     # -- delivery (its own thread) ---------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 ``configure`` installs one stderr handler on the root logger; uvicorn is started without its own logging config, so
 its lines go through the same handler. In JSON mode each line carries ``time``, ``level``, ``logger``,
 ``message`` and, where the log call knows them (``extra=``), the request fields in :data:`REQUEST_FIELDS`.
-The access line (logger ``llamarock.access``) is written by the auth middleware once a request is answered; the
+The access line (logger ``llamarock.access``) is written by the auth gate once a request is answered; the
 unauthenticated probes ``/healthz`` and ``/metrics`` have none.
 """
 
@@ -55,7 +55,7 @@ def configure(level: str, log_format: str) -> None:
 
 
 def log_access(audit: dict[str, Any]) -> None:
-    """The access line of one request, from the auth middleware's audit record (camelCase keys)."""
+    """The access line of one request, from the auth gate's audit record (camelCase keys)."""
     fields = {
         "request_id": audit.get("requestId"),
         "method": audit.get("method"),

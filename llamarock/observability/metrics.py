@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from llamarock.bedrock import catalog
 from llamarock.observability.outcome import catalog_model_id, counts_as_invocation, metric_model_id, outcome
-from llamarock.observability.records import STREAMING_OPERATIONS, InvocationRecord
+from llamarock.observability.records import InvocationRecord
 
 if TYPE_CHECKING:
     from llamarock.services.deployments import Deployment
@@ -183,5 +183,5 @@ class InvocationMetrics:
         self.input_tokens.labels(model).inc(record.input_tokens)
         self.output_tokens.labels(model).inc(record.output_tokens)
         self.cache_read_tokens.labels(model).inc(record.cache_read_tokens)
-        if record.operation in STREAMING_OPERATIONS and record.ttft_ms is not None:
+        if record.streaming and record.ttft_ms is not None:
             self.time_to_first_token.labels(model).observe(record.ttft_ms)

@@ -1,11 +1,11 @@
 """The facts of one finished invocation, and the fan-out that hands them to every observer.
 
-The runtime routes build one :class:`InvocationRecord` per InvokeModel, InvokeModelWithResponseStream, Converse and
-ConverseStream call — successful, failed, throttled or cancelled midway — and give it to :class:`Observers.emit`
-once, when the answer is complete (for streams: after the last frame, or when the client went away). The auth
-middleware emits one for requests its quotas throttle. Observers (usage records, Prometheus metrics, model
-invocation logging) must return quickly and never raise into the request: ``emit`` logs and swallows their
-failures, so an observer can never fail or slow an invocation.
+The runtime routes build one :class:`InvocationRecord` per invocation (an operation the operation table marks
+``invocation``: InvokeModel, Converse and their streams) — successful, failed, throttled or cancelled midway — and
+give it to :class:`Observers.emit` once, when the answer is complete (for streams: after the last frame, or when the
+client went away). The edge emits one for invocations the caller's quotas throttle. Observers (usage records,
+Prometheus metrics, model invocation logging, quota settlement) must return quickly and never raise into the
+request: ``emit`` logs and swallows their failures, so an observer can never fail or slow an invocation.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-log = logging.getLogger(__name__)
+from llamarock.context import RequestContext
 
-STREAMING_OPERATIONS = frozenset({"InvokeModelWithResponseStream", "ConverseStream"})
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,10 +55,25 @@ class InvocationRecord:
     output_body: Any = None
     output_content_type: str = "application/json"
     has_images: bool = False
+    streaming: bool = False
 
     @property
     def throttled(self) -> bool:
         return self.status == 429 and self.error_code == "ThrottlingException"
+
+
+def new_record(context: RequestContext) -> InvocationRecord:
+    """The record of the invocation a request makes, with what is known before it runs."""
+    operation = context.operation
+    model = context.model
+    return InvocationRecord(
+        request_id=context.request_id,
+        operation=operation.name if operation is not None else "",
+        model_identifier=model.identifier if model is not None else "",
+        principal_arn=context.principal_arn or "",
+        region=context.region,
+        streaming=operation is not None and operation.streaming,
+    )
 
 
 class InvocationObserver(Protocol):
@@ -68,7 +83,7 @@ class InvocationObserver(Protocol):
 
 
 class Observers:
-    """The fan-out ``create_app`` builds; routes and the auth middleware call :meth:`emit`."""
+    """The fan-out ``create_app`` builds; the runtime routes and the edge call :meth:`emit`."""
 
     def __init__(self) -> None:
         self._observers: list[InvocationObserver] = []

@@ -23,9 +23,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, case, func, select
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from llamarock.bedrock import catalog, pricing
+from llamarock.errors import ValidationException
 from llamarock.observability.outcome import catalog_model_id, counts_as_invocation, outcome
 from llamarock.observability.records import InvocationRecord
 from llamarock.settings import PriceSettings, Settings
@@ -113,7 +114,7 @@ def parse_since(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(
+        raise ValidationException(
             f"since={text!r} is not a date: use YYYY-MM-DD or an ISO 8601 date-time such as 2025-01-31T12:00:00Z"
         ) from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -123,7 +124,7 @@ def parse_grouping(text: str) -> Grouping:
     for grouping in GROUPINGS:
         if text == grouping:
             return grouping
-    raise ValueError(f"by={text!r} is not a grouping: use one of {', '.join(GROUPINGS)}")
+    raise ValidationException(f"by={text!r} is not a grouping: use one of {', '.join(GROUPINGS)}")
 
 
 def to_picousd(cost: Decimal | None) -> int | None:
@@ -141,7 +142,7 @@ class UsageStore(Store):
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Insert rows built by :meth:`UsageRecorder.row`, in one transaction."""
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             for fields in rows:
                 tags = fields["tags"]
                 row = UsageRow(**{k: v for k, v in fields.items() if k != "tags"})
@@ -179,7 +180,7 @@ class UsageStore(Store):
             statement = statement.join(UsageTagRow, UsageTagRow.usage_id == UsageRow.id)
         if since is not None:
             statement = statement.where(UsageRow.time >= _utc(since))
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             results = session.execute(statement).all()
         summaries = []
         for result in results:
@@ -197,8 +198,8 @@ class UsageStore(Store):
 class UsageRecorder:
     """The usage observer: prices and queues each record; a background thread writes them (see module doc)."""
 
-    def __init__(self, settings: Settings, store: UsageStore | None = None) -> None:
-        self.store = store or UsageStore(settings.data_dir, settings.database_url)
+    def __init__(self, settings: Settings, store: UsageStore) -> None:
+        self.store = store
         self._prices: Mapping[str, PriceSettings] = settings.prices
         self._cache_fraction = settings.cache_read_price_fraction
         for model_id in settings.prices:
@@ -273,7 +274,6 @@ class UsageRecorder:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=60)
-        self.store.close()
 
     def _run(self) -> None:
         while True:

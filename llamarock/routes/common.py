@@ -1,54 +1,73 @@
-"""What every runtime handler shares: the call context, error responses, body reading, disconnect handling."""
+"""What every runtime handler shares: the call (request, context, invocation record), disconnect handling, and the
+one streaming-response helper that every event stream goes through (local answers and relayed peers alike)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from llamarock.codec import eventstream
-from llamarock.codec.errors import render_error, status_of
-from llamarock.codec.rest_json import check_body_size
-from llamarock.codec.service_model import RUNTIME
-from llamarock.errors import BedrockError, InternalServerException, ModelErrorException, ModelStreamErrorException
+from llamarock.codec.errors import status_of
+from llamarock.context import ModelName, RequestContext
+from llamarock.errors import BedrockError, InternalServerException
 from llamarock.observability.records import InvocationRecord, Observers
-from llamarock.services.inference import InferenceService, Target
 
-log = logging.getLogger(__name__)
+# A response whose client went away before it was complete (nginx's convention; never sent).
+CLIENT_CLOSED = 499
 
 
 @dataclass
 class Call:
-    """What every runtime handler gets: the request, its id, start time and the resolved path pieces.
+    """What every runtime handler gets: the request, its context (id, body, model, caller) and its record.
 
-    ``record`` is the invocation's :class:`InvocationRecord` (None for CountTokens): handlers fill in what they
-    learn (model, deployment, bodies, tokens, time to first token) and :meth:`finish` hands it to the observers
-    once — from the router for whole responses and errors before the first byte, from the stream's own generator
-    when a stream ends, fails or loses its client.
+    ``record`` is the invocation's :class:`InvocationRecord` (None for operations that are not invocations):
+    handlers fill in what they learn and :meth:`finish` hands it to the observers once — from the runtime
+    dispatcher for whole responses and errors before the first byte, from :func:`event_stream` when a stream ends,
+    fails or loses its client.
     """
 
     request: Request
-    request_id: str
-    started: float
-    model_identifier: str
-    service: InferenceService
+    context: RequestContext
     record: InvocationRecord | None = None
-    _finished: bool = False
+    _finished: bool = field(default=False)
 
-    def resolved(self, target: Target, body: bytes) -> None:
-        """Note the model and deployment that serve the call, and the request body as sent."""
-        if self.record is not None:
-            self.record.model_id = target.model.model_id
-            self.record.deployment = target.deployment.name
-            self.record.inference_region = target.inference_region
-            self.record.provisioned_model_arn = target.provisioned_arn
-            self.record.input_body = body
+    @property
+    def request_id(self) -> str:
+        return self.context.request_id
+
+    @property
+    def operation(self) -> str:
+        """The operation's name, as the operation table has it (for the codec's shapes)."""
+        assert self.context.operation is not None
+        return self.context.operation.name
+
+    @property
+    def body(self) -> bytes:
+        return self.context.body
+
+    @property
+    def model(self) -> ModelName:
+        assert self.context.model is not None, "runtime model operations always have a model"
+        return self.context.model
+
+    @property
+    def region(self) -> str:
+        """The region the request was signed for (the server's region for unsigned and bearer calls)."""
+        return self.context.region
+
+    def state(self) -> Any:
+        """The app's state: services and stores."""
+        return self.request.app.state
+
+    def elapsed_ms(self) -> int:
+        return self.context.elapsed_ms()
 
     def usage(self, input_tokens: int, output_tokens: int, cache_read: int | None) -> None:
         """Note the token counts, exactly as the response states them."""
@@ -63,49 +82,45 @@ class Call:
             if ttft_ms is not None:
                 self.record.ttft_ms = ttft_ms
 
-    def finish(self, status: int = 200, error: BaseException | None = None, cancelled: bool = False) -> None:
-        """Complete the record and emit it (once; later calls do nothing)."""
+    def finish(self, status: int = 200, error: BaseException | None = None, cancelled: bool = False,
+               code: str | None = None) -> None:
+        """Complete the record and emit it (once; later calls do nothing); ``code`` is an error code with ``status``."""
         if self.record is None or self._finished:
             return
         self._finished = True
         record = self.record
         record.latency_ms = self.elapsed_ms()
         record.status, record.cancelled = status, cancelled
+        if code is not None:
+            record.error_code = code
         # A failure after the first byte still answered 200 on the wire; the record keeps the error's own status.
         if isinstance(error, BedrockError):
             record.error_code, record.status = error.code, status_of(error)
         elif error is not None:
             record.error_code, record.status = InternalServerException.code, 500
+        self.context.input_tokens, self.context.output_tokens = record.input_tokens, record.output_tokens
         observers: Observers = self.request.app.state.observers
         observers.emit(record)
 
-    @property
-    def region(self) -> str | None:
-        """The region the request was signed for (set by the auth middleware), if any."""
-        region: str | None = getattr(self.request.state, "region", None)
-        return region
-
-    def elapsed_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Finish the record when the block fails (the error goes on to the edge) or loses its client."""
+        try:
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
+            self.finish(CLIENT_CLOSED, cancelled=True)
+            raise
+        except BaseException as error:
+            self.finish(error=error)
+            raise
 
 
 Handler = Callable[[Call], Awaitable[Response]]
 
 
-def error_response(error: BedrockError, request_id: str, service: str = RUNTIME) -> Response:
-    status, headers, body = render_error(error, request_id, service)
-    return Response(body, status_code=status, headers=headers)
-
-
-async def read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        check_body_size(int(declared))
-    body = bytearray()
-    async for part in request.stream():
-        body.extend(part)
-        check_body_size(len(body))
-    return bytes(body)
+def json_response(body: Any, headers: dict[str, str], status: int = 200) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 async def until_disconnect(request: Request, work: Awaitable[Response]) -> Response:
@@ -125,19 +140,60 @@ async def until_disconnect(request: Request, work: Awaitable[Response]) -> Respo
         watcher.cancel()
     if not task.done():
         task.cancel()
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_CLOSED)
     return task.result()
 
 
-def stream_error_frame(error: Exception, request_id: str) -> bytes:
-    """The event-stream exception frame for a failure after the first byte.
+async def event_stream(
+    call: Call,
+    frames: AsyncIterator[tuple[bytes, Any]],
+    headers: dict[str, str],
+    ended: Callable[[], tuple[str, int] | None],
+    status: int = 200,
+) -> StreamingResponse:
+    """The one way an event stream is answered: ``frames`` yields (encoded frame, what the invocation log keeps).
 
-    A model failure becomes the stream's own shape (modelStreamErrorException); anything unexpected is logged and
-    sent as internalServerException with the request id.
+    The first frame is awaited before the response starts, so that anything failing before it is an ordinary JSON
+    error. After that a failure propagates to the edge, which ends the stream with an exception frame; the record is
+    finished here: complete, failed, or cancelled when the client left. ``ended`` runs first, to note the usage; a
+    relay returns the (error code, status) of an exception frame its peer sent, which the record then keeps.
     """
-    if isinstance(error, ModelErrorException):
-        error = ModelStreamErrorException(error.message, originalStatusCode=500, originalMessage=error.message)
-    elif not isinstance(error, BedrockError):
-        log.error("stream failed (request %s)", request_id, exc_info=error)
-        error = InternalServerException(f"The server failed while streaming. Request id: {request_id}")
-    return eventstream.exception_event(error)
+    try:
+        first = await anext(frames)
+    except BaseException:
+        await _close(frames)
+        raise
+    sent: list[Any] = []
+    # What the invocation log keeps of a stream: the events as they went (nothing for a relayed peer's frames).
+    call.answered(sent if first[1] is not None else None, call.elapsed_ms())
+
+    async def body() -> AsyncIterator[bytes]:
+        failure: BaseException | None = None
+        complete = False
+        try:
+            frame: tuple[bytes, Any] | None = first
+            while frame is not None:
+                if frame[1] is not None:
+                    sent.append(frame[1])
+                yield frame[0]
+                frame = await anext(frames, None)
+            complete = True
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError | GeneratorExit):
+                failure = error
+            raise
+        finally:
+            relayed = ended()
+            await _close(frames)
+            if failure is None and relayed is not None:
+                call.finish(relayed[1], code=relayed[0])
+            else:
+                call.finish(200, failure, cancelled=failure is None and not complete)
+
+    return StreamingResponse(body(), status_code=status, media_type=eventstream.CONTENT_TYPE, headers=headers)
+
+
+async def _close(frames: AsyncIterator[Any]) -> None:
+    close = getattr(frames, "aclose", None)
+    if close is not None:
+        await close()

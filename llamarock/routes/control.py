@@ -4,17 +4,13 @@ Each operation's ``requestUri`` is compiled from the service model and matched o
 ARNs (``%2F`` for ``/``) and ids with ``:`` come through intact. Input members are taken from the URI, the query
 string (by ``locationName``), headers and the JSON body and validated against the input shape with AWS's words;
 the handler returns the output members, serialized as JSON with the operation's success status. Handlers are
-named after the operations in snake_case; ``create_app`` collects each feature module's ``HANDLERS`` into
-``app.state.control_handlers``. An operation that the model defines but llamarock has no handler for yet gets a
-clear error naming it.
+named after the operations in snake_case, and the operation table (``routes/operations.py``) lists them; an
+operation that the model defines but llamarock has no handler for yet gets a clear error naming it (from the edge).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,15 +20,10 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llamarock.codec.routing import match
 from llamarock.codec.service_model import operation_model
 from llamarock.codec.shapes import parse_json_body
-from llamarock.errors import BedrockError, InternalServerException, UnknownOperationException
-from llamarock.routes.common import error_response, read_body
-
-log = logging.getLogger(__name__)
-
-SERVICE = "bedrock"
+from llamarock.context import BEDROCK as SERVICE
+from llamarock.context import RequestContext
 
 
 @dataclass
@@ -83,40 +74,22 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-async def control_operation(request: Request) -> Response | None:
-    """Serve a control-plane request; None when no ``bedrock`` operation matches the method and path."""
-    matched = match(SERVICE, request.method, request.scope.get("raw_path") or request.url.path.encode())
-    if matched is None:
-        return None
-    operation, labels = matched
-    request_id = str(uuid.uuid4())
-    try:
-        handlers: dict[str, ControlHandler] = request.app.state.control_handlers
-        handler = handlers.get(operation)
-        if handler is None:
-            raise UnknownOperationException(
-                f"llamarock does not implement the bedrock operation {operation} yet; docs/api-coverage.md lists "
-                "the operations it serves."
-            )
-        body = await read_body(request)
-        params = parse_json_body(operation, body if request.method in ("POST", "PUT", "PATCH") else b"",
-                                 service=SERVICE, location_values=_location_values(operation, labels, request))
-        settings = request.app.state.settings
-        principal = getattr(request.state, "principal", None)
-        call = ControlCall(
-            request, request_id, operation,
-            principal.arn if principal is not None else f"arn:aws:iam::{settings.account_id}:root",
-            getattr(request.state, "region", None) or settings.region, settings.account_id, time.monotonic(),
-        )
-        output = await handler(call, params)
-    except BedrockError as error:
-        return error_response(error, request_id, SERVICE)
-    except Exception:
-        log.exception("unexpected error in %s (request %s)", operation, request_id)
-        return error_response(
-            InternalServerException(f"The server encountered an internal error. Request id: {request_id}"),
-            request_id, SERVICE,
-        )
+async def serve(request: Request, handler: ControlHandler) -> Response:
+    """Serve one control-plane operation: input members from the URI, query, headers and JSON body, validated against
+    the input shape; the handler's output members as JSON with the operation's success status."""
+    context: RequestContext = request.state.context
+    assert context.operation is not None
+    operation = context.operation.name
+    body = context.body if request.method in ("POST", "PUT", "PATCH") else b""
+    params = parse_json_body(operation, body, service=SERVICE,
+                             location_values=_location_values(operation, context.labels, request))
+    settings = request.app.state.settings
+    call = ControlCall(
+        request, context.request_id, operation,
+        context.principal_arn or f"arn:aws:iam::{settings.account_id}:root",
+        context.region, settings.account_id, context.started,
+    )
+    output = await handler(call, params)
     status = operation_model(operation, SERVICE).http.get("responseCode", 200)
     return Response(json.dumps(output, default=_json_default, ensure_ascii=False), status_code=status,
-                    media_type="application/json", headers={"x-amzn-RequestId": request_id})
+                    media_type="application/json", headers={"x-amzn-RequestId": context.request_id})

@@ -9,7 +9,7 @@ from typing import Any
 
 from llamarock.bedrock import catalog_api
 from llamarock.bedrock.regions import RegionMap
-from llamarock.routes.control import ControlCall, ControlHandler
+from llamarock.routes.control import ControlCall
 
 
 def _regions(call: ControlCall) -> RegionMap:
@@ -38,11 +38,3 @@ async def get_inference_profile(call: ControlCall, params: dict[str, Any]) -> di
     return catalog_api.get_inference_profile(
         _regions(call), call.region, call.account_id, params["inferenceProfileIdentifier"]
     )
-
-
-HANDLERS: dict[str, ControlHandler] = {
-    "ListFoundationModels": list_foundation_models,
-    "GetFoundationModel": get_foundation_model,
-    "ListInferenceProfiles": list_inference_profiles,
-    "GetInferenceProfile": get_inference_profile,
-}

@@ -19,7 +19,7 @@ def _state(deployment: Deployment) -> dict[str, object]:
     return {"status": "ready", **deployment.engine.stats()}
 
 
-async def healthz(request: Request) -> JSONResponse:
+async def get_health(request: Request) -> JSONResponse:
     registry: DeploymentRegistry = request.app.state.registry
     ready = registry.ready
     deployments = {d.name: _state(d) for d in registry.deployments}

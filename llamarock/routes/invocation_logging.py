@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from llamarock.routes.control import ControlCall, ControlHandler
+from llamarock.routes.control import ControlCall
 
 
 async def put_model_invocation_logging_configuration(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
@@ -29,10 +29,3 @@ async def get_model_invocation_logging_configuration(call: ControlCall, params: 
 async def delete_model_invocation_logging_configuration(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     await run_in_threadpool(call.state.invocation_log.delete_config, call.region)
     return {}
-
-
-HANDLERS: dict[str, ControlHandler] = {
-    "PutModelInvocationLoggingConfiguration": put_model_invocation_logging_configuration,
-    "GetModelInvocationLoggingConfiguration": get_model_invocation_logging_configuration,
-    "DeleteModelInvocationLoggingConfiguration": delete_model_invocation_logging_configuration,
-}

@@ -1,148 +1,106 @@
-"""InvokeModel and InvokeModelWithResponseStream: Bedrock's native Llama body."""
+"""InvokeModel and InvokeModelWithResponseStream: Bedrock's native Llama body (the use case is
+``services/invocation.py``; this module speaks HTTP: headers in, JSON or event-stream out)."""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from llamarock.bedrock.native import InvocationMetrics, native_response, parse_native_request, stream_chunk
 from llamarock.codec import eventstream
 from llamarock.codec.rest_json import check_json_media_type, header_values
-from llamarock.routes.common import Call, read_body, stream_error_frame, until_disconnect
+from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
 from llamarock.services.inference import Target
-from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
-
-log = logging.getLogger(__name__)
+from llamarock.services.invocation import Invocation, InvocationService
 
 
-async def prepare_native(
-    call: Call, operation: str, accept_member: str
-) -> tuple[Target, GenerationRequest, dict[str, str]]:
-    """Shared front half of InvokeModel and its stream: headers, body, model, prompt."""
-    headers = header_values(operation, call.request.headers)
+def _invoke(call: Call) -> Invocation:
+    """Shared front half: the header members (checked against the service model), then the use case."""
+    headers = header_values(call.operation, call.request.headers)
     check_json_media_type(headers.get("contentType"), "contentType")
-    check_json_media_type(headers.get(accept_member), "accept")
-    body = await read_body(call.request)
-    target = call.service.resolve(call.model_identifier, call.region)
-    call.resolved(target, body)
-    native = parse_native_request(body)
-    call.service.check_ready(target)
-    call.service.check_images(target, native.images)
-    sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
-    generation = call.service.native_request(target, native.prompt, sampling, call.request_id)
-    generation = call.service.tiered(target, generation, headers.get("performanceConfigLatency"))
-    echoed = {}
-    if "performanceConfigLatency" in headers:
-        echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = headers["performanceConfigLatency"]
-    if call.record is not None:
-        call.record.performance_latency = headers.get("performanceConfigLatency")
-        call.record.has_images = bool(native.images)
-    if "serviceTier" in headers:
-        echoed["X-Amzn-Bedrock-Service-Tier"] = headers["serviceTier"]
-    return target, generation, echoed
+    check_json_media_type(headers.get("accept"), "accept")
+    service: InvocationService = call.state().invocations
+    invocation = service.invoke(call.model, call.region, call.body, headers, call.request_id, call.context.started,
+                                lambda target: note_target(call, target))
+    note_request(call, invocation)
+    return invocation
+
+
+def note_target(call: Call, target: Target) -> None:
+    """What the invocation record learns once the model is resolved: model, deployment, region, the body."""
+    record = call.record
+    if record is not None:
+        record.model_id = target.model.model_id
+        record.deployment = target.deployment.name
+        record.inference_region = target.inference_region
+        record.provisioned_model_arn = target.provisioned_arn
+        record.input_body = call.body
+
+
+def note_request(call: Call, invocation: Invocation) -> None:
+    """What the invocation record learns once the request is checked: its metadata, tier and images."""
+    record = call.record
+    if record is None:
+        return
+    record.request_metadata = dict(invocation.request_metadata)
+    record.performance_latency = invocation.performance_latency
+    record.has_images = invocation.has_images
+
+
+def note_usage(call: Call, invocation: Invocation) -> None:
+    used = invocation.usage
+    call.usage(used.input_tokens, used.output_tokens, used.cache_read_tokens)
 
 
 async def invoke_model(call: Call) -> Response:
     """InvokeModel: the native Llama body in, ``{generation, ...counts, stop_reason}`` out."""
-    target, generation, echoed = await prepare_native(call, "InvokeModel", "accept")
+    invocation = _invoke(call)
 
     async def run() -> Response:
-        text: list[str] = []
-        prompt_tokens = 0
-        cached: int | None = None
-        output_tokens = 0
-        stop_reason = "length"
-        async for chunk in call.service.generate(target, generation):
-            text.append(chunk.text)
-            output_tokens += chunk.token_count
-            if chunk.prompt_tokens is not None:
-                prompt_tokens = chunk.prompt_tokens
-            if chunk.cached_tokens is not None:
-                cached = chunk.cached_tokens
-            if chunk.stop_reason is not None:
-                stop_reason = chunk.stop_reason
-        body = native_response("".join(text), prompt_tokens, output_tokens, stop_reason)
-        call.usage(prompt_tokens - (cached or 0), output_tokens, cached)
+        body = await invocation.drain()
+        note_usage(call, invocation)
         call.answered(body)
+        used = invocation.usage
         headers = {
             "x-amzn-RequestId": call.request_id,
             "X-Amzn-Bedrock-Invocation-Latency": str(call.elapsed_ms()),
             # Bedrock's headers count cache reads apart from the computed input tokens; the native body's
             # prompt_token_count stays the whole prompt, as Llama reports it.
-            "X-Amzn-Bedrock-Input-Token-Count": str(prompt_tokens - (cached or 0)),
-            "X-Amzn-Bedrock-Output-Token-Count": str(output_tokens),
-            "x-llamarock-served-by": target.deployment.name,
-            **echoed,
+            "X-Amzn-Bedrock-Input-Token-Count": str(used.input_tokens),
+            "X-Amzn-Bedrock-Output-Token-Count": str(used.output_tokens),
+            "x-llamarock-served-by": invocation.target.deployment.name,
+            **invocation.headers,
         }
-        if cached is not None:
-            headers["X-Amzn-Bedrock-Cache-Read-Input-Token-Count"] = str(cached)
-        return Response(json.dumps(body, ensure_ascii=False), media_type="application/json", headers=headers)
+        if used.cache_read_tokens is not None:
+            headers["X-Amzn-Bedrock-Cache-Read-Input-Token-Count"] = str(used.cache_read_tokens)
+        return json_response(body, headers)
 
     return await until_disconnect(call.request, run())
 
 
 async def invoke_model_with_response_stream(call: Call) -> Response:
-    """InvokeModelWithResponseStream: one ``chunk`` event per decoded token group, flushed as produced.
+    """InvokeModelWithResponseStream: one ``chunk`` event per decoded token group, flushed as produced."""
+    invocation = _invoke(call)
 
-    The first chunk is awaited before the response starts, so that anything that fails before the first byte
-    (validation, context overflow, a model that is not ready) is an ordinary JSON error; later failures are
-    exception frames.
-    """
-    target, generation, echoed = await prepare_native(call, "InvokeModelWithResponseStream", "accept")
-    chunks = call.service.generate(target, generation)
-    try:
-        first = await anext(chunks)
-    except BaseException:
-        await chunks.aclose()
-        raise
-    first_byte_ms = call.elapsed_ms()
-
-    async def frames() -> AsyncIterator[bytes]:
-        prompt_tokens = first.prompt_tokens or 0
-        cached = first.cached_tokens
-        output_tokens = 0
-        chunk: GenerationChunk | None = first
-        is_first = True
-        sent: list[dict] = []
-        call.answered(sent, first_byte_ms)
-        failure: BaseException | None = None
-        try:
-            while chunk is not None:
-                output_tokens += chunk.token_count
-                metrics = None
-                if chunk.stop_reason is not None:
-                    metrics = InvocationMetrics(
-                        prompt_tokens - (cached or 0), output_tokens, call.elapsed_ms(), first_byte_ms, cached
-                    )
-                body = stream_chunk(
-                    chunk.text,
-                    prompt_tokens=prompt_tokens if is_first else None,
-                    generation_tokens=output_tokens,
-                    stop_reason=chunk.stop_reason,
-                    metrics=metrics,
-                )
-                sent.append(body)
-                yield eventstream.chunk_event(body)
-                is_first = False
-                if chunk.stop_reason is not None:
-                    return
-                chunk = await anext(chunks, None)
-        except Exception as error:
-            failure = error
-            yield stream_error_frame(error, call.request_id)
-        finally:
-            call.usage(prompt_tokens - (cached or 0), output_tokens, cached)
-            complete = failure is None and bool(sent) and sent[-1].get("stop_reason") is not None
-            call.finish(200, failure, cancelled=failure is None and not complete)
-            await chunks.aclose()
+    async def frames() -> AsyncIterator[tuple[bytes, Any]]:
+        async for _, body in invocation.events:
+            yield eventstream.chunk_event(body), body
 
     headers = {
         "x-amzn-RequestId": call.request_id,
         "X-Amzn-Bedrock-Content-Type": "application/json",
-        "x-llamarock-served-by": target.deployment.name,
-        **echoed,
+        "x-llamarock-served-by": invocation.target.deployment.name,
+        **invocation.headers,
     }
-    return StreamingResponse(frames(), media_type=eventstream.CONTENT_TYPE, headers=headers)
+    return await event_stream(call, _closing(frames(), invocation), headers, lambda: note_usage(call, invocation))
+
+
+async def _closing(frames: AsyncIterator[tuple[bytes, Any]], invocation: Invocation
+                   ) -> AsyncIterator[tuple[bytes, Any]]:
+    """``frames``, closing the invocation's generation when the stream ends early."""
+    try:
+        async for frame in frames:
+            yield frame
+    finally:
+        await invocation.events.aclose()

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from llamarock.observability.metrics import InvocationMetrics
 
 
-async def metrics(request: Request) -> Response:
+async def get_metrics(request: Request) -> Response:
     observer: InvocationMetrics = request.app.state.metrics
     # The engine collector takes each decode loop's lock briefly; keep that off the event loop.
     body = await asyncio.to_thread(generate_latest, observer.registry)

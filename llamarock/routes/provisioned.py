@@ -1,5 +1,5 @@
 """Provisioned Throughput's control-plane operations (``bedrock``): Create/Get/List/Update/Delete
-ProvisionedModelThroughput. Registered with ``control.register(HANDLERS)`` by ``create_app``."""
+ProvisionedModelThroughput."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from llamarock.errors import ValidationException
-from llamarock.routes.control import ControlCall, ControlHandler
+from llamarock.routes.control import ControlCall
 from llamarock.services.provisioning import ListFilter, ProvisionedModel, ProvisioningService
 
 
@@ -110,12 +110,3 @@ async def update_provisioned_model_throughput(call: ControlCall, params: dict[st
 async def delete_provisioned_model_throughput(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     await _service(call).delete(call.region, params["provisionedModelId"])
     return {}
-
-
-HANDLERS: dict[str, ControlHandler] = {
-    "CreateProvisionedModelThroughput": create_provisioned_model_throughput,
-    "GetProvisionedModelThroughput": get_provisioned_model_throughput,
-    "ListProvisionedModelThroughputs": list_provisioned_model_throughputs,
-    "UpdateProvisionedModelThroughput": update_provisioned_model_throughput,
-    "DeleteProvisionedModelThroughput": delete_provisioned_model_throughput,
-}

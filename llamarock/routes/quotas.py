@@ -16,29 +16,21 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from llamarock.auth.identity import Principal
-from llamarock.auth.middleware import Gate
+from llamarock.auth.gate import Gate
+from llamarock.context import RequestContext
 from llamarock.services.inference import InferenceService
 from llamarock.services.provisioning import ProvisioningService
 
 VIEW_ALL_ACTION = "llamarock:GetQuotas"
 
 
-def _sees_everyone(request: Request) -> tuple[bool, str | None]:
-    settings = request.app.state.settings
-    principal: Principal | None = getattr(request.state, "principal", None)
-    if settings.auth == "dev" or principal is None:
-        return True, None
-    allowed = principal.policy.evaluate(VIEW_ALL_ACTION, "*", {}) == "Allow"
-    return allowed, principal.name
-
-
-async def quotas(request: Request) -> JSONResponse:
+async def get_quotas(request: Request) -> JSONResponse:
+    context: RequestContext = request.state.context
     gate: Gate = request.app.state.gate
     inference: InferenceService = request.app.state.inference
     provisioning: ProvisioningService = request.app.state.provisioning
     settings = request.app.state.settings
-    everyone, own = _sees_everyone(request)
+    everyone, own = gate.allowed(context, VIEW_ALL_ACTION), context.principal_name
     rows = [
         {
             "principal": use.principal, "model": use.model, "rpmLimit": use.rpm, "rpmUsed": use.rpm_used,
@@ -71,4 +63,4 @@ async def quotas(request: Request) -> JSONResponse:
         "provisioned": reservations,
         "deployments": deployments,
     }
-    return JSONResponse(body)
+    return JSONResponse(body, headers={"x-amzn-RequestId": context.request_id})

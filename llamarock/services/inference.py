@@ -1,6 +1,7 @@
-"""Inference use case: resolve a model identifier to a deployment, shape the prompt for its weights, generate.
+"""Inference: resolve a model identifier to a deployment, shape the prompt for its weights, admit, generate.
 
-Engine exceptions are translated here, once, into the error tree.
+The use cases (``services/invocation.py``) are built on it. Engine exceptions are translated here, once, into the
+error tree.
 """
 
 from __future__ import annotations
@@ -10,38 +11,40 @@ import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from llamarock.bedrock import catalog
 from llamarock.bedrock.catalog import CatalogModel
-from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef, parse_model_ref
+from llamarock.bedrock.converse import render_for
+from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef
 from llamarock.bedrock.prompts import parse_prompt
 from llamarock.bedrock.regions import RegionMap
+from llamarock.context import ModelName
 from llamarock.errors import (
     AccessDeniedException,
     ContextOverflowError,
+    DeploymentConfigError,
     EngineError,
     EngineNotReadyError,
-    EngineOverloadedError,
-    EngineTimeoutError,
     ModelErrorException,
     ModelNotReadyException,
-    ModelTimeoutException,
     ServiceUnavailableException,
-    ThrottlingException,
     UnsupportedSchemaError,
     ValidationException,
 )
 from llamarock.scheduler import Scheduler
-from llamarock.services.deployments import Deployment, DeploymentConfigError, DeploymentRegistry
+from llamarock.services.deployments import Deployment, DeploymentRegistry
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
-from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
+from llamarock.types import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
 INPUT_TOO_LONG = "Input is too long for requested model."
 # Engine admission priority of latency-optimized requests (standard traffic is 0).
 LATENCY_OPTIMIZED_PRIORITY = 1
+# Chat formats llamarock renders itself (bedrock/prompts.py); other weights get messages and use their template.
+LLAMA_FORMATS = ("llama3", "llama2")
 
 
 @dataclass(frozen=True)
@@ -66,20 +69,6 @@ class Target:
     provisioned_arn: str | None = None
 
 
-def shape_prompt(prompt: str, engine_format: str) -> tuple[tuple, str] | None:
-    """Decide how a native prompt reaches the weights.
-
-    Returns None when the prompt goes through unchanged (plain text, or already in the weights' own format),
-    else the parsed messages and assistant prefix to render with the weights' chat template.
-    """
-    parsed = parse_prompt(prompt)
-    if parsed.format == "plain" or parsed.format == engine_format:
-        return None
-    if not parsed.messages and not parsed.assistant_prefix:
-        return None
-    return parsed.messages, parsed.assistant_prefix
-
-
 class InferenceService:
     """Runs generations for the runtime routes."""
 
@@ -99,13 +88,13 @@ class InferenceService:
         except ValueError as exc:
             raise DeploymentConfigError(str(exc)) from exc
 
-    def resolve(self, identifier: str, region: str | None = None) -> Target:
+    def resolve(self, model: ModelName, region: str | None = None) -> Target:
         """Map any accepted identifier form (or a configured alias) to a catalog model and its deployment.
 
         ``region`` is the region the request was signed for (the server's default region when it carried none).
         """
         region = region or self.settings.region
-        ref = parse_model_ref(self.settings.aliases.get(identifier, identifier))
+        ref = model.parsed()
         if ref.kind == "provisioned-model-arn":
             if ref.region is not None and ref.region != region:
                 raise ValidationException(
@@ -113,32 +102,35 @@ class InferenceService:
                     f"but the request was signed for {region}. Sign the request for {ref.region}."
                 )
             return self._provisioned(ref)
-        placement = self._placement(ref, region)
-        model = placement.model
+        placement = self._placement(model, region)
+        deployment = self._deployment(placement.model)
+        return Target(ref, placement.model, deployment, placement.inference_region)
+
+    def place(self, model: ModelName, region: str | None = None) -> Placement | None:
+        """Where a request signed for ``region`` naming ``model`` runs, without needing a deployment here.
+
+        None for a provisioned-model ARN: its reservation is this server's own. Raises Bedrock's refusal for an
+        identifier the region cannot invoke, as :meth:`resolve` does.
+        """
+        if model.parsed().kind == "provisioned-model-arn":
+            return None
+        return self._placement(model, region or self.settings.region)
+
+    def _placement(self, name: ModelName, region: str) -> Placement:
+        ref = name.parsed()
+        model = catalog.get(name.model_id)
+        if model is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        return Placement(ref, model, self.regions.inference_region(model, ref, region))
+
+    def _deployment(self, model: CatalogModel) -> Deployment:
         deployment = self.registry.for_model(model.model_id)
         if deployment is None:
             raise AccessDeniedException(
                 "You don't have access to the model with the specified model ID. "
                 f"No deployment of this server serves {model.model_id}; add it to a [[deployments]] entry."
             )
-        return Target(ref, model, deployment, placement.inference_region)
-
-    def place(self, identifier: str, region: str | None = None) -> Placement | None:
-        """Where a request signed for ``region`` naming ``identifier`` runs, without needing a deployment here.
-
-        None for a provisioned-model ARN: its reservation is this server's own. Raises Bedrock's refusal for an
-        identifier the region cannot invoke, as :meth:`resolve` does.
-        """
-        ref = parse_model_ref(self.settings.aliases.get(identifier, identifier))
-        if ref.kind == "provisioned-model-arn":
-            return None
-        return self._placement(ref, region or self.settings.region)
-
-    def _placement(self, ref: ModelRef, region: str) -> Placement:
-        model = catalog.get(self.settings.aliases.get(ref.model_id, ref.model_id))
-        if model is None:
-            raise ValidationException(INVALID_MODEL_IDENTIFIER)
-        return Placement(ref, model, self.regions.inference_region(model, ref, region))
+        return deployment
 
     def _provisioned(self, ref: ModelRef) -> Target:
         """A provisioned-model ARN runs its (InService) provisioned model's catalog model on its reservation."""
@@ -148,13 +140,7 @@ class InferenceService:
         model = catalog.get(provisioned.model_id)
         if model is None:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
-        deployment = self.registry.for_model(model.model_id)
-        if deployment is None:
-            raise AccessDeniedException(
-                "You don't have access to the model with the specified model ID. "
-                f"No deployment of this server serves {model.model_id}; add it to a [[deployments]] entry."
-            )
-        return Target(ref, model, deployment, ref.region, provisioned_arn=provisioned.arn)
+        return Target(ref, model, self._deployment(model), ref.region, provisioned_arn=provisioned.arn)
 
     def check_ready(self, target: Target) -> None:
         deployment = target.deployment
@@ -185,17 +171,37 @@ class InferenceService:
                 "request without images."
             )
 
-    def native_request(
-        self, target: Target, prompt: str, sampling: SamplingParams, request_id: str
+    def engine_request(
+        self,
+        target: Target,
+        sampling: SamplingParams,
+        request_id: str,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[ChatMessage] = (),
+        prefix: str = "",
+        json_schema: dict[str, Any] | None = None,
     ) -> GenerationRequest:
-        """The engine request for a native InvokeModel prompt."""
-        shaped = shape_prompt(prompt, target.deployment.engine.info.chat_format)
-        if shaped is None:
-            return GenerationRequest(sampling=sampling, prompt=prompt, request_id=request_id)
-        messages, prefix = shaped
-        return GenerationRequest(
-            sampling=sampling, messages=tuple(messages), assistant_prefix=prefix, request_id=request_id
-        )
+        """The engine request for a native ``prompt`` or for chat ``messages`` (plus the answer's prefilled start).
+
+        The one rule of prompt formatting: text reaches the weights in their own chat format. A native prompt that
+        is plain text or already in the weights' format goes through as written; a prompt in another Llama format
+        is parsed back into messages. Messages are rendered by llamarock itself when the weights use a Llama format
+        (llama3, llama2: tool calls and results in Llama's own words), and by the engine with the weights' chat
+        template otherwise.
+        """
+        engine_format = target.deployment.engine.info.chat_format
+        if prompt is not None:
+            parsed = parse_prompt(prompt)
+            if parsed.format in ("plain", engine_format) or not (parsed.messages or parsed.assistant_prefix):
+                return GenerationRequest(sampling=sampling, prompt=prompt, request_id=request_id,
+                                         json_schema=json_schema)
+            messages, prefix = parsed.messages, parsed.assistant_prefix
+        if engine_format in LLAMA_FORMATS:
+            return GenerationRequest(sampling=sampling, prompt=render_for(engine_format, tuple(messages), prefix),
+                                     request_id=request_id, json_schema=json_schema)
+        return GenerationRequest(sampling=sampling, messages=tuple(messages), assistant_prefix=prefix,
+                                 request_id=request_id, json_schema=json_schema)
 
     def tiered(self, target: Target, request: GenerationRequest, latency: str | None) -> GenerationRequest:
         """Apply the request's performance tier: ``optimized`` is served ahead of standard traffic.
@@ -236,16 +242,6 @@ class InferenceService:
             raise ValidationException(
                 f"{INPUT_TOO_LONG} The prompt is {exc.prompt_tokens} tokens; deployment {target.deployment.name} "
                 f"has a context window of {exc.context_length} tokens. Shorten the prompt."
-            ) from exc
-        except EngineOverloadedError as exc:
-            raise ThrottlingException(
-                "Too many requests, please wait before trying again. "
-                f"Deployment {target.deployment.name} has a full request queue."
-            ) from exc
-        except EngineTimeoutError as exc:
-            raise ModelTimeoutException(
-                "The request took too long to process. Processing time exceeded the model timeout length. "
-                f"({exc})"
             ) from exc
         except UnsupportedSchemaError as exc:
             raise ValidationException(

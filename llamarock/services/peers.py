@@ -18,18 +18,17 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import httpx
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from llamarock.context import ModelName
 from llamarock.errors import BedrockError, ServiceUnavailableException
 from llamarock.services.inference import InferenceService, Placement
+from llamarock.services.signing import signed_headers
 from llamarock.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FORWARDED_HEADER = "x-llamarock-forwarded"
-SIGNING_SERVICE = "bedrock"
 # Request headers a forwarded request keeps: content negotiation and Bedrock's own (performance tier, trace...).
 _KEPT_REQUEST_HEADERS = frozenset({"content-type", "accept"})
 # Response headers relayed to the caller: the content type, the request id, errors and Bedrock's counts.
@@ -116,12 +115,12 @@ class PeerService:
             if settings.peer_access_key_id and settings.peer_secret_access_key else None
         )
 
-    def route(self, identifier: str, region: str | None, already_forwarded: bool) -> Forward | None:
-        """The peer that serves a call naming ``identifier`` signed for ``region``; None to serve it here."""
+    def route(self, model: ModelName, region: str | None, already_forwarded: bool) -> Forward | None:
+        """The peer that serves a call naming ``model`` signed for ``region``; None to serve it here."""
         if already_forwarded or not self._servers:
             return None
         try:
-            placement = self.inference.place(identifier, region)
+            placement = self.inference.place(model, region)
         except BedrockError:
             # A refusal is this server's to give, from the operation's own handler in its usual order of checks.
             return None
@@ -142,7 +141,7 @@ class PeerService:
         outgoing[FORWARDED_HEADER] = "1"
         # The body is relayed as it comes; ask for it unencoded.
         outgoing["accept-encoding"] = "identity"
-        outgoing = self._signed(method, url, outgoing, body, peer.region)
+        outgoing = signed_headers(method, url, outgoing, body, self._credentials, peer.region)
         client = self._http()
         try:
             response = await client.send(client.build_request(method, url, headers=outgoing, content=body),
@@ -166,11 +165,3 @@ class PeerService:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.settings.peer_timeout_s), trust_env=False)
         return self._client
-
-    def _signed(self, method: str, url: str, headers: dict[str, str], body: bytes, region: str) -> dict[str, str]:
-        """The headers with a SigV4 signature for ``region`` added, as boto3 would sign the same request."""
-        if self._credentials is None:
-            return headers
-        request = AWSRequest(method=method, url=url, data=body, headers=headers)
-        SigV4Auth(self._credentials, SIGNING_SERVICE, region).add_auth(request)
-        return dict(request.headers.items())

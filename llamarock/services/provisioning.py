@@ -44,6 +44,9 @@ from llamarock.services.deployments import DeploymentRegistry
 from llamarock.settings import PriceSettings, Settings
 from llamarock.storage.provisioned import ListFilter, ProvisionedModel, ProvisionedStore
 
+# The stored shapes are part of this service's interface (routes take them from here, not from storage).
+__all__ = ["ListFilter", "ProvisionedCost", "ProvisionedModel", "ProvisioningService", "accrued_costs", "add_months"]
+
 log = logging.getLogger(__name__)
 
 COMMITMENT_MONTHS = {"OneMonth": 1, "SixMonths": 6}
@@ -407,8 +410,3 @@ class ProvisioningService:
 
     def live(self) -> list[ProvisionedModel]:
         return list(self._live.values())
-
-    def accrued_cost(self, start: datetime, end: datetime, arn: str | None = None) -> list[ProvisionedCost]:
-        """What provisioned models (or the one ``arn`` names) accrued during [start, end)."""
-        costs = accrued_costs(self.store, self.settings.prices, start, end, self._clock())
-        return [c for c in costs if arn is None or c.provisioned_model_arn == arn]

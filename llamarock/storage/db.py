@@ -1,15 +1,26 @@
-"""The metadata database: one SQLAlchemy engine per process, SQLite under the data dir unless configured.
+"""The metadata database: one SQLAlchemy engine per database and process, SQLite under the data dir unless
+configured, and the one place ``sqlalchemy.exc`` becomes the error tree.
 
-The CLI and a running server open the same database, so what one writes the other sees on its next query.
+``create_app`` opens one :class:`Database` and hands it to every store (keys, usage, logging configuration,
+provisioned models); each CLI command opens its own. What one process writes the others see on their next query.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy import exc as sql_errors
+from sqlalchemy.orm import DeclarativeBase, Session
+
+from llamarock.errors import InternalServerException, ServiceUnavailableException
+from llamarock.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -40,23 +51,72 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-class Store:
-    """Base of the stores on the metadata database: the SQLAlchemy engine is opened at first use.
+class Database:
+    """One metadata database: its engine is opened at first use and shared by every store given this object."""
 
-    Each process (a server, a CLI command) opens its own; ``close`` disposes of its connections.
-    """
-
-    def __init__(self, data_dir: Path, url: str | None = None) -> None:
-        self._url = database_url(data_dir, url)
+    def __init__(self, url: str) -> None:
+        self.url = url
         self._engine: Engine | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Database:
+        return cls(database_url(settings.data_dir, settings.database_url))
+
+    @classmethod
+    def at(cls, data_dir: Path) -> Database:
+        """The default SQLite database of a data dir."""
+        return cls(database_url(data_dir, None))
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = open_engine(self._url)
+            with translated():
+                self._engine = open_engine(self.url)
         return self._engine
 
+    @contextlib.contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session (in a transaction that commits on success when ``write``), its database errors translated."""
+        with translated(), Session(self.engine) as session:
+            if write:
+                with session.begin():
+                    yield session
+            else:
+                yield session
+
     def close(self) -> None:
+        """Dispose of the engine's connections (the next use opens them again)."""
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """``sqlalchemy.exc`` as the error tree: an unreachable or locked database is ServiceUnavailableException
+    (retryable), anything else a database error is InternalServerException (logged); nothing is half-written, since
+    every write runs in one transaction."""
+    try:
+        yield
+    except (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError) as error:
+        log.warning("metadata database unavailable: %s", error)
+        raise ServiceUnavailableException(
+            "The metadata database is unavailable right now (busy, locked or unreachable). Retry the request; if it "
+            "keeps failing, check database_url and that the database server is running."
+        ) from error
+    except sql_errors.SQLAlchemyError as error:
+        log.error("metadata database error: %s", error)
+        raise InternalServerException(
+            "The server could not read or write its metadata database. Nothing was changed; retry the request."
+        ) from error
+
+
+class Store:
+    """Base of the stores on the metadata database."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine

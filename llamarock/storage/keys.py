@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from llamarock.storage.db import Base, Store
+from llamarock.storage.db import Base, Database, Store
 from llamarock.storage.secrets import SecretBox
 
 PRINCIPAL_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
@@ -94,8 +94,8 @@ def _principal(row: PrincipalRow) -> StoredPrincipal:
 class KeyStore(Store):
     """Principals and keys in the metadata database. The engine is opened at first use."""
 
-    def __init__(self, data_dir: Path, url: str | None = None) -> None:
-        super().__init__(data_dir, url)
+    def __init__(self, database: Database, data_dir: Path) -> None:
+        super().__init__(database)
         self._box = SecretBox(data_dir)
 
     def create_key(
@@ -116,7 +116,7 @@ class KeyStore(Store):
         token = None
         if bearer:
             token = BEARER_PREFIX + base64.b64encode(f"{key_id}:{secrets.token_urlsafe(32)}".encode()).decode()
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             row = session.get(PrincipalRow, principal)
             if row is None:
                 row = PrincipalRow(name=principal, created_at=now)
@@ -139,7 +139,7 @@ class KeyStore(Store):
         return CreatedKey(principal, key_id, secret, token)
 
     def list_keys(self) -> list[KeyInfo]:
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             rows = session.execute(
                 select(AccessKeyRow, PrincipalRow)
                 .join(PrincipalRow, AccessKeyRow.principal == PrincipalRow.name)
@@ -153,7 +153,7 @@ class KeyStore(Store):
 
     def revoke(self, access_key_id: str) -> bool:
         """Deactivate a key (and its bearer token) at once; False when there is no such key."""
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             row = session.get(AccessKeyRow, access_key_id)
             if row is None:
                 return False
@@ -162,7 +162,7 @@ class KeyStore(Store):
 
     def find_access_key(self, access_key_id: str) -> tuple[StoredPrincipal, str] | None:
         """The principal and decrypted secret of an active key, or None."""
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             row = session.get(AccessKeyRow, access_key_id)
             if row is None or row.status != "Active":
                 return None
@@ -173,7 +173,7 @@ class KeyStore(Store):
 
     def find_bearer(self, token: str) -> tuple[StoredPrincipal, str] | None:
         """The principal and access key id of an active bearer token, or None."""
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             row = session.execute(
                 select(AccessKeyRow).where(AccessKeyRow.bearer_sha256 == bearer_digest(token))
             ).scalar_one_or_none()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, String, Text, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from llamarock.storage.db import Base, Store
 
@@ -29,16 +29,16 @@ class LoggingConfigStore(Store):
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every region's configuration."""
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             return {row.region: json.loads(row.config) for row in session.scalars(select(LoggingConfigRow))}
 
     def get(self, region: str) -> dict[str, Any] | None:
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             row = session.get(LoggingConfigRow, region)
             return json.loads(row.config) if row is not None else None
 
     def put(self, region: str, config: dict[str, Any]) -> None:
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             row = session.get(LoggingConfigRow, region)
             if row is None:
                 session.add(LoggingConfigRow(region=region, config=json.dumps(config), updated_at=datetime.now(UTC)))
@@ -47,7 +47,7 @@ class LoggingConfigStore(Store):
                 row.updated_at = datetime.now(UTC)
 
     def delete(self, region: str) -> None:
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             row = session.get(LoggingConfigRow, region)
             if row is not None:
                 session.delete(row)

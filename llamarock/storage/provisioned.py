@@ -12,13 +12,12 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import DateTime, Integer, String, Text, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llamarock.storage.db import Base, Store
+from llamarock.storage.db import Base, Database, Store
 
 Status = Literal["Creating", "InService", "Updating", "Failed"]
 
@@ -147,12 +146,12 @@ class ProvisionedStore(Store):
     ``lock`` serialises check-then-write sequences (a unique name, an idempotency token) within the process.
     """
 
-    def __init__(self, data_dir: Path, url: str | None = None) -> None:
-        super().__init__(data_dir, url)
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
         self.lock = threading.Lock()
 
     def insert(self, model: ProvisionedModel) -> None:
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             session.add(ProvisionedModelRow(
                 provisioned_id=model.provisioned_id, arn=model.arn, region=model.region, name=model.name,
                 model_id=model.model_id, model_arn=model.model_arn, desired_model_id=model.desired_model_id,
@@ -166,14 +165,14 @@ class ProvisionedStore(Store):
 
     def get(self, provisioned_id: str) -> ProvisionedModel | None:
         """A live provisioned model by its 12-character id."""
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             row = session.get(ProvisionedModelRow, provisioned_id)
             return _model(row) if row is not None and row.deleted_at is None else None
 
     def find(self, region: str, identifier: str) -> ProvisionedModel | None:
         """A live provisioned model of ``region`` by ARN, name or id (in that order)."""
         live = (ProvisionedModelRow.region == region) & ProvisionedModelRow.deleted_at.is_(None)
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             for column in (ProvisionedModelRow.arn, ProvisionedModelRow.name, ProvisionedModelRow.provisioned_id):
                 row = session.execute(select(ProvisionedModelRow).where(live, column == identifier)).scalars().first()
                 if row is not None:
@@ -182,7 +181,7 @@ class ProvisionedStore(Store):
 
     def find_token(self, region: str, token: str) -> ProvisionedModel | None:
         """The live provisioned model a create with this client request token made."""
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             row = session.execute(select(ProvisionedModelRow).where(
                 ProvisionedModelRow.region == region, ProvisionedModelRow.client_token == token,
                 ProvisionedModelRow.deleted_at.is_(None),
@@ -191,7 +190,7 @@ class ProvisionedStore(Store):
 
     def live(self) -> list[ProvisionedModel]:
         """Every live provisioned model, oldest first."""
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             rows = session.execute(
                 select(ProvisionedModelRow).where(ProvisionedModelRow.deleted_at.is_(None))
                 .order_by(ProvisionedModelRow.created_at)
@@ -219,12 +218,12 @@ class ProvisionedStore(Store):
         created = ProvisionedModelRow.created_at
         statement = statement.order_by(created.desc() if query.descending else created.asc(),
                                        ProvisionedModelRow.provisioned_id)
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             rows = list(session.execute(statement.offset(query.offset).limit(query.limit + 1)).scalars())
             return [_model(row) for row in rows[: query.limit]], len(rows) > query.limit
 
     def name_taken(self, region: str, name: str, excluding: str | None = None) -> bool:
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             row = session.execute(select(ProvisionedModelRow.provisioned_id).where(
                 ProvisionedModelRow.region == region, ProvisionedModelRow.name == name,
                 ProvisionedModelRow.deleted_at.is_(None),
@@ -234,7 +233,7 @@ class ProvisionedStore(Store):
     def save(self, model: ProvisionedModel, *, bill_from: datetime | None = None) -> None:
         """Write a provisioned model's changed fields. With ``bill_from``, its open billing interval (if any) ends
         then and a new one starts for its (new) model and units: it went InService, or moved to another model."""
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             row = session.get(ProvisionedModelRow, model.provisioned_id)
             if row is None:
                 return
@@ -246,7 +245,7 @@ class ProvisionedStore(Store):
 
     def delete(self, provisioned_id: str, at: datetime) -> None:
         """Mark a provisioned model deleted and end its billing."""
-        with Session(self.engine) as session, session.begin():
+        with self.db.session(write=True) as session:
             row = session.get(ProvisionedModelRow, provisioned_id)
             if row is None:
                 return
@@ -262,7 +261,7 @@ class ProvisionedStore(Store):
 
     def billing(self, start: datetime, end: datetime) -> list[BillingInterval]:
         """The billing intervals overlapping [start, end), of live and deleted provisioned models alike."""
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             rows = session.execute(select(BillingRow).where(
                 BillingRow.started_at < end, or_(BillingRow.ended_at.is_(None), BillingRow.ended_at > start)
             ).order_by(BillingRow.id)).scalars()
@@ -275,7 +274,7 @@ class ProvisionedStore(Store):
         """ARN and name of provisioned models by id, deleted ones included (for cost reports)."""
         if not provisioned_ids:
             return {}
-        with Session(self.engine) as session:
+        with self.db.session() as session:
             rows = session.execute(select(ProvisionedModelRow).where(
                 ProvisionedModelRow.provisioned_id.in_(provisioned_ids)
             )).scalars()

@@ -16,26 +16,28 @@ import urllib.request
 from typing import Any
 
 import botocore.session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 
+from llamarock.cli import flags
+from llamarock.errors import CliError
+from llamarock.services.signing import signed_headers
 from llamarock.settings import Settings
 
 PATH = "/llamarock/quotas"
 
 
-class QuotasError(Exception):
-    """`quotas` cannot get an answer; the message says why."""
+SUMMARY = "a running server's quotas and use per principal and model, and provisioned reservations"
 
 
-def register(commands: Any, common: Any) -> None:
+def register(commands: flags.Commands) -> None:
     """Add the ``quotas`` command to the CLI's subcommands."""
-    quotas = commands.add_parser(
-        "quotas", help="a running server's quotas and use per principal and model, and provisioned reservations"
+    quotas = flags.add_command(
+        commands, "quotas", SUMMARY,
+        "A running server's quotas and their use per principal and model, provisioned reservations and deployment "
+        "slots (GET /llamarock/quotas, signed with the AWS credentials botocore finds).", run,
     )
     quotas.add_argument("--endpoint", help="server URL (default: http(s)://<host>:<port> from the settings)")
     quotas.add_argument("--json", action="store_true", help="print the server's JSON answer")
-    common(quotas)
+    flags.add_common_flags(quotas)
 
 
 def default_endpoint(settings: Settings) -> str:
@@ -50,13 +52,11 @@ def default_endpoint(settings: Settings) -> str:
 
 
 def fetch(endpoint: str, region: str) -> dict[str, Any]:
-    """The server's quotas document; QuotasError when it cannot be had."""
+    """The server's quotas document; CliError when it cannot be had."""
     url = endpoint.rstrip("/") + PATH
-    signed = AWSRequest(method="GET", url=url)
     credentials = botocore.session.Session().get_credentials()
-    if credentials is not None:
-        SigV4Auth(credentials, "bedrock", region).add_auth(signed)
-    request = urllib.request.Request(url, headers=dict(signed.headers.items()), method="GET")
+    headers = signed_headers("GET", url, {}, b"", credentials, region)
+    request = urllib.request.Request(url, headers=headers, method="GET")
     context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE")) if url.startswith("https") else None
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as response:
@@ -66,20 +66,21 @@ def fetch(endpoint: str, region: str) -> dict[str, Any]:
             message = json.loads(error.read()).get("message", "")
         except ValueError:
             message = ""
-        raise QuotasError(f"{url} answered {error.code}: {message or error.reason}") from None
+        raise CliError(f"{url} answered {error.code}: {message or error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise QuotasError(
+        raise CliError(
             f"cannot reach {url} ({reason}); is `llamarock serve` running there? Pass --endpoint otherwise."
         ) from None
     except ValueError:
-        raise QuotasError(f"{url} did not answer JSON; is it a llamarock server?") from None
+        raise CliError(f"{url} did not answer JSON; is it a llamarock server?") from None
     if not isinstance(document, dict):
-        raise QuotasError(f"{url} did not answer a quotas document; is it a llamarock server?")
+        raise CliError(f"{url} did not answer a quotas document; is it a llamarock server?")
     return document
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace) -> int:
+    settings = flags.settings_from(args)
     document = fetch(args.endpoint or default_endpoint(settings), settings.region)
     if args.json:
         print(json.dumps(document, indent=2))

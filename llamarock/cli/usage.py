@@ -13,47 +13,67 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from llamarock.observability.usage import GROUPINGS, UsageStore, UsageSummary, parse_grouping, parse_since
+from llamarock.cli import flags
+from llamarock.errors import CliError, ValidationException
+from llamarock.observability.usage import (
+    GROUPINGS,
+    Grouping,
+    UsageStore,
+    UsageSummary,
+    parse_grouping,
+    parse_since,
+)
 from llamarock.services.provisioning import ProvisionedCost, accrued_costs
 from llamarock.settings import Settings
+from llamarock.storage.db import Database
 from llamarock.storage.provisioned import ProvisionedStore
 
 HEADINGS = {"model": "MODEL ID", "principal": "PRINCIPAL", "tag": "TAG", "day": "DAY (UTC)"}
 
 
-class UsageError(Exception):
-    """`usage` cannot answer what it was asked; the message says why."""
+SUMMARY = "tokens, invocations and cost per model, principal, tag or day"
 
 
-def register(commands: Any, common: Any) -> None:
+def register(commands: flags.Commands) -> None:
     """Add the ``usage`` command to the CLI's subcommands."""
-    usage = commands.add_parser("usage", help="tokens, invocations and cost per model, principal, tag or day")
+    usage = flags.add_command(
+        commands, "usage", SUMMARY,
+        "Tokens, invocations and cost per model, principal, tag or day, from the metadata database a running (or "
+        "stopped) server writes; provisioned throughput's accrued hourly cost after the table.", run,
+    )
     usage.add_argument("--by", default="model", choices=GROUPINGS, help="grouping (default: model)")
     usage.add_argument("--since", help="only invocations from this UTC date (YYYY-MM-DD) or ISO 8601 date-time on")
     usage.add_argument("--json", action="store_true", help="print a JSON list of rows")
     usage.add_argument("--provisioned", action="store_true",
                        help="provisioned throughput's accrued hourly cost instead of on-demand usage")
-    common(usage)
+    flags.add_common_flags(usage)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace) -> int:
+    settings = flags.settings_from(args)
     try:
         by = parse_grouping(args.by)
         since = parse_since(args.since) if args.since else None
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    costs = _provisioned(settings, since)
+    except ValidationException as error:
+        raise CliError(error.message) from None
+    database = Database.for_settings(settings)
+    try:
+        return _report(args, by, since, settings, database)
+    finally:
+        database.close()
+
+
+def _report(args: argparse.Namespace, by: Grouping, since: datetime | None, settings: Settings,
+            database: Database) -> int:
+    costs = accrued_costs(ProvisionedStore(database), settings.prices, since or datetime(1970, 1, 1, tzinfo=UTC),
+                          datetime.now(UTC))
     if args.provisioned:
         if args.json:
             print(json.dumps([_provisioned_json(cost) for cost in costs], indent=2))
         else:
             _provisioned_table(costs)
         return 0
-    store = UsageStore(settings.data_dir, settings.database_url)
-    try:
-        rows = store.report(by, since)
-    finally:
-        store.close()
+    rows = UsageStore(database).report(by, since)
     if args.json:
         print(json.dumps([row.to_json(by) for row in rows], indent=2))
         return 0
@@ -62,14 +82,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print()
         _provisioned_table(costs)
     return 0
-
-
-def _provisioned(settings: Settings, since: datetime | None) -> list[ProvisionedCost]:
-    store = ProvisionedStore(settings.data_dir, settings.database_url)
-    try:
-        return accrued_costs(store, settings.prices, since or datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC))
-    finally:
-        store.close()
 
 
 def _provisioned_json(cost: ProvisionedCost) -> dict[str, Any]:

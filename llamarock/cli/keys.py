@@ -7,75 +7,80 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llamarock.auth.policy import PolicyError, parse_policy
+from llamarock.auth.policy import parse_policy
+from llamarock.cli import flags
+from llamarock.errors import CliError, PolicyError
 from llamarock.settings import Settings
+from llamarock.storage.db import Database
 from llamarock.storage.keys import KeyStore
 
-
-class KeysError(Exception):
-    """A `keys` command cannot do what it was asked; the message says why."""
+SUMMARY = "create, list and revoke access keys"
 
 
-def register(commands: Any, common: Any) -> None:
+def register(commands: flags.Commands) -> None:
     """Add the ``keys`` command group to the CLI's subcommands."""
-    keys = commands.add_parser("keys", help="create, list and revoke access keys")
-    actions = keys.add_subparsers(dest="keys_command", required=True)
-    create = actions.add_parser("create", help="create an access key (and optionally a bearer API key)")
+    keys = flags.add_command(commands, "keys", SUMMARY,
+                             "Create, list and revoke access keys in the data dir's key store (a running server "
+                             "sees the change at once).")
+    actions = flags.subcommands(keys, "keys_command", "keys commands")
+    create = flags.add_command(actions, "create", "create an access key (and optionally a bearer API key)", run=run)
     create.add_argument("--principal", required=True, help="principal (user) name the key belongs to")
     create.add_argument("--policy", type=Path, help="IAM policy JSON file for the principal (default: bedrock:*)")
     create.add_argument("--rpm", type=int, help="requests per minute per model for the principal")
     create.add_argument("--tpm", type=int, help="tokens per minute per model for the principal")
     create.add_argument("--bearer", action="store_true", help="also issue a Bedrock API key (bearer token)")
     create.add_argument("--json", action="store_true", help="print JSON")
-    common(create)
-    listing = actions.add_parser("list", help="list keys (never their secrets)")
+    flags.add_common_flags(create)
+    listing = flags.add_command(actions, "list", "list keys (never their secrets)", run=run)
     listing.add_argument("--json", action="store_true", help="print JSON")
-    common(listing)
-    revoke = actions.add_parser("revoke", help="revoke a key and its bearer token, at once")
+    flags.add_common_flags(listing)
+    revoke = flags.add_command(actions, "revoke", "revoke a key and its bearer token, at once", run=run)
     revoke.add_argument("key_id", metavar="ID", help="access key id")
-    common(revoke)
+    flags.add_common_flags(revoke)
 
 
 def _policy(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except OSError as error:
-        raise KeysError(f"cannot read policy file {path}: {error.strerror}") from None
+        raise CliError(f"cannot read policy file {path}: {error.strerror}") from None
     except ValueError as error:
-        raise KeysError(f"policy file {path} is not JSON: {error}") from None
+        raise CliError(f"policy file {path} is not JSON: {error}") from None
     try:
         parse_policy(document)
     except PolicyError as error:
-        raise KeysError(f"policy file {path} is not a valid policy: {error}") from None
+        raise CliError(f"policy file {path} is not a valid policy: {error}") from None
     assert isinstance(document, dict)
     return document
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    store = KeyStore(settings.data_dir, settings.database_url)
+def run(args: argparse.Namespace) -> int:
+    settings = flags.settings_from(args)
+    database = Database.for_settings(settings)
+    store = KeyStore(database, settings.data_dir)
     try:
         if args.keys_command == "create":
             return _create(args, store, settings)
         if args.keys_command == "list":
             return _list(args, store)
         if not store.revoke(args.key_id):
-            raise KeysError(f"no key {args.key_id}")
+            raise CliError(f"no key {args.key_id}")
         print(f"revoked {args.key_id}")
         return 0
     finally:
-        store.close()
+        database.close()
 
 
 def _create(args: argparse.Namespace, store: KeyStore, settings: Settings) -> int:
     for name in ("rpm", "tpm"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise KeysError(f"--{name} must be at least 1")
+            raise CliError(f"--{name} must be at least 1")
     policy = _policy(args.policy) if args.policy else None
     try:
         created = store.create_key(args.principal, policy=policy, rpm=args.rpm, tpm=args.tpm, bearer=args.bearer)
     except ValueError as error:
-        raise KeysError(str(error)) from None
+        raise CliError(str(error)) from None
     out = {
         "principal": created.principal,
         "accessKeyId": created.access_key_id,

@@ -1,0 +1,123 @@
+"""One request's context: the operation it names, its id, its body, its model and its caller, resolved once.
+
+The edge (``routes/edge.py``) builds a :class:`RequestContext` for every HTTP request before anything else runs:
+it mints the request id, resolves the method and raw path against the operation table (``routes/operations.py``),
+reads and size-checks the body and parses the model identifier. The context rides on the ASGI scope's state
+(``request.state.context``); auth fills in the caller and its quota reservation, handlers and observers read it.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from llamarock.bedrock.model_ids import ModelRef, parse_model_ref
+from llamarock.errors import ValidationException
+
+# The services of the operation table: botocore's service names, and llamarock's own endpoints.
+RUNTIME = "bedrock-runtime"
+BEDROCK = "bedrock"
+LLAMAROCK = "llamarock"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One row of the operation table: everything the server knows about an operation, in one place.
+
+    ``handler`` is None for an operation the service model defines but llamarock does not implement yet (the
+    request gets an error that says so). ``resource`` says what IAM resource the action is on: ``model`` (the
+    model ARNs the identifier in the path stands for; such calls also count against the caller's quotas) or ``*``.
+    ``invocation`` operations (InvokeModel, Converse and their streams) reserve tokens of the caller's tokens per
+    minute and produce one invocation record each. ``public`` operations (health, metrics) skip authentication.
+    ``route`` is the method and exact path of an operation that no botocore service model describes.
+    """
+
+    service: str
+    name: str
+    action: str
+    handler: Callable[..., Awaitable[Any]] | None
+    resource: Literal["model", "*"] = "*"
+    streaming: bool = False
+    invocation: bool = False
+    public: bool = False
+    route: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """The model identifier of a request, parsed once: as sent, as parsed (aliases applied), or why it is invalid.
+
+    ``model_id`` is the catalog id the identifier names (aliases applied; the identifier itself when it cannot be
+    parsed, and empty for a provisioned-model ARN, whose model is the provisioning store's).
+    """
+
+    identifier: str
+    ref: ModelRef | None
+    error: ValidationException | None
+    model_id: str
+
+    @classmethod
+    def parse(cls, identifier: str, aliases: dict[str, str]) -> ModelName:
+        try:
+            ref = parse_model_ref(aliases.get(identifier, identifier))
+        except ValidationException as error:
+            return cls(identifier, None, error, identifier)
+        return cls(identifier, ref, None, aliases.get(ref.model_id, ref.model_id))
+
+    def parsed(self) -> ModelRef:
+        """The parsed identifier; raises Bedrock's ValidationException when it is not a valid one."""
+        if self.ref is None:
+            raise self.error or ValidationException("The provided model identifier is invalid.")
+        return self.ref
+
+
+class Settlement(Protocol):
+    """Something held for a request that is settled once with the tokens it really used (a quota reservation)."""
+
+    def settle(self, used_tokens: int) -> None: ...
+
+
+@dataclass
+class RequestContext:
+    """What one request is, for every layer that handles it.
+
+    Set by the edge: ``request_id``, ``started``, ``operation`` (None while the path names none), ``labels`` (the
+    URI labels), ``body`` and ``model``. Set by auth: ``principal_arn``, ``principal_name``, ``region`` (the region
+    the request was signed for, else the server's), ``access_key_id``, ``auth_type``, ``decision``, ``resource``
+    and ``quota``. ``input_tokens``/``output_tokens`` are what the invocation's record counted, for the audit line.
+    """
+
+    method: str
+    path: str
+    raw_path: bytes
+    query: bytes
+    region: str
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started: float = field(default_factory=time.monotonic)
+    operation: Operation | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    model: ModelName | None = None
+    principal_arn: str | None = None
+    principal_name: str | None = None
+    access_key_id: str | None = None
+    auth_type: str | None = None
+    decision: str | None = None
+    resource: str | None = None
+    quota: Settlement | None = None
+    error_code: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    # Anything the caller's identity carries that handlers need (the auth layer's Principal, with its policy).
+    principal: Any = None
+
+    @property
+    def operation_name(self) -> str | None:
+        return self.operation.name if self.operation is not None else None
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)

@@ -1,0 +1,182 @@
+"""The edge: the outermost ASGI layer, and the only place a request's errors become responses.
+
+For every HTTP request it mints the request id, resolves the operation against the table, parses the model
+identifier, reads and size-checks the body (once: handlers read ``context.body``), puts the
+:class:`~llamarock.context.RequestContext` on the scope's state, lets the auth gate admit the caller, and runs the
+app (which dispatches to the row's handler). Whatever fails is answered here:
+
+* a :class:`~llamarock.errors.BedrockError` before the first byte: the AWS JSON error (status from the operation's
+  service model, ``x-amzn-ErrorType``, the request id);
+* one after the first byte of an event stream: the stream's exception frame, and the stream ends;
+* anything else: logged with the request id and answered as InternalServerException (never a traceback).
+
+It then gives back a quota reservation nothing settled, and writes the audit and access lines.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llamarock.auth.gate import Gate
+from llamarock.codec import eventstream
+from llamarock.codec.errors import render_error
+from llamarock.codec.rest_json import check_body_size
+from llamarock.context import LLAMAROCK, RUNTIME, ModelName, RequestContext
+from llamarock.errors import (
+    BedrockError,
+    InternalServerException,
+    ModelErrorException,
+    ModelStreamErrorException,
+    ThrottlingException,
+    UnknownOperationException,
+)
+from llamarock.observability.records import Observers, new_record
+from llamarock.routes.common import CLIENT_CLOSED
+from llamarock.routes.operations import OperationTable
+from llamarock.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Disconnected(Exception):
+    """The client went away while sending its body."""
+
+
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit():
+            check_body_size(int(value))
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        body.extend(message.get("body", b""))
+        check_body_size(len(body))
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+class _Response:
+    """What has been sent of the response so far."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 500
+        self.started = False
+        self.streaming = False
+        self.ended = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            self.streaming = content_type.startswith(eventstream.CONTENT_TYPE.encode())
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.ended = True
+        await self._send(message)
+
+
+def stream_error(error: BedrockError) -> bytes:
+    """The exception frame of a failure after the first byte; a model failure becomes the stream's own shape."""
+    if isinstance(error, ModelErrorException):
+        error = ModelStreamErrorException(error.message, originalStatusCode=500, originalMessage=error.message)
+    return eventstream.exception_event(error)
+
+
+class Edge:
+    """Outermost ASGI middleware of the app (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, table: OperationTable, gate: Gate, observers: Observers,
+                 settings: Settings) -> None:
+        self.app = app
+        self.table = table
+        self.gate = gate
+        self.observers = observers
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        context = RequestContext(scope["method"], scope["path"], raw_path, scope.get("query_string", b""),
+                                 self.settings.region)
+        scope.setdefault("state", {})["context"] = context
+        response = _Response(send)
+        resolved = self.table.resolve(context.method, raw_path)
+        if resolved is not None:
+            context.operation, context.labels = resolved
+            if context.operation.resource == "model":
+                context.model = ModelName.parse(context.labels.get("modelId", ""), self.settings.aliases)
+        public = context.operation is not None and context.operation.public
+        status: int | None = None
+        try:
+            if not public:
+                context.body = await _read_body(scope, receive)
+                await self.gate.admit(context, scope)
+            self._check_operation(context)
+            await self.app(scope, receive, response.send)
+        except _Disconnected:
+            status = CLIENT_CLOSED
+            context.decision = "disconnected"
+        except BedrockError as error:
+            self._throttled(error, context)
+            await self._fail(response, error, context)
+        except Exception:
+            log.exception("unexpected error in %s (request %s)", context.operation_name or context.path,
+                          context.request_id)
+            internal = InternalServerException(
+                f"The server encountered an internal error. Request id: {context.request_id}"
+            )
+            await self._fail(response, internal, context)
+        finally:
+            self.gate.release(context)
+            if not public:
+                self.gate.audit(context, scope, status or response.status)
+
+    def _check_operation(self, context: RequestContext) -> None:
+        operation = context.operation
+        if operation is None:
+            message = f"No operation matches {context.method} {context.path}."
+            if context.method == "POST" and context.path.startswith("/model/"):
+                message += " The runtime operations are POST /model/{modelId}/" + "|".join(self.table.runtime_actions())
+                message += "."
+            raise UnknownOperationException(message)
+        if operation.handler is None:
+            raise UnknownOperationException(
+                f"llamarock does not implement the {operation.service} operation {operation.name} yet; "
+                "docs/api-coverage.md lists the operations it serves."
+            )
+
+    async def _fail(self, response: _Response, error: BedrockError, context: RequestContext) -> None:
+        context.error_code = error.code
+        if not response.started:
+            service = context.operation.service if context.operation is not None else RUNTIME
+            status, headers, payload = render_error(error, context.request_id,
+                                                    RUNTIME if service == LLAMAROCK else service)
+            await response.send({
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+                + [(b"content-length", str(len(payload)).encode())],
+            })
+            await response.send({"type": "http.response.body", "body": payload})
+        elif response.streaming and not response.ended:
+            await response.send({"type": "http.response.body", "body": stream_error(error), "more_body": False})
+        else:
+            log.warning("request %s failed after its response was sent: %s", context.request_id, error.message)
+
+    def _throttled(self, error: BedrockError, context: RequestContext) -> None:
+        """A quota throttle is an invocation the metrics count (InvocationThrottles), like the engine's."""
+        operation = context.operation
+        if context.decision != "throttled" or not isinstance(error, ThrottlingException) or operation is None \
+                or not operation.invocation:
+            return
+        record = new_record(context)
+        record.model_id = context.model.model_id if context.model is not None else None
+        record.status, record.error_code, record.latency_ms = 429, error.code, context.elapsed_ms()
+        self.observers.emit(record)

@@ -1,0 +1,133 @@
+"""The operation table: every operation the server answers, described once, and how a request finds its row.
+
+A row (:class:`~llamarock.context.Operation`) names the operation, its IAM action, the resource the action is on,
+its handler, and whether it streams, is a model invocation or needs no authentication. The edge resolves each
+request against this table once; auth, quotas, handlers, observers and ``docs/api-coverage.md`` all read the row.
+
+How a method and raw path find their row:
+
+1. llamarock's own endpoints (``/healthz``, ``/metrics``, ``/llamarock/...``) by exact method and path;
+2. ``POST /model/{modelId}/{action}``: the action (the last path segment, so an ARN whose ``/`` arrives unencoded
+   still works) against the bedrock-runtime operations whose ``requestUri`` is ``/model/{modelId}/<action>``;
+3. every other ``requestUri`` of botocore's ``bedrock-runtime`` and ``bedrock`` models, matched on the raw path.
+
+An operation a service model defines but no row implements resolves to a row without a handler: the caller is
+authenticated and authorised as for any operation, then told that llamarock does not implement it yet.
+New capabilities add rows (and services), never a second router.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from functools import cache
+from typing import Any
+
+from llamarock.codec.rest_json import split_model_path
+from llamarock.codec.routing import match
+from llamarock.codec.service_model import service_model
+from llamarock.context import BEDROCK, LLAMAROCK, RUNTIME, Operation
+from llamarock.routes import converse, foundation_models, health, invocation_logging, invoke, metrics, provisioned
+from llamarock.routes import quotas as quotas_route
+from llamarock.routes import usage as usage_route
+
+
+def _operation_name(handler: Callable[..., Awaitable[Any]]) -> str:
+    """``list_foundation_models`` -> ``ListFoundationModels``: handlers are named after their operations."""
+    return "".join(part.capitalize() for part in handler.__name__.split("_"))
+
+
+def _aws(service: str, handler: Callable[..., Awaitable[Any]], action: str | None = None, **facts: Any) -> Operation:
+    name = _operation_name(handler)
+    if name not in service_model(service).operation_names:
+        raise ValueError(f"{handler.__name__} names no {service} operation ({name})")
+    return Operation(service, name, action or f"bedrock:{name}", handler, **facts)
+
+
+def _own(method: str, path: str, handler: Callable[..., Awaitable[Any]], action: str = "", **facts: Any) -> Operation:
+    return Operation(LLAMAROCK, _operation_name(handler), action, handler, route=(method, path), **facts)
+
+
+ROWS: tuple[Operation, ...] = (
+    # bedrock-runtime. Converse is authorised as InvokeModel and ConverseStream as the stream, as on AWS.
+    _aws(RUNTIME, invoke.invoke_model, resource="model", invocation=True),
+    _aws(RUNTIME, invoke.invoke_model_with_response_stream, resource="model", invocation=True, streaming=True),
+    _aws(RUNTIME, converse.converse, "bedrock:InvokeModel", resource="model", invocation=True),
+    _aws(RUNTIME, converse.converse_stream, "bedrock:InvokeModelWithResponseStream", resource="model",
+         invocation=True, streaming=True),
+    _aws(RUNTIME, converse.count_tokens, resource="model"),
+    # bedrock (control plane)
+    _aws(BEDROCK, foundation_models.list_foundation_models),
+    _aws(BEDROCK, foundation_models.get_foundation_model),
+    _aws(BEDROCK, foundation_models.list_inference_profiles),
+    _aws(BEDROCK, foundation_models.get_inference_profile),
+    _aws(BEDROCK, provisioned.create_provisioned_model_throughput),
+    _aws(BEDROCK, provisioned.get_provisioned_model_throughput),
+    _aws(BEDROCK, provisioned.list_provisioned_model_throughputs),
+    _aws(BEDROCK, provisioned.update_provisioned_model_throughput),
+    _aws(BEDROCK, provisioned.delete_provisioned_model_throughput),
+    _aws(BEDROCK, invocation_logging.put_model_invocation_logging_configuration),
+    _aws(BEDROCK, invocation_logging.get_model_invocation_logging_configuration),
+    _aws(BEDROCK, invocation_logging.delete_model_invocation_logging_configuration),
+    # llamarock's own endpoints
+    # llamarock's own endpoints. GetQuotas has no IAM action of its own: every caller may see its own quotas (the
+    # handler shows everyone's to callers allowed llamarock:GetQuotas).
+    _own("GET", "/healthz", health.get_health, public=True),
+    _own("GET", "/metrics", metrics.get_metrics, public=True),
+    _own("GET", "/llamarock/usage", usage_route.get_usage, "llamarock:GetUsage"),
+    _own("GET", "/llamarock/quotas", quotas_route.get_quotas),
+)
+
+
+@cache
+def _model_actions() -> dict[str, str]:
+    """Path action -> bedrock-runtime operation, for every ``/model/{modelId}/<action>`` URI of the model."""
+    model = service_model(RUNTIME)
+    actions = {}
+    for name in model.operation_names:
+        uri = model.operation_model(name).http["requestUri"].split("?", 1)[0]
+        found = re.fullmatch(r"/model/\{modelId\}/([^/{}]+)", uri)
+        if found:
+            actions[found[1]] = name
+    return actions
+
+
+class OperationTable:
+    """The rows, indexed for resolution."""
+
+    def __init__(self, rows: Iterable[Operation] = ROWS) -> None:
+        self.rows = tuple(rows)
+        self._by_name = {(row.service, row.name): row for row in self.rows}
+        self._exact = {row.route: row for row in self.rows if row.route is not None}
+
+    def row(self, service: str, name: str) -> Operation:
+        """The row of an operation; an operation without one is known but not implemented."""
+        found = self._by_name.get((service, name))
+        return found if found is not None else Operation(service, name, f"bedrock:{name}", None)
+
+    def implemented(self, service: str) -> dict[str, Operation]:
+        return {row.name: row for row in self.rows if row.service == service and row.handler is not None}
+
+    def resolve(self, method: str, raw_path: bytes) -> tuple[Operation, dict[str, str]] | None:
+        """The row a method and raw path name, with the URI labels; None when no operation has that path."""
+        path = raw_path.split(b"?", 1)[0].decode("latin-1")
+        exact = self._exact.get((method, path))
+        if exact is not None:
+            return exact, {}
+        if path.startswith("/model/"):
+            identifier, action = split_model_path(raw_path)
+            name = _model_actions().get(action)
+            if method != "POST" or name is None or not identifier:
+                return None
+            return self.row(RUNTIME, name), {"modelId": identifier}
+        for service in (RUNTIME, BEDROCK):
+            found = match(service, method, raw_path)
+            if found is not None:
+                return self.row(service, found[0]), found[1]
+        return None
+
+    def runtime_actions(self) -> list[str]:
+        """The path actions of the implemented ``/model/{modelId}/...`` operations, for error messages."""
+        actions = {name: action for action, name in _model_actions().items()}
+        return [actions[row.name] for row in self.rows
+                if row.service == RUNTIME and row.handler is not None and row.name in actions]

@@ -1,0 +1,262 @@
+"""The runtime use cases, end to end: InvokeModel, Converse (and their streams) and CountTokens.
+
+Each call goes resolve → checks (readiness, images) → render (one prompt rule, ``InferenceService.engine_request``)
+→ performance tier → admission and generation (``InferenceService.generate``: the scheduler, then the engine) →
+stop sequences → usage. Routes get an :class:`Invocation`: the Bedrock-level events of the answer (InvokeModel's
+``chunk`` bodies, ConverseStream's ``messageStart`` ... ``metadata``), the usage they state, kept up to date as
+they come, and once the events are drained the whole non-streaming response body. Streaming and non-streaming
+answers are therefore the same generation, assembled the same way (the Converse response comes from the stream
+assembler's final outcome).
+
+The first engine chunk is awaited before the first event is yielded, so that whatever refuses a request before it
+generates (throttling, a prompt too long for the context) fails the first ``anext`` and reaches the client as an
+ordinary error response rather than inside a stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamarock.bedrock.converse import ChatRequest, chat_messages, converse_response, parse_chat_request, usage
+from llamarock.bedrock.converse_stream import Event, StreamAssembler, output_schema
+from llamarock.bedrock.native import InvocationMetrics, native_response, parse_native_request, stream_chunk
+from llamarock.context import ModelName
+from llamarock.errors import ValidationException
+from llamarock.services.inference import InferenceService, Target
+from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams, StopReason
+
+Resolved = Callable[[Target], None] | None
+
+
+class StopFilter:
+    """Holds back text that could be the start of a stop sequence; reports the one that matched."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+        self.matched: str | None = None
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.pending += text
+        hits = [(self.pending.find(s), s) for s in self.stops if s in self.pending]
+        if hits:
+            position, stop = min(hits)
+            self.matched = stop
+            out, self.pending = self.pending[:position], ""
+            return out
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:size]):
+                    keep = max(keep, size)
+                    break
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class Usage:
+    """What an answer has cost so far, as Bedrock states it: ``input_tokens`` are the prompt tokens computed,
+    ``cache_read_tokens`` those reused from the prefix cache (None when the engine has no cache), ``output_tokens``
+    the generated ones. ``first_token_ms`` is when the first engine chunk arrived (ms since the request began)."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int | None = None
+    first_token_ms: int | None = None
+
+    @property
+    def input_tokens(self) -> int:
+        return self.prompt_tokens - (self.cache_read_tokens or 0)
+
+    def add(self, chunk: GenerationChunk, elapsed_ms: int) -> None:
+        if self.first_token_ms is None:
+            self.first_token_ms = elapsed_ms
+        if chunk.prompt_tokens is not None:
+            self.prompt_tokens = chunk.prompt_tokens
+        if chunk.cached_tokens is not None:
+            self.cache_read_tokens = chunk.cached_tokens
+        self.output_tokens += chunk.token_count
+
+
+@dataclass
+class Invocation:
+    """One runtime call, resolved and admitted lazily: drain ``events`` (or stream them), then read ``response``.
+
+    ``headers`` are the Bedrock headers the answer echoes (performance tier, service tier); ``request_metadata``,
+    ``performance_latency`` and ``has_images`` are facts of the request for its invocation record.
+    """
+
+    target: Target
+    events: AsyncGenerator[Event, None]
+    usage: Usage
+    headers: dict[str, str] = field(default_factory=dict)
+    request_metadata: dict[str, str] = field(default_factory=dict)
+    performance_latency: str | None = None
+    has_images: bool = False
+    response: dict[str, Any] | None = None
+    completed: bool = False
+
+    async def drain(self) -> dict[str, Any]:
+        """Run the events to their end and return the non-streaming response body."""
+        async with contextlib.aclosing(self.events) as events:
+            async for _ in events:
+                pass
+        assert self.response is not None
+        return self.response
+
+
+class InvocationService:
+    """InvokeModel, Converse and CountTokens on the inference service's deployments."""
+
+    def __init__(self, inference: InferenceService) -> None:
+        self.inference = inference
+
+    # --------------------------------------------------------------------------------------------- InvokeModel
+
+    def invoke(self, model: ModelName, region: str | None, body: bytes, headers: Mapping[str, str],
+               request_id: str, started: float, resolved: Resolved = None) -> Invocation:
+        """InvokeModel (and its stream) with Bedrock's native Llama body; ``headers`` are the operation's header
+        members (already checked against the service model). ``resolved`` hears the target as soon as it is
+        known, so that a call refused by a later check is still recorded against its model."""
+        target = self.inference.resolve(model, region)
+        if resolved is not None:
+            resolved(target)
+        native = parse_native_request(body)
+        self.inference.check_ready(target)
+        self.inference.check_images(target, native.images)
+        sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
+        request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
+        latency = headers.get("performanceConfigLatency")
+        request = self.inference.tiered(target, request, latency)
+        echoed = {}
+        if latency is not None:
+            echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = latency
+        if "serviceTier" in headers:
+            echoed["X-Amzn-Bedrock-Service-Tier"] = headers["serviceTier"]
+        invocation = Invocation(target, _empty(), Usage(), echoed, performance_latency=latency,
+                                has_images=bool(native.images))
+        invocation.events = self._native_events(invocation, request, started)
+        return invocation
+
+    async def _native_events(self, invocation: Invocation, request: GenerationRequest,
+                             started: float) -> AsyncGenerator[Event, None]:
+        used = invocation.usage
+        text: list[str] = []
+        stop: StopReason = "length"
+        async with contextlib.aclosing(self.inference.generate(invocation.target, request)) as chunks:
+            async for chunk in chunks:
+                first = used.first_token_ms is None
+                used.add(chunk, _since(started))
+                text.append(chunk.text)
+                metrics = None
+                if chunk.stop_reason is not None:
+                    stop = chunk.stop_reason
+                    metrics = InvocationMetrics(used.input_tokens, used.output_tokens, _since(started),
+                                                used.first_token_ms or 0, used.cache_read_tokens)
+                yield "chunk", stream_chunk(
+                    chunk.text, prompt_tokens=used.prompt_tokens if first else None,
+                    generation_tokens=used.output_tokens, stop_reason=chunk.stop_reason, metrics=metrics,
+                )
+                if chunk.stop_reason is not None:
+                    break
+        invocation.response = native_response("".join(text), used.prompt_tokens, used.output_tokens, stop)
+        invocation.completed = True
+
+    # ------------------------------------------------------------------------------------------------ Converse
+
+    def converse(self, model: ModelName, region: str | None, params: dict[str, Any], request_id: str,
+                 started: float, resolved: Resolved = None) -> Invocation:
+        """Converse (and ConverseStream) with a shape-valid body (``params``); ``resolved`` as for :meth:`invoke`."""
+        target = self.inference.resolve(model, region)
+        if resolved is not None:
+            resolved(target)
+        self.inference.check_ready(target)
+        chat = parse_chat_request(params, target.model)
+        request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency)
+        self.inference.check_images(target, chat.images)
+        invocation = Invocation(target, _empty(), Usage(), request_metadata=dict(chat.request_metadata),
+                                performance_latency=chat.latency, has_images=bool(chat.images))
+        invocation.events = self._converse_events(invocation, chat, request, started)
+        return invocation
+
+    def _chat_request(self, target: Target, chat: ChatRequest, request_id: str) -> GenerationRequest:
+        messages, prefix = chat_messages(chat)
+        sampling = SamplingParams(temperature=chat.temperature, top_p=chat.top_p, max_tokens=chat.max_tokens)
+        return self.inference.engine_request(target, sampling, request_id, messages=messages, prefix=prefix,
+                                             json_schema=output_schema(chat))
+
+    async def _converse_events(self, invocation: Invocation, chat: ChatRequest, request: GenerationRequest,
+                               started: float) -> AsyncGenerator[Event, None]:
+        """Generate, cutting the answer at the first stop sequence (which then ends the generation)."""
+        used = invocation.usage
+        stops = StopFilter(() if request.json_schema is not None else chat.stop_sequences)
+        assembler = StreamAssembler(chat)
+        native_stop: StopReason = "length"
+        async with contextlib.aclosing(self.inference.generate(invocation.target, request)) as chunks:
+            async for chunk in chunks:
+                if used.first_token_ms is None:
+                    used.add(chunk, _since(started))
+                    for event in assembler.start():
+                        yield event
+                else:
+                    used.add(chunk, _since(started))
+                text = stops.feed(chunk.text)
+                if stops.matched is None and chunk.stop_reason is not None:
+                    text += stops.flush()
+                for event in assembler.feed(text):
+                    yield event
+                if stops.matched is not None:
+                    native_stop = "stop"
+                    break
+                if chunk.stop_reason is not None:
+                    native_stop = chunk.stop_reason
+                    break
+        events, outcome, reason = assembler.finish(
+            native_stop, stops.matched, used.prompt_tokens, used.output_tokens, _since(started), used.cache_read_tokens
+        )
+        for event in events:
+            yield event
+        counted = usage(used.prompt_tokens, used.output_tokens, used.cache_read_tokens)
+        invocation.response = converse_response(chat, outcome.text, outcome.calls, reason, counted, _since(started),
+                                                stops.matched)
+        invocation.completed = True
+
+    # --------------------------------------------------------------------------------------------- CountTokens
+
+    async def count_tokens(self, model: ModelName, region: str | None, params: dict[str, Any],
+                           request_id: str) -> tuple[int, Target]:
+        """The input tokens Converse or InvokeModel would run for the same input, with the same template."""
+        target = self.inference.resolve(model, region)
+        self.inference.check_ready(target)
+        source: dict[str, Any] = params.get("input") or {}
+        if "converse" in source:
+            request = self._chat_request(target, parse_chat_request(source["converse"], target.model), request_id)
+        elif "invokeModel" in source:
+            native = parse_native_request(source["invokeModel"]["body"])
+            sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p,
+                                      max_tokens=native.max_gen_len)
+            request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
+        else:
+            raise ValidationException("The input field must contain exactly one of converse or invokeModel.")
+        return await target.deployment.engine.count_tokens(request), target
+
+
+def _since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+async def _empty() -> AsyncGenerator[Event, None]:
+    return
+    yield  # pragma: no cover - makes this an async generator
