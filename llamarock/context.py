@@ -52,7 +52,8 @@ class ModelName:
     """The model identifier of a request, parsed once: as sent, as parsed (aliases applied), or why it is invalid.
 
     ``model_id`` is the catalog id the identifier names (aliases applied; the identifier itself when it cannot be
-    parsed, and empty for a provisioned-model ARN, whose model is the provisioning store's).
+    parsed, and the ARN itself for a provisioned-model ARN, whose model is the provisioning store's): what quotas,
+    the audit log and a throttled call's record count the call under.
     """
 
     identifier: str
@@ -66,6 +67,8 @@ class ModelName:
             ref = parse_model_ref(aliases.get(identifier, identifier))
         except ValidationException as error:
             return cls(identifier, None, error, identifier)
+        if ref.kind == "provisioned-model-arn":
+            return cls(identifier, ref, None, ref.requested)
         return cls(identifier, ref, None, aliases.get(ref.model_id, ref.model_id))
 
     def parsed(self) -> ModelRef:

@@ -22,7 +22,7 @@ def model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[
         resource = identifier if identifier.startswith("arn:") else foundation_model_arn(identifier, region)
         return (resource,), identifier
     if ref.kind == "provisioned-model-arn":
-        return (ref.requested,), ref.requested
+        return (ref.requested,), model.model_id
     model_id = model.model_id
     model_region = ref.region or region
     if ref.kind == "foundation-model-arn":

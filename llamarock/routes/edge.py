@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarock.auth.gate import Gate
@@ -60,10 +61,11 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
 
 
 class _Response:
-    """What has been sent of the response so far."""
+    """What has been sent of the response so far; every response carries the request id."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
+        self._request_id = request_id.encode()
         self.status = 500
         self.started = False
         self.streaming = False
@@ -73,7 +75,11 @@ class _Response:
         if message["type"] == "http.response.start":
             self.started = True
             self.status = message["status"]
-            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            headers = list(message.get("headers", []))
+            names = {name.lower() for name, _ in headers}
+            if b"x-amzn-requestid" not in names:
+                message = {**message, "headers": [*headers, (b"x-amzn-requestid", self._request_id)]}
+            content_type = dict(headers).get(b"content-type", b"")
             self.streaming = content_type.startswith(eventstream.CONTENT_TYPE.encode())
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.ended = True
@@ -106,7 +112,7 @@ class Edge:
         context = RequestContext(scope["method"], scope["path"], raw_path, scope.get("query_string", b""),
                                  self.settings.region)
         scope.setdefault("state", {})["context"] = context
-        response = _Response(send)
+        response = _Response(send, context.request_id)
         resolved = self.table.resolve(context.method, raw_path)
         if resolved is not None:
             context.operation, context.labels = resolved
@@ -123,6 +129,8 @@ class Edge:
         except _Disconnected:
             status = CLIENT_CLOSED
             context.decision = "disconnected"
+        except ClientDisconnect:  # the client left while a response streamed to it
+            status = CLIENT_CLOSED
         except BedrockError as error:
             self._throttled(error, context)
             await self._fail(response, error, context)
@@ -154,6 +162,13 @@ class Edge:
 
     async def _fail(self, response: _Response, error: BedrockError, context: RequestContext) -> None:
         context.error_code = error.code
+        try:
+            await self._answer(response, error, context)
+        except OSError:  # the client is gone: there is no one left to tell
+            log.info("request %s: the client left before its error (%s) could be sent", context.request_id,
+                     error.code)
+
+    async def _answer(self, response: _Response, error: BedrockError, context: RequestContext) -> None:
         if not response.started:
             service = context.operation.service if context.operation is not None else RUNTIME
             status, headers, payload = render_error(error, context.request_id,

@@ -197,7 +197,7 @@ class S3BlobStore(BlobStore):
         return True
 
     def create_bucket(self, bucket: str) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         # S3 wants the region spelled out everywhere but us-east-1.
         extra = {} if self._region == "us-east-1" else {
@@ -209,17 +209,19 @@ class S3BlobStore(BlobStore):
             if error.response.get("Error", {}).get("Code") in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return
             raise self._translate(error, bucket, "create") from error
-        except Exception as error:
+        except BotoCoreError as error:
             raise self._translate(error, bucket, "create") from error
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
         self._call("put", bucket, "put_object", Key=key, Body=data)
 
     def get(self, bucket: str, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
         response = self._call("get", bucket, "get_object", Key=key)
         try:
             return bytes(response["Body"].read())
-        except Exception as error:
+        except (BotoCoreError, OSError) as error:  # the body streams after the call: a broken connection shows here
             raise self._translate(error, bucket, "get") from error
 
     def list(self, bucket: str, prefix: str = "") -> list[str]:
