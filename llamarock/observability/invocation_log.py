@@ -13,11 +13,22 @@ from the spool and writes them out:
   ``<data_dir>/cloudwatch-logs/<logGroupName>/aws/bedrock/modelinvocations/<time>_<batch>.jsonl``; large bodies go
   to ``largeDataDeliveryS3Config`` when given and are left out otherwise. ``roleArn`` is checked for its shape only.
 
-Rows leave the spool only after their batch was written. While the sink is down, the thread retries with a doubling
-wait (up to ``invocation_log_retry_max_s``), and a claimed batch always goes to the same object key, so every record
-arrives exactly once. When the spool is full, new records are dropped, counted and logged. ``counts`` holds the
-delivery counters of Bedrock's CloudWatch metrics (``ModelInvocationLogsS3DeliverySuccess``, ...), counted in records
-(large-data counters in objects), plus ``ModelInvocationLogsDropped``.
+A ``keyPrefix`` (and a bucket name) is checked at Put so that every key llamarock makes from it is a valid S3 key
+and a path inside its bucket folder in the local store (:func:`key_prefix_problem`, ``MAX_KEY_PREFIX_BYTES``).
+
+Rows leave the spool only after their batch was written. Delivery is isolated per *destination* (account, region,
+bucket and prefix, log group): a batch that fails is retried with a doubling wait (from 0.5 s up to
+``invocation_log_retry_max_s``) for its destination alone, while the batches of every other destination keep
+flowing. A claimed batch always goes to the same object key, so every record arrives exactly once. A destination
+that is still configured is retried until it works (the spool's bound applies); one whose configuration was
+deleted or replaced since its records were spooled is still tried, and given up — its records dropped, counted and
+logged as an error — after ``STALE_MAX_ATTEMPTS`` failed attempts or once its oldest record is
+``STALE_MAX_AGE_S`` old. A destination that breaks today's rules (spooled, or stored, by an older version) is
+never written to: a stored configuration like that is ignored (logged once) and its spooled records are dropped.
+A record that cannot be turned into a log line is dropped, counted and logged. When the spool is full, new records
+are dropped, counted and logged. ``counts`` holds the delivery counters of Bedrock's CloudWatch metrics
+(``ModelInvocationLogsS3DeliverySuccess``, ...), counted in records (large-data counters in objects), plus
+``ModelInvocationLogsDropped``.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +53,7 @@ from llamarock.observability.invocation_log_record import complete_record, recor
 from llamarock.observability.invocation_spool import Batch, Spool, SpoolError
 from llamarock.observability.records import InvocationRecord
 from llamarock.settings import Settings
-from llamarock.storage.blobs import BlobStore, BlobStoreError
+from llamarock.storage.blobs import BUCKET_RULES, BlobStore, BlobStoreError, bucket_name_problem
 from llamarock.storage.logging_config import LoggingConfigStore
 
 log = logging.getLogger(__name__)
@@ -51,10 +64,192 @@ CLOUDWATCH_STREAM = "aws/bedrock/modelinvocations"
 _FIRST_RETRY_S = 0.5
 _CONFIG_REFRESH_S = 5.0
 
+# What llamarock appends to a key prefix, at its longest: "/AWSLogs/<12-digit account>/BedrockModelInvocationLogs/
+# <region>" (a SigV4 region is at most 64 characters), then either "/YYYY/MM/DD/HH/<YYYYMMDDTHHMMSSZ>_<32 hex>.json.gz"
+# (a batch) or "/data/<36-character uuid>_output.json.gz" (a large body). S3 keys are at most 1,024 bytes of UTF-8.
+_MAX_REGION_CHARS = 64
+KEY_SUFFIX_BYTES = len("/AWSLogs/") + 12 + len("/BedrockModelInvocationLogs/") + _MAX_REGION_CHARS + max(
+    len("/YYYY/MM/DD/HH/") + len("YYYYMMDDTHHMMSSZ_") + 32 + len(".json.gz"),
+    len("/data/") + 36 + len("_output.json.gz"),
+)
+MAX_KEY_PREFIX_BYTES = 1024 - KEY_SUFFIX_BYTES  # 839
+MAX_SEGMENT_BYTES = 255  # a file name in the local folder store (and most file systems)
+KEY_PREFIX_RULES = (
+    f"A keyPrefix is '/'-separated segments of 1 to {MAX_SEGMENT_BYTES} bytes each, none '.' or '..', with no "
+    f"leading or doubled '/', backslash or control character, and at most {MAX_KEY_PREFIX_BYTES:,} bytes of UTF-8 in "
+    f"all (S3's 1,024-byte key limit less the {KEY_SUFFIX_BYTES} bytes of '/AWSLogs/<account>/"
+    "BedrockModelInvocationLogs/<region>/YYYY/MM/DD/HH/<file>.json.gz' llamarock appends); one trailing '/' is "
+    "allowed, e.g. 'bedrock/team-a/'"
+)
+
+# A destination that is no longer configured is given up after this many failed attempts in a row, or once its
+# oldest waiting record is this old (whichever comes first); one still configured is retried until it works.
+STALE_MAX_ATTEMPTS = 8
+STALE_MAX_AGE_S = 3600.0
+
 
 def log_prefix(key_prefix: str, account: str, region: str) -> str:
     """``<keyPrefix>/AWSLogs/<account>/BedrockModelInvocationLogs/<region>`` (no leading or doubled slash)."""
     return "/".join(p for p in (key_prefix.strip("/"), "AWSLogs", account, "BedrockModelInvocationLogs", region) if p)
+
+
+def key_prefix_problem(prefix: str) -> str | None:
+    """What keeps ``prefix`` from being a key prefix every blob store can hold (``KEY_PREFIX_RULES``), or None."""
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text (it has a lone surrogate)"
+    if size > MAX_KEY_PREFIX_BYTES:
+        return f"it is {size:,} bytes long in UTF-8, more than {MAX_KEY_PREFIX_BYTES:,}"
+    control = sorted({c for c in prefix if ord(c) < 0x20 or ord(c) == 0x7F})
+    if control:
+        return f"it contains a control character ({', '.join(f'U+{ord(c):04X}' for c in control)})"
+    if "\\" in prefix:
+        return "it contains a backslash"
+    if not prefix:
+        return None
+    if prefix.startswith("/"):
+        return "it starts with '/'"
+    segments = prefix.removesuffix("/").split("/")
+    for number, segment in enumerate(segments, 1):
+        if segment == "":
+            return "it has an empty segment ('//')"
+        if segment in (".", ".."):
+            return f"segment {number} is {segment!r}"
+        length = len(segment.encode("utf-8"))
+        if length > MAX_SEGMENT_BYTES:
+            return f"segment {number} is {length} bytes long, more than {MAX_SEGMENT_BYTES}"
+    return None
+
+
+def log_group_ok(group: str) -> bool:
+    """Whether ``group`` is a log group name llamarock can make a folder of (see ``cloudwatch_folder``)."""
+    parts = group.split("/")
+    return bool(LOG_GROUP_NAME.match(group)) and not {".", ".."} & set(parts) and \
+        max(map(len, parts)) <= MAX_SEGMENT_BYTES
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:60] + "...")
+
+
+def _invalid(value: str, field: str, what: str, problem: str, rules: str) -> ValidationException:
+    return ValidationException(
+        f"1 validation error detected: Value {_shown(value)} at '{field}' failed to satisfy constraint: Member must "
+        f"be a valid {what}, but {problem}. {rules}."
+    )
+
+
+def check_s3_destination(s3: dict[str, Any], field: str) -> None:
+    """Raise Bedrock's ValidationException when an ``S3Config`` (at ``field``) names a bucket or a key prefix that
+    cannot be written to."""
+    bucket = s3["bucketName"]
+    problem = bucket_name_problem(bucket)
+    if problem is not None:
+        raise _invalid(bucket, f"{field}.bucketName", "S3 bucket name", problem, BUCKET_RULES)
+    prefix = s3.get("keyPrefix", "")
+    problem = key_prefix_problem(prefix)
+    if problem is not None:
+        raise _invalid(prefix, f"{field}.keyPrefix", "S3 key prefix", problem, KEY_PREFIX_RULES)
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise Bedrock's ValidationException when ``loggingConfig`` is not one llamarock can deliver to; everything
+    but whether the buckets exist (see :meth:`InvocationLog.put_config`)."""
+    s3 = config.get("s3Config")
+    cloudwatch = config.get("cloudWatchConfig")
+    if s3 is None and cloudwatch is None:
+        raise ValidationException(
+            "loggingConfig needs a destination: s3Config (a bucket in llamarock's blob store) and/or "
+            "cloudWatchConfig. To turn invocation logging off, call DeleteModelInvocationLoggingConfiguration."
+        )
+    if cloudwatch is not None:
+        role = cloudwatch["roleArn"]
+        if not re.fullmatch(ROLE_ARN_PATTERN, role):
+            raise ValidationException(
+                f"1 validation error detected: Value '{role}' at 'loggingConfig.cloudWatchConfig.roleArn' failed "
+                f"to satisfy constraint: Member must satisfy regular expression pattern: {ROLE_ARN_PATTERN}"
+            )
+        group = cloudwatch["logGroupName"]
+        if not log_group_ok(group):
+            raise ValidationException(
+                f"Invalid log group name {_shown(group)}: use letters, digits and . - _ / # (no '.' or '..' parts, "
+                f"none longer than {MAX_SEGMENT_BYTES} characters)."
+            )
+        if cloudwatch.get("largeDataDeliveryS3Config"):
+            check_s3_destination(cloudwatch["largeDataDeliveryS3Config"],
+                                 "loggingConfig.cloudWatchConfig.largeDataDeliveryS3Config")
+    if s3 is not None:
+        check_s3_destination(s3, "loggingConfig.s3Config")
+
+
+def config_problem(config: Any) -> str | None:
+    """Why a stored ``loggingConfig`` cannot be followed (it breaks :func:`check_config`), or None."""
+    try:
+        check_config(config)
+    except ValidationException as error:
+        return str(error)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        return f"it is malformed ({type(error).__name__}: {error})"
+    return None
+
+
+def _s3_problem(bucket: str, prefix: str) -> str | None:
+    problem = bucket_name_problem(bucket)
+    if problem is not None:
+        return f"bucket name {_shown(bucket)}: {problem}"
+    problem = key_prefix_problem(prefix)
+    return f"keyPrefix {_shown(prefix)}: {problem}" if problem is not None else None
+
+
+def _destination_problem(destination: str) -> str | None:
+    """Why a spooled batch's destination must not be written to (it breaks today's rules), or None."""
+    try:
+        parsed = json.loads(destination)
+        s3, cloudwatch = parsed["s3"], parsed["cloudWatch"]
+        problem = _s3_problem(s3["bucket"], s3["prefix"]) if s3 is not None else None
+        if problem is None and cloudwatch is not None:
+            group, large = cloudwatch["group"], cloudwatch["large"]
+            if not log_group_ok(group):
+                problem = f"log group name {_shown(group)}"
+            elif large is not None:
+                problem = _s3_problem(large["bucket"], large["prefix"])
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        return f"it is malformed ({type(error).__name__}: {error})"
+    return problem
+
+
+def _describe(destination: str) -> str:
+    """A destination, for the server log."""
+    try:
+        parsed = json.loads(destination)
+    except ValueError:
+        return repr(destination[:200])
+    where = []
+    if parsed.get("s3"):
+        where.append(f"s3://{parsed['s3'].get('bucket')}/{parsed['s3'].get('prefix')!s}")
+    if parsed.get("cloudWatch"):
+        where.append(f"log group {parsed['cloudWatch'].get('group')}")
+    return f"region {parsed.get('region')} ({', '.join(where) or 'nowhere'})"
+
+
+def _age_s(batch: Batch) -> float:
+    """Seconds since the batch's oldest record was made (0 when its time cannot be read)."""
+    try:
+        stamp = json.loads(batch.records[0].meta)["timestamp"]
+        made = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - made).total_seconds())
+
+
+@dataclass
+class _Retry:
+    """A destination whose last delivery failed: failures in a row, when to try again, since when it fails."""
+
+    failures: int
+    next_at: float
+    since: float
 
 
 def _gzip(data: bytes) -> bytes:
@@ -77,7 +272,9 @@ class InvocationLog:
         self._started = False
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._outage_since: float | None = None
+        self._outage_since: float | None = None  # the spool itself cannot be read
+        self._retries: dict[str, _Retry] = {}  # destinations waiting out a backoff (delivery thread only)
+        self._ignored: set[str] = set()  # stored configurations already logged as invalid
         self._drop_logged_at = 0.0
         self.counts: Counter[str] = Counter()
 
@@ -89,53 +286,54 @@ class InvocationLog:
 
     def put_config(self, region: str, config: dict[str, Any]) -> None:
         """Validate ``config`` as Bedrock does (destinations must be reachable), store it and start following it."""
-        self._validate(config)
+        check_config(config)
+        cloudwatch = config.get("cloudWatchConfig") or {}
+        if cloudwatch.get("largeDataDeliveryS3Config"):
+            self._check_bucket(cloudwatch["largeDataDeliveryS3Config"]["bucketName"])
+        if config.get("s3Config") is not None:
+            self._check_bucket(config["s3Config"]["bucketName"])
         self._config_store.put(region, config)
         self._configs[region] = config
         self.start()
 
     def delete_config(self, region: str) -> None:
-        """Stop logging in ``region``; records already spooled are still delivered."""
+        """Stop logging in ``region``; records already spooled are still delivered (see the module docstring)."""
         self._config_store.delete(region)
         self._configs.pop(region, None)
 
-    def _validate(self, config: dict[str, Any]) -> None:
-        s3 = config.get("s3Config")
-        cloudwatch = config.get("cloudWatchConfig")
-        if s3 is None and cloudwatch is None:
-            raise ValidationException(
-                "loggingConfig needs a destination: s3Config (a bucket in llamarock's blob store) and/or "
-                "cloudWatchConfig. To turn invocation logging off, call DeleteModelInvocationLoggingConfiguration."
-            )
-        if cloudwatch is not None:
-            role = cloudwatch["roleArn"]
-            if not re.fullmatch(ROLE_ARN_PATTERN, role):
-                raise ValidationException(
-                    f"1 validation error detected: Value '{role}' at 'loggingConfig.cloudWatchConfig.roleArn' failed "
-                    f"to satisfy constraint: Member must satisfy regular expression pattern: {ROLE_ARN_PATTERN}"
+    def _load_configs(self) -> dict[str, dict[str, Any]]:
+        """The stored configurations that can be followed; one that cannot (stored by an older version under older
+        rules) is left out, and logged the first time it is seen."""
+        configs = {}
+        for region, config in self._config_store.all().items():
+            problem = config_problem(config)
+            if problem is None:
+                configs[region] = config
+                continue
+            seen = f"{region}\n{json.dumps(config, sort_keys=True, default=str)}"
+            if seen not in self._ignored:
+                self._ignored.add(seen)
+                log.error(
+                    "the stored model invocation logging configuration of region %s is invalid and is ignored: "
+                    "invocations there are not logged, and records spooled for it are dropped. Put a valid one "
+                    "(PutModelInvocationLoggingConfiguration) or delete it. %s", region, problem,
                 )
-            group = cloudwatch["logGroupName"]
-            if not LOG_GROUP_NAME.match(group) or {".", ".."} & set(group.split("/")):
-                raise ValidationException(
-                    f"Invalid log group name {group!r}: use letters, digits and . - _ / # (no '.' or '..' parts)."
-                )
-            if cloudwatch.get("largeDataDeliveryS3Config"):
-                self._check_bucket(cloudwatch["largeDataDeliveryS3Config"]["bucketName"])
-        if s3 is not None:
-            self._check_bucket(s3["bucketName"])
+        return configs
 
     def _check_bucket(self, bucket: str) -> None:
         try:
             exists = self.blobs.bucket_exists(bucket)
         except BlobStoreError as error:
+            log.warning("log delivery bucket %r cannot be checked in %s: %s", bucket, self.blobs.where, error)
             raise ValidationException(
                 f"Failed to validate permissions for log delivery bucket: {bucket}. {error}. Check "
                 "blob_store_url and its credentials."
             ) from error
         if not exists:
+            log.info("log delivery bucket %r does not exist in %s", bucket, self.blobs.where)
             raise ValidationException(
                 f"Failed to validate permissions for log delivery bucket: {bucket}. The bucket does not exist in "
-                f"{self.blobs.location}; create it first (for the local folder store: mkdir <blob folder>/{bucket})."
+                f"{self.blobs.location}; {self.blobs.create_hint(bucket)}."
             )
 
     # -- the observer ----------------------------------------------------------------------------------------------
@@ -202,7 +400,7 @@ class InvocationLog:
             self._started = True  # also after a failure: do not retry on every invocation
             try:
                 self._spool = Spool(self._spool_path, self._settings.invocation_log_spool_max_bytes)
-                self._configs = self._config_store.all()
+                self._configs = self._load_configs()
             except Exception:
                 log.exception("model invocation logging cannot start; invocations are not logged")
                 return
@@ -232,43 +430,117 @@ class InvocationLog:
 
     def _run(self) -> None:
         assert self._spool is not None
-        backoff = _FIRST_RETRY_S
+        spool_backoff = _FIRST_RETRY_S
         refreshed = time.monotonic()
         while True:
             if time.monotonic() - refreshed > _CONFIG_REFRESH_S:
                 refreshed = time.monotonic()
                 # Another server sharing the database (or the CLI) may have changed a configuration.
                 with contextlib.suppress(Exception):
-                    self._configs = self._config_store.all()
+                    self._configs = self._load_configs()
             self._wake.clear()
+            now = time.monotonic()
+            waiting = {destination for destination, retry in self._retries.items() if retry.next_at > now}
             try:
-                batches = self._spool.next_batches()
-                failure = next((e for e in map(self._deliver_one, batches) if e is not None), None)
+                batches = self._spool.next_batches(skip=waiting)
+                moved = self._deliver_all(batches, waiting)
             except SpoolError as error:
-                failure = error
-                batches = []
-            if failure is not None:
-                self._outage(failure)
-                if self._stop.wait(backoff):
+                self._spool_outage(error)
+                if self._stop.wait(spool_backoff):
                     return
-                backoff = min(backoff * 2, self._settings.invocation_log_retry_max_s)
+                spool_backoff = min(spool_backoff * 2, self._settings.invocation_log_retry_max_s)
                 continue
-            backoff = _FIRST_RETRY_S
+            spool_backoff = _FIRST_RETRY_S
             if self._outage_since is not None:
-                log.info("invocation-log delivery works again after %.0f s", time.monotonic() - self._outage_since)
+                log.info("the invocation-log spool works again after %.0f s", time.monotonic() - self._outage_since)
                 self._outage_since = None
-            if not batches:
-                if self._stop.is_set():
-                    return
-                self._wake.wait(1.0)
+            if moved:
+                continue
+            if self._stop.is_set():
+                return
+            # Nothing could move: sleep until a destination's retry is due or a new record arrives.
+            due = min((retry.next_at for retry in self._retries.values()), default=now + 1.0)
+            self._wake.wait(min(1.0, max(0.01, due - time.monotonic())))
 
-    def _outage(self, error: Exception) -> None:
+    def _deliver_all(self, batches: list[Batch], waiting: set[str]) -> bool:
+        """Deliver each batch whose destination has not failed (before or in this round); whether any left the
+        spool."""
+        current = self._current_destinations()
+        present = {batch.destination for batch in batches}
+        for destination in [d for d in self._retries if d not in waiting and d not in present]:
+            del self._retries[destination]  # due for a retry but nothing of it is left to deliver
+        moved = False
+        for batch in batches:
+            if batch.destination in waiting:
+                continue
+            problem = _destination_problem(batch.destination)
+            if problem is not None:
+                self._give_up(batch.destination, f"its destination breaks today's rules ({problem})")
+                moved = True
+                continue
+            error = self._deliver_one(batch)
+            if error is None:
+                moved = True
+                self._recovered(batch.destination)
+                continue
+            waiting.add(batch.destination)
+            self._failed(batch, error, current)
+        return moved
+
+    def _current_destinations(self) -> set[str]:
+        """The destinations of the configurations followed now."""
+        account = self._settings.account_id
+        current = set()
+        for region, config in list(self._configs.items()):
+            with contextlib.suppress(KeyError, TypeError, AttributeError):
+                current.add(self._destination(config, account, region))
+        return current
+
+    def _failed(self, batch: Batch, error: Exception, current: set[str]) -> None:
+        """Back the batch's destination off; give it up when it is no longer configured and has failed enough."""
+        destination = batch.destination
+        now = time.monotonic()
+        retry = self._retries.get(destination)
+        if retry is None:
+            retry = self._retries[destination] = _Retry(0, now, now)
+            log.warning(
+                "cannot deliver invocation logs to %s in %s (%s); its records wait in the spool and are retried "
+                "with backoff (other destinations are not held up)", _describe(destination), self.blobs.where, error,
+            )
+        else:
+            log.debug("invocation-log delivery to %s still failing: %s", _describe(destination), error)
+        retry.failures += 1
+        first = min(_FIRST_RETRY_S, self._settings.invocation_log_retry_max_s)
+        retry.next_at = now + min(first * 2 ** min(retry.failures - 1, 30), self._settings.invocation_log_retry_max_s)
+        if destination in current:
+            return
+        age = _age_s(batch)
+        if retry.failures >= STALE_MAX_ATTEMPTS or age >= STALE_MAX_AGE_S:
+            self._give_up(destination, (
+                f"its configuration was deleted or replaced, and it failed {retry.failures} times in a row over "
+                f"{now - retry.since:.0f} s (oldest record {age:.0f} s old): {error}"
+            ))
+
+    def _give_up(self, destination: str, why: str) -> None:
+        assert self._spool is not None
+        dropped = self._spool.drop_destination(destination)
+        self._retries.pop(destination, None)
+        self.counts["ModelInvocationLogsDropped"] += dropped
+        log.error("invocation logs for %s given up: %d spooled records dropped, because %s", _describe(destination),
+                  dropped, why)
+
+    def _recovered(self, destination: str) -> None:
+        retry = self._retries.pop(destination, None)
+        if retry is not None:
+            log.info("invocation-log delivery to %s works again after %.0f s (%d failed attempts)",
+                     _describe(destination), time.monotonic() - retry.since, retry.failures)
+
+    def _spool_outage(self, error: Exception) -> None:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            log.warning("cannot deliver invocation logs (%s); %d records wait in the spool and are retried",
-                        error, self.pending())
+            log.warning("cannot read the invocation-log spool (%s); retrying", error)
         else:
-            log.debug("invocation-log delivery still failing: %s", error)
+            log.debug("invocation-log spool still failing: %s", error)
 
     def _deliver_one(self, batch: Batch) -> Exception | None:
         """Write one batch and forget it; the error when the sink failed (the batch stays for a retry)."""
@@ -278,7 +550,7 @@ class InvocationLog:
         except (BlobStoreError, OSError) as error:
             return error
         except Exception:
-            # A record that cannot be turned into a log line would block the queue forever: drop it, loudly.
+            # A record that cannot be turned into a log line would block its destination forever: drop it, loudly.
             log.exception("invocation-log batch %s cannot be built; its %d records are dropped", batch.id,
                           len(batch.records))
             self.counts["ModelInvocationLogsDropped"] += len(batch.records)

@@ -4,7 +4,12 @@ Records are appended by the request path (a single small insert) and taken out b
 *batches*. A batch is claimed before it is delivered — its id is written onto its rows — so that a retry after a
 failed or interrupted put (sink down, process killed) delivers exactly the same records under exactly the same
 object key: the store ends up with each record once, whatever happened in between. Rows are deleted only after
-their batch was written.
+their batch was written (or when the delivery thread gives a destination up, :meth:`Spool.drop_destination`).
+
+Batches are per destination, and destinations do not wait on each other: :meth:`Spool.next_batches` skips the
+destinations the caller names (those waiting out a retry backoff) and, for every other destination, hands out the
+batches it claimed earlier or, when it has none outstanding, claims new ones. A destination that keeps failing thus
+holds back only its own records.
 
 The spool is local to the process's data dir (not the metadata database, which several replicas may share): it is
 the replica's own outbox. The bound is on bytes; appending beyond it fails, and the caller counts the drop.
@@ -16,6 +21,8 @@ import logging
 import sqlite3
 import threading
 import uuid
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +41,7 @@ CREATE TABLE IF NOT EXISTS records (
     batch TEXT
 );
 CREATE INDEX IF NOT EXISTS records_batch ON records (batch);
+CREATE INDEX IF NOT EXISTS records_destination ON records (destination, batch, id);
 """
 
 
@@ -76,6 +84,13 @@ class Spool:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM records").fetchone()[0])
+            # Unclaimed records per destination, kept in step by append and claim, so that finding the destinations
+            # with new records never scans the table (the spool is this process's own: nobody else appends).
+            self._unclaimed: Counter[str] = Counter({
+                str(destination): int(count) for destination, count in self._db.execute(
+                    "SELECT destination, COUNT(*) FROM records WHERE batch IS NULL GROUP BY destination"
+                )
+            })
         except (OSError, sqlite3.Error) as error:
             raise SpoolError(f"cannot open the invocation-log spool {path}: {error}") from error
 
@@ -106,32 +121,40 @@ class Spool:
                 log.exception("cannot append to the invocation-log spool %s", self.path)
                 return False
             self._bytes += size
+            self._unclaimed[destination] += 1
             return True
 
-    def next_batches(self, max_records: int = 500, max_bytes: int = 16 * 1024 * 1024) -> list[Batch]:
-        """Batches to deliver, oldest first: those claimed earlier (a retry), else newly claimed ones."""
+    def next_batches(self, skip: Collection[str] = (), max_records: int = 500,
+                     max_bytes: int = 16 * 1024 * 1024) -> list[Batch]:
+        """Batches to deliver, none for a destination in ``skip``: per destination, the batches claimed earlier (a
+        retry, oldest first), else newly claimed ones (at most ``max_records`` and ``max_bytes`` per destination)."""
         with self._lock:
             try:
-                claimed = [row[0] for row in self._db.execute(
-                    "SELECT batch FROM records WHERE batch IS NOT NULL GROUP BY batch ORDER BY MIN(id)"
-                )]
-                if not claimed:
-                    claimed = self._claim(max_records, max_bytes)
-                return [self._load(batch) for batch in claimed]
+                claimed = self._db.execute(
+                    "SELECT batch, MIN(destination) FROM records WHERE batch IS NOT NULL GROUP BY batch "
+                    "ORDER BY MIN(id)"
+                ).fetchall()
+                outstanding = {str(destination) for _, destination in claimed}
+                ready = [str(batch) for batch, destination in claimed if destination not in skip]
+                for destination in list(self._unclaimed):
+                    if destination not in skip and destination not in outstanding:
+                        ready += self._claim(destination, max_records, max_bytes)
+                return [self._load(batch) for batch in ready]
             except sqlite3.Error as error:
                 raise SpoolError(f"cannot read the invocation-log spool {self.path}: {error}") from error
 
-    def _claim(self, max_records: int, max_bytes: int) -> list[str]:
+    def _claim(self, destination: str, max_records: int, max_bytes: int) -> list[str]:
         rows = self._db.execute(
-            "SELECT id, destination, hour, size FROM records WHERE batch IS NULL ORDER BY id LIMIT ?", (max_records,)
+            "SELECT id, hour, size FROM records WHERE destination = ? AND batch IS NULL ORDER BY id LIMIT ?",
+            (destination, max_records),
         ).fetchall()
-        groups: dict[tuple[str, str], list[int]] = {}
+        groups: dict[str, list[int]] = {}
         total = 0
-        for row_id, destination, hour, size in rows:
+        for row_id, hour, size in rows:
             if groups and total + size > max_bytes:
                 break
             total += size
-            groups.setdefault((destination, hour), []).append(row_id)
+            groups.setdefault(hour, []).append(row_id)
         batches = []
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -143,6 +166,12 @@ class Spool:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        claimed = sum(len(ids) for ids in groups.values())
+        left = self._unclaimed[destination] - claimed
+        if left <= 0 or (claimed == len(rows) < max_records):
+            del self._unclaimed[destination]  # none left (the count is a hint; the table is the truth)
+        else:
+            self._unclaimed[destination] = left
         return batches
 
     def _load(self, batch: str) -> Batch:
@@ -163,6 +192,20 @@ class Spool:
             except sqlite3.Error as error:
                 raise SpoolError(f"cannot update the invocation-log spool {self.path}: {error}") from error
             self._bytes -= freed
+
+    def drop_destination(self, destination: str) -> int:
+        """Forget every record waiting for ``destination``, claimed or not; how many there were."""
+        with self._lock:
+            try:
+                count, freed = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE destination = ?", (destination,)
+                ).fetchone()
+                self._db.execute("DELETE FROM records WHERE destination = ?", (destination,))
+            except sqlite3.Error as error:
+                raise SpoolError(f"cannot update the invocation-log spool {self.path}: {error}") from error
+            self._bytes -= int(freed)
+            self._unclaimed.pop(destination, None)
+            return int(count)
 
     def close(self) -> None:
         with self._lock:

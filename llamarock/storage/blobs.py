@@ -5,13 +5,17 @@ per bucket under ``<data_dir>/blobs`` (or the path given); ``http(s)://host:port
 talks to that endpoint through boto3 with path-style addressing (MinIO, Ceph, moto, LocalStack, AWS itself).
 
 Callers see two failures only: :class:`BucketMissingError` (the bucket does not exist; create it) and
-:class:`BlobStoreError` (anything else: the endpoint is down, credentials are refused, the disk is full). botocore
-and OS errors are translated into them here, once.
+:class:`BlobStoreError` (anything else: the endpoint is down, credentials are refused, the disk is full, a key the
+store cannot hold). botocore and OS errors are translated into them here, once. Their messages may reach API callers
+(PutModelInvocationLoggingConfiguration's bucket check), so they name the bucket and key, never a server path:
+``location`` says where the store is in words a caller may see, ``where`` (with the local folder) is for the
+server's own log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import tempfile
@@ -24,6 +28,27 @@ from llamarock.settings import Settings
 
 # S3's rules for new bucket names; they also keep a bucket name from escaping the local store's folder.
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET_RULES = (
+    "S3 bucket names are 3 to 63 characters of lowercase letters, digits, '.' and '-', start and end with a letter "
+    "or digit, have no '..' and are not an IP address, e.g. 'my-invocation-logs'"
+)
+
+
+def bucket_name_problem(bucket: str) -> str | None:
+    """What breaks S3's bucket naming rules in ``bucket`` (see ``BUCKET_RULES``), or None when it is a valid name."""
+    if not 3 <= len(bucket) <= 63:
+        return f"it is {len(bucket)} characters long (3 to 63 allowed)"
+    bad = sorted({c for c in bucket if not (c.isascii() and (c.islower() or c.isdigit() or c in ".-"))})
+    if bad:
+        return f"it contains {', '.join(map(repr, bad))} (only lowercase letters, digits, '.' and '-' are allowed)"
+    if not (bucket[0].isalnum() and bucket[-1].isalnum()):
+        return "it must start and end with a letter or digit"
+    if ".." in bucket:
+        return "it contains '..' (two periods next to each other)"
+    with contextlib.suppress(ValueError):
+        ipaddress.IPv4Address(bucket)
+        return "it is formatted as an IP address"
+    return None
 
 
 class BlobStoreError(Exception):
@@ -39,9 +64,15 @@ class BucketMissingError(BlobStoreError):
 
 
 class BlobStore(ABC):
-    """Buckets of objects. ``location`` says where the store is, for messages that tell a user what to create."""
+    """Buckets of objects. ``location`` says where the store is, for messages that tell a user what to create (no
+    server path in it: API callers may see it); ``where`` says the same for the server's own log."""
 
     location: str
+    where: str
+
+    def create_hint(self, bucket: str) -> str:
+        """How to create ``bucket``, in words an API caller may see."""
+        return f"create the bucket {bucket!r} there first"
 
     @abstractmethod
     def bucket_exists(self, bucket: str) -> bool:
@@ -68,24 +99,51 @@ class BlobStore(ABC):
 
 
 class LocalBlobStore(BlobStore):
-    """Objects as files: ``<root>/<bucket>/<key>``. A bucket is a folder; ``mkdir`` creates one."""
+    """Objects as files: ``<root>/<bucket>/<key>``. A bucket is a folder; ``mkdir`` creates one.
+
+    A key is a path below its bucket's folder and never outside it: a key with an empty, ``.`` or ``..`` segment, a
+    leading ``/``, a NUL, or one that would resolve (symbolic links followed) outside the bucket folder is refused
+    with :class:`BlobStoreError`. Messages name the bucket and key, not the folder (see the module docstring)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.location = f"the local blob store folder {root}"
+        self.location = "llamarock's local blob store"
+        self.where = f"the local blob store folder {root}"
+
+    def create_hint(self, bucket: str) -> str:
+        return (f"create it first: a bucket of the local blob store is a folder, mkdir <data_dir>/blobs/{bucket} (or "
+                f"<folder>/{bucket} when blob_store_url is file:///<folder>)")
 
     def _bucket_dir(self, bucket: str) -> Path:
-        if not BUCKET_NAME.match(bucket) or ".." in bucket:
+        if bucket_name_problem(bucket) is not None:
             raise BucketMissingError(bucket, self.location)
         return self.root / bucket
 
     def _path(self, bucket: str, key: str) -> Path:
         parts = key.split("/")
-        if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts[:-1]) or parts[-1] in (
-            "", ".", "..",
-        ):
-            raise BlobStoreError(f"object key {key!r} cannot be stored in a folder (empty, '.' or '..' parts)")
-        return self._bucket_dir(bucket).joinpath(*parts)
+        if not key or "\0" in key or any(part in ("", ".", "..") for part in parts):
+            raise BlobStoreError(
+                f"object key {key!r} cannot be stored in bucket {bucket!r} of {self.location}: a key is '/'-separated "
+                "segments, none empty, '.' or '..' (no leading or doubled '/')"
+            )
+        base = self._bucket_dir(bucket)
+        path = base.joinpath(*parts)
+        # Defence in depth: whatever the checks above miss (or a symbolic link inside the bucket folder), a key that
+        # lands outside its bucket folder is refused.
+        inside = os.path.normpath(path).startswith(os.path.normpath(base) + os.sep)
+        if inside:
+            try:
+                inside = path.resolve().is_relative_to(base.resolve())
+            except (OSError, RuntimeError):
+                inside = False
+        if not inside:
+            raise BlobStoreError(f"object key {key!r} resolves outside bucket {bucket!r} of {self.location}")
+        return path
+
+    @staticmethod
+    def _reason(error: OSError) -> str:
+        # str(OSError) carries the file name, which is a server path: keep only the reason.
+        return error.strerror or type(error).__name__
 
     def bucket_exists(self, bucket: str) -> bool:
         try:
@@ -94,12 +152,15 @@ class LocalBlobStore(BlobStore):
             return False
 
     def create_bucket(self, bucket: str) -> None:
-        if not BUCKET_NAME.match(bucket):
-            raise BlobStoreError(f"{bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
+        problem = bucket_name_problem(bucket)
+        if problem is not None:
+            raise BlobStoreError(f"{bucket!r} is not a valid bucket name: {problem}. {BUCKET_RULES}.")
         try:
             self._bucket_dir(bucket).mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise BlobStoreError(f"cannot create {self.root / bucket}: {error}") from error
+            raise BlobStoreError(
+                f"cannot create bucket {bucket!r} in {self.location}: {self._reason(error)}"
+            ) from error
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
         if not self.bucket_exists(bucket):
@@ -120,7 +181,9 @@ class LocalBlobStore(BlobStore):
                     os.unlink(temporary)
                 raise
         except OSError as error:
-            raise BlobStoreError(f"cannot write {path}: {error}") from error
+            raise BlobStoreError(
+                f"cannot write object {key!r} in bucket {bucket!r} of {self.location}: {self._reason(error)}"
+            ) from error
 
     def get(self, bucket: str, key: str) -> bytes:
         path = self._path(bucket, key)
@@ -131,7 +194,9 @@ class LocalBlobStore(BlobStore):
                 raise BucketMissingError(bucket, self.location) from error
             raise BlobStoreError(f"no object {key!r} in bucket {bucket!r}") from error
         except OSError as error:
-            raise BlobStoreError(f"cannot read {path}: {error}") from error
+            raise BlobStoreError(
+                f"cannot read object {key!r} in bucket {bucket!r} of {self.location}: {self._reason(error)}"
+            ) from error
 
     def list(self, bucket: str, prefix: str = "") -> list[str]:
         if not self.bucket_exists(bucket):
@@ -153,7 +218,7 @@ class S3BlobStore(BlobStore):
         import boto3
         from botocore.config import Config
 
-        self.location = f"the S3-compatible blob store at {endpoint_url}"
+        self.location = self.where = f"the S3-compatible blob store at {endpoint_url}"
         self._region = region
         self._client: Any = boto3.session.Session().client(
             "s3",
