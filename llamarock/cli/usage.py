@@ -18,6 +18,7 @@ from llamarock.errors import CliError, ValidationException
 from llamarock.observability.usage import (
     GROUPINGS,
     Grouping,
+    UsageRecorder,
     UsageStore,
     UsageSummary,
     parse_grouping,
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, by: Grouping, since: datetime | None, settings: Settings,
             database: Database) -> int:
+    # Rows journaled by a server that was killed and not restarted are written first, so the report has them.
+    UsageRecorder(settings, UsageStore(database)).close()
     costs = accrued_costs(ProvisionedStore(database), settings.prices, since or datetime(1970, 1, 1, tzinfo=UTC),
                           datetime.now(UTC))
     if args.provisioned:
