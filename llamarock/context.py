@@ -30,7 +30,8 @@ class Operation:
 
     ``handler`` is None for an operation the service model defines but llamarock does not implement yet (the
     request gets an error that says so). ``resource`` says what IAM resource the action is on: ``model`` (the
-    model ARNs the identifier in the path stands for; such calls also count against the caller's quotas) or ``*``.
+    model ARNs the identifier in the path stands for; such calls also count against the caller's quotas), the ARN
+    of the foundation model, inference profile or provisioned model the URI label names, or ``*``.
     ``invocation`` operations (InvokeModel, Converse and their streams) reserve tokens of the caller's tokens per
     minute and produce one invocation record each. ``public`` operations (health, metrics) skip authentication.
     ``route`` is the method and exact path of an operation that no botocore service model describes.
@@ -40,7 +41,7 @@ class Operation:
     name: str
     action: str
     handler: Callable[..., Awaitable[Any]] | None
-    resource: Literal["model", "*"] = "*"
+    resource: Literal["model", "foundation-model", "inference-profile", "provisioned-model", "*"] = "*"
     streaming: bool = False
     invocation: bool = False
     public: bool = False
@@ -62,11 +63,19 @@ class ModelName:
     model_id: str
 
     @classmethod
-    def parse(cls, identifier: str, aliases: dict[str, str]) -> ModelName:
+    def parse(cls, identifier: str, aliases: dict[str, str], account: str | None = None) -> ModelName:
+        """Parse once; an ARN of an inference profile or provisioned model of another account than ``account``
+        (the server's) is as invalid as a malformed one, so no policy is ever checked against a made-up ARN."""
         try:
             ref = parse_model_ref(aliases.get(identifier, identifier))
         except ValidationException as error:
             return cls(identifier, None, error, identifier)
+        if account is not None and ref.account is not None and ref.account != account:
+            foreign = ValidationException(
+                f"The provided model identifier is invalid. The ARN {ref.requested} names account {ref.account}; "
+                f"this server answers as account {account}."
+            )
+            return cls(identifier, None, foreign, identifier)
         if ref.kind == "provisioned-model-arn":
             return cls(identifier, ref, None, ref.requested)
         return cls(identifier, ref, None, aliases.get(ref.model_id, ref.model_id))
@@ -115,8 +124,10 @@ class RequestContext:
     error_code: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
-    # Anything the caller's identity carries that handlers need (the auth layer's Principal, with its policy).
+    # Anything the caller's identity carries that handlers need (the auth layer's Principal, with its policy), and
+    # the IAM condition context its policy was evaluated with.
     principal: Any = None
+    policy_context: dict[str, str] | None = None
 
     @property
     def operation_name(self) -> str | None:

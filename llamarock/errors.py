@@ -24,6 +24,7 @@ no service model defines, such as the front end's authentication errors)::
     ├── ResourceNotFoundException        404
     ├── UnknownOperationException        404  (front-end, unmodelled): no such route
     ├── ModelTimeoutException            408
+    ├── RequestTimeoutException          408  (front-end, unmodelled): the body did not arrive in time
     ├── ModelErrorException              424  the engine failed while processing
     ├── ModelStreamErrorException        424  the engine failed after the stream started
     ├── ThrottlingException              429
@@ -135,6 +136,13 @@ class UnknownOperationException(BedrockError):
 
 class ModelTimeoutException(BedrockError):
     code = "ModelTimeoutException"
+    fallback_status = 408
+
+
+class RequestTimeoutException(BedrockError):
+    """The client did not send its request body within ``body_read_timeout_s`` (unmodelled; a front-end error)."""
+
+    code = "RequestTimeoutException"
     fallback_status = 408
 
 

@@ -231,6 +231,23 @@ class Settings(BaseSettings):
         description="Provisioned Throughput: how long a new (or model-changing) provisioned model stays Creating "
         "(Updating) before it is InService, once the deployment serving its model is loaded.",
     )
+    pending_body_limit_bytes: int = Field(
+        default=268_435_456, ge=25_000_000,
+        description="Most bytes of request bodies held at once while they are read, before their signatures are "
+        "checked (each body is at most 25 MB); a request that would go past it gets ServiceUnavailableException. "
+        "Requests without a valid credential are refused before their body is read.",
+    )
+    body_read_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="Seconds a client may take to send a request's body once its headers arrived; past it the "
+        "request gets RequestTimeoutException (408).",
+    )
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto headers are trusted "
+        "(the client address and scheme policies and the audit log see), e.g. `[\"10.0.0.2\"]` or `[\"*\"]`; "
+        "empty means no proxy headers are trusted, from anyone (loopback included).",
+    )
     clock_skew_seconds: int = Field(
         default=300, ge=1, description="How far a SigV4 timestamp may be from the server's clock, in seconds."
     )
@@ -264,8 +281,9 @@ class Settings(BaseSettings):
     )
     invocation_log_retry_max_s: float = Field(
         default=60.0, gt=0,
-        description="Model invocation logging: longest wait between delivery attempts while the blob store is "
-        "down (the wait doubles from 0.5 s up to this).",
+        description="Model invocation logging: longest wait between delivery attempts to a failing destination "
+        "(bucket and prefix); the wait doubles from min(0.5 s, this) up to this, while other destinations keep "
+        "flowing.",
     )
     prices: dict[str, PriceSettings] = Field(
         default_factory=dict,

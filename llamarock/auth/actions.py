@@ -6,7 +6,7 @@ edge (:class:`~llamarock.context.ModelName`).
 
 from __future__ import annotations
 
-from llamarock.bedrock.model_ids import foundation_model_arn, inference_profile_arn
+from llamarock.bedrock.model_ids import foundation_model_arn, inference_profile_arn, provisioned_model_arn
 from llamarock.context import ModelName
 
 
@@ -33,3 +33,28 @@ def model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[
         ref.geo or "us", model_id, region, account
     )
     return (profile, foundation_model_arn(model_id, model_region)), model_id
+
+
+# The quota bucket of identifiers that name no model (made-up ids must not grow the quota table).
+UNKNOWN_MODEL = "(unknown model)"
+
+
+def label_resources(kind: str, labels: dict[str, str], region: str, account: str) -> tuple[str, ...]:
+    """The ARN a control-plane operation's action is on, from its URI label (``*`` for account-wide operations).
+
+    A provisioned model named by its name or id becomes its ARN's form, so that a policy on
+    ``arn:aws:bedrock:*:*:provisioned-model/*`` governs Create, Get, Update and Delete alike (Create, whose model
+    has no id yet, is on ``provisioned-model/*``).
+    """
+    label = next(iter(labels.values()), "")
+    if kind == "*" or (not label and kind != "provisioned-model"):
+        return ("*",)
+    if label.startswith("arn:"):
+        return (label,)
+    if kind == "provisioned-model":
+        return (provisioned_model_arn(region, account, label or "*"),)
+    if kind == "foundation-model":
+        return (foundation_model_arn(label, region),)
+    if kind == "inference-profile":
+        return (f"arn:aws:bedrock:{region}:{account}:inference-profile/{label}",)
+    return ("*",)

@@ -33,6 +33,8 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record["time"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         line = json.dumps({k: record[k] for k in FIELDS if record.get(k) is not None}, ensure_ascii=False)
+        if not self.path.exists():
+            self.path.touch(mode=0o600)  # who called what, from where: for the operator's eyes only
         handler = logging.handlers.RotatingFileHandler(
             self.path, maxBytes=self._max_bytes, backupCount=self._backups, encoding="utf-8"
         )

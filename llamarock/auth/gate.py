@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from llamarock.auth.actions import model_resources
+from llamarock.auth.actions import UNKNOWN_MODEL, label_resources, model_resources
 from llamarock.auth.audit import AuditLog
-from llamarock.auth.identity import Authenticator, Identity, RequestParts
+from llamarock.auth.identity import Authenticator, Identity, Pending, RequestParts
 from llamarock.auth.quotas import Quotas, Reservation, request_estimate
+from llamarock.bedrock import catalog
 from llamarock.context import RequestContext
 from llamarock.errors import AccessDeniedException
 from llamarock.observability.logs import log_access
@@ -36,6 +37,11 @@ def denial(principal_arn: str, action: str, resource: str, explicit: bool) -> Ac
     return AccessDeniedException(
         f"User: {principal_arn} is not authorized to perform: {action} on resource: {resource} {reason}"
     )
+
+
+def _parts(context: RequestContext, scope: Mapping[str, Any]) -> RequestParts:
+    return RequestParts(context.method, context.raw_path, context.query, scope["headers"],
+                        secure=scope.get("scheme") == "https")
 
 
 def _context(identity: Identity, scope: Mapping[str, Any], now: datetime) -> dict[str, str]:
@@ -67,12 +73,16 @@ class Gate:
         )
         self._reservations: dict[str, Reservation] = {}
 
-    async def admit(self, context: RequestContext, scope: Mapping[str, Any]) -> None:
-        """Let the request through, or raise the AWS error that refuses it (authentication, policy, quota)."""
-        now = datetime.now(UTC)
-        parts = RequestParts(context.method, context.raw_path, context.query, scope["headers"], context.body)
+    async def identify(self, context: RequestContext, scope: Mapping[str, Any]) -> Pending:
+        """Who calls, from the request's head (before its body is read); the AWS error that refuses an unknown or
+        malformed credential."""
         context.decision = "unauthenticated"
-        identity = await self.authenticator.authenticate(parts, now)
+        return await self.authenticator.identify(_parts(context, scope), datetime.now(UTC))
+
+    async def admit(self, context: RequestContext, scope: Mapping[str, Any], pending: Pending) -> None:
+        """Let the request through, or raise the AWS error that refuses it (signature, policy, quota)."""
+        now = datetime.now(UTC)
+        identity = self.authenticator.verify(pending, _parts(context, scope), context.body)
         principal = identity.principal
         context.principal = principal
         context.principal_arn, context.principal_name = principal.arn, principal.name
@@ -83,13 +93,10 @@ class Gate:
         if operation is None:
             context.decision = "allow"  # no such operation: the edge answers UnknownOperationException
             return
-        if operation.resource == "model" and context.model is not None:
-            resources, quota_model = model_resources(context.model, identity.region, self.settings.account_id)
-        else:
-            resources, quota_model = ("*",), ""
+        resources, quota_model = self._resources(context, identity.region)
         context.resource = resources[0]
         context.decision = "deny"
-        policy_context = _context(identity, scope, now)
+        policy_context = context.policy_context = _context(identity, scope, now)
         for resource in resources if operation.action else ():
             decision = principal.policy.evaluate(operation.action, resource, policy_context)
             if decision != "Allow":
@@ -105,11 +112,26 @@ class Gate:
         if reservation.bucket is not None:
             self._reservations[context.request_id] = reservation
 
+    def _resources(self, context: RequestContext, region: str) -> tuple[tuple[str, ...], str]:
+        """The ARNs the operation's action is on, and the model its quotas count under ("" for none)."""
+        operation = context.operation
+        assert operation is not None
+        account = self.settings.account_id
+        if operation.resource == "model" and context.model is not None:
+            resources, quota_model = model_resources(context.model, region, account)
+            # Identifiers that name no model share one bucket, so made-up ids cannot grow the quota table.
+            known = context.model.ref is not None and (
+                context.model.ref.kind == "provisioned-model-arn" or catalog.get(quota_model) is not None
+            )
+            return resources, quota_model if known else UNKNOWN_MODEL
+        return label_resources(operation.resource, context.labels, region, account), ""
+
     def allowed(self, context: RequestContext, action: str) -> bool:
-        """Whether the caller's policy allows a llamarock action on ``*`` (any caller in ``--auth dev``)."""
+        """Whether the caller's policy allows a llamarock action on ``*``, with the request's own policy context
+        (so that Deny conditions apply as everywhere); any caller in ``--auth dev``."""
         if self.settings.auth == "dev" or context.principal is None:
             return True
-        return bool(context.principal.policy.evaluate(action, "*", {}) == "Allow")
+        return bool(context.principal.policy.evaluate(action, "*", context.policy_context or {}) == "Allow")
 
     def record(self, record: InvocationRecord) -> None:
         """Observer of finished invocations: settle the call's token reservation with the tokens it used."""

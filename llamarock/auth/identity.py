@@ -58,11 +58,23 @@ class Identity:
 
 @dataclass(frozen=True)
 class RequestParts:
+    """What authentication looks at: the request line and headers (``secure`` when it came over TLS)."""
+
     method: str
     raw_path: bytes
     query_string: bytes
     headers: Sequence[tuple[bytes, bytes]]
-    body: bytes
+    secure: bool = False
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A caller identified from the request's head; ``signed`` is the SigV4 signature still to be checked against the
+    body (None when nothing is left to check: a bearer token, or the dev principal)."""
+
+    identity: Identity
+    signed: sigv4.SignedRequest | None = None
+    secret: str = ""
 
 
 class Authenticator:
@@ -96,13 +108,20 @@ class Authenticator:
     def enforce(self) -> bool:
         return self.settings.auth == "enforce"
 
-    async def authenticate(self, request: RequestParts, now: datetime) -> Identity:
-        """The caller, or the AWS error that says why not."""
+    async def identify(self, request: RequestParts, now: datetime) -> Pending:
+        """Who the request's head says is calling, or the AWS error that says why not — before its body is read,
+        so that callers with no valid key never make the server buffer a body. :meth:`verify` checks the signature
+        against the body once it is read."""
         authorization = sigv4._header(request.headers, b"authorization")
         params = dict(sigv4.query_pairs(request.query_string))
         scheme, _, credential = (authorization or "").strip().partition(" ")
         if scheme == "Bearer":
-            return await self._bearer(credential.strip())
+            if self.enforce and not request.secure:
+                raise UnrecognizedClientException(
+                    "Bedrock API keys (bearer tokens) are accepted only over HTTPS: serve with --tls-cert and "
+                    "--tls-key, or sign the request with SigV4."
+                )
+            return Pending(await self._bearer(credential.strip()))
         if authorization is not None:
             signed = sigv4.parse_authorization(authorization, request.headers)
         elif "X-Amz-Algorithm" in params or "X-Amz-Signature" in params:
@@ -110,9 +129,20 @@ class Authenticator:
         elif self.enforce:
             raise MissingAuthenticationTokenException(MISSING_TOKEN)
         else:
-            return Identity(self.dev_principal, None, "none", self.settings.region)
+            return Pending(Identity(self.dev_principal, None, "none", self.settings.region))
         self._check_region(signed.region)
-        return await self._sigv4(signed, request, now)
+        return await self._sigv4(signed, now)
+
+    def verify(self, pending: Pending, request: RequestParts, body: bytes) -> Identity:
+        """The caller, once the signature matches the whole request, body included; InvalidSignatureException
+        otherwise."""
+        signed = pending.signed
+        if signed is not None and not sigv4.signature_matches(
+            signed, pending.secret, method=request.method, raw_path=request.raw_path,
+            query_string=request.query_string, headers=request.headers, body=body,
+        ):
+            raise InvalidSignatureException(BAD_SIGNATURE)
+        return pending.identity
 
     def _check_region(self, region: str) -> None:
         """A signature for a region this server does not answer for is refused, as AWS's front end refuses a
@@ -135,22 +165,17 @@ class Authenticator:
         stored, key_id = found
         return Identity(self._principal(stored), key_id, "bearer", self.settings.region)
 
-    async def _sigv4(self, signed: sigv4.SignedRequest, request: RequestParts, now: datetime) -> Identity:
+    async def _sigv4(self, signed: sigv4.SignedRequest, now: datetime) -> Pending:
         auth_type = "presigned" if signed.presigned else "sigv4"
         found = await asyncio.to_thread(self.store.find_access_key, signed.access_key_id)
         if found is None:
             if self.enforce:
                 raise UnrecognizedClientException(INVALID_TOKEN)
-            return Identity(self.dev_principal, None, auth_type, signed.region)
+            return Pending(Identity(self.dev_principal, None, auth_type, signed.region))
         if signed.security_token is not None and self.enforce:
             # llamarock issues long-term keys only; a session token belongs to some other issuer.
             raise UnrecognizedClientException(INVALID_TOKEN)
         stored, secret = found
         sigv4.check_time(signed, now, self.settings.clock_skew_seconds)
-        matches = sigv4.signature_matches(
-            signed, secret, method=request.method, raw_path=request.raw_path, query_string=request.query_string,
-            headers=request.headers, body=request.body,
-        )
-        if not matches:
-            raise InvalidSignatureException(BAD_SIGNATURE)
-        return Identity(self._principal(stored), signed.access_key_id, auth_type, signed.region)
+        identity = Identity(self._principal(stored), signed.access_key_id, auth_type, signed.region)
+        return Pending(identity, signed, secret)

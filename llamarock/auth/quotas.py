@@ -20,6 +20,8 @@ from llamarock.types import DEFAULT_MAX_TOKENS as DEFAULT_MAX_GEN_LEN
 
 TOO_MANY_REQUESTS = "Too many requests, please wait before trying again."
 TOO_MANY_TOKENS = "Too many tokens, please wait before trying again."
+# Past this many buckets, full (idle) ones are forgotten before a new one is made.
+PRUNE_AT = 4096
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,15 @@ class Quotas:
         key = (principal, model, kind, limit)
         bucket = self._buckets.get(key)
         if bucket is None:
+            if len(self._buckets) >= PRUNE_AT:
+                self._prune()
             bucket = self._buckets[key] = TokenBucket(limit, self._clock)
         return bucket
+
+    def _prune(self) -> None:
+        """Forget buckets that have refilled completely: a full bucket is what a new one would be."""
+        for key in [key for key, bucket in self._buckets.items() if bucket.used() == 0]:
+            del self._buckets[key]
 
     def usage(self) -> list[QuotaUse]:
         """Limits and use per principal and model, for every pair that has been limited since the server started.

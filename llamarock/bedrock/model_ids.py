@@ -13,8 +13,9 @@ GEO_PREFIXES = ("us", "eu", "apac")
 
 INVALID_MODEL_IDENTIFIER = "The provided model identifier is invalid."
 
+# llamarock answers in the aws partition only (the ARNs it returns say arn:aws).
 _ARN = re.compile(
-    r"^arn:aws(?:-[a-z]+)*:bedrock:(?P<region>[a-z0-9-]*):(?P<account>\d{12})?:"
+    r"^arn:aws:bedrock:(?P<region>[a-z0-9-]*):(?P<account>\d{12})?:"
     r"(?P<type>foundation-model|inference-profile|provisioned-model)/(?P<rest>.+)$"
 )
 _PROVISIONED_ID = re.compile(r"^[a-z0-9]{12}$")
@@ -38,6 +39,7 @@ class ModelRef:
     geo: str | None = None
     region: str | None = None
     provisioned_id: str | None = None
+    account: str | None = None
 
 
 def _split_profile(identifier: str) -> tuple[str | None, str]:
@@ -67,11 +69,14 @@ def parse_model_ref(identifier: str) -> ModelRef:
         if match["type"] == "provisioned-model":
             if not match["account"] or not region or not _PROVISIONED_ID.match(match["rest"]):
                 raise ValidationException(INVALID_MODEL_IDENTIFIER)
-            return ModelRef(identifier, "", "provisioned-model-arn", region=region, provisioned_id=match["rest"])
+            return ModelRef(identifier, "", "provisioned-model-arn", region=region, provisioned_id=match["rest"],
+                            account=match["account"])
         geo, model_id = _split_profile(match["rest"])
-        if geo is None:
+        # An inference profile's ARN names its region and account (the caller's), as AWS writes it.
+        if geo is None or not region or not match["account"]:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
-        return ModelRef(identifier, model_id, "inference-profile-arn", geo=geo, region=region)
+        return ModelRef(identifier, model_id, "inference-profile-arn", geo=geo, region=region,
+                        account=match["account"])
     geo, model_id = _split_profile(identifier)
     if geo is not None:
         return ModelRef(identifier, model_id, "inference-profile", geo=geo)

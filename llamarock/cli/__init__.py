@@ -8,6 +8,7 @@ configuration error, as one line on stderr and returns 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -58,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error (2), already printed
         return exit_.code if isinstance(exit_.code, int) else 2
     run: Callable[[argparse.Namespace], int] = args.run
+    # What llamarock writes (metadata database, audit log, invocation-log spool, blobs) holds keys, prompts and
+    # answers: readable by its own user only.
+    os.umask(0o077)
     try:
         return run(args)
     except ValidationError as error:

@@ -70,5 +70,8 @@ def run(args: argparse.Namespace) -> int:
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, log_config=None,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        # Proxy headers only from the proxies the operator names (uvicorn would trust loopback by default).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=",".join(settings.forwarded_allow_ips) or "",
     )
     return 0

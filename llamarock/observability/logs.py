@@ -54,12 +54,20 @@ def configure(level: str, log_format: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
+def printable(text: Any) -> Any:
+    """Text with control characters escaped (``\\n``, ``\\x1b``...), so that a request's path can never write a
+    line of its own into a text log."""
+    if not isinstance(text, str) or text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def log_access(audit: dict[str, Any]) -> None:
     """The access line of one request, from the auth gate's audit record (camelCase keys)."""
     fields = {
         "request_id": audit.get("requestId"),
-        "method": audit.get("method"),
-        "path": audit.get("path"),
+        "method": printable(audit.get("method")),
+        "path": printable(audit.get("path")),
         "operation": audit.get("operation"),
         "model": audit.get("model"),
         "principal": audit.get("principal"),

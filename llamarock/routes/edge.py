@@ -15,6 +15,7 @@ It then gives back a quota reservation nothing settled, and writes the audit and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.requests import ClientDisconnect
@@ -30,6 +31,8 @@ from llamarock.errors import (
     InternalServerException,
     ModelErrorException,
     ModelStreamErrorException,
+    RequestTimeoutException,
+    ServiceUnavailableException,
     ThrottlingException,
     UnknownOperationException,
 )
@@ -45,19 +48,58 @@ class _Disconnected(Exception):
     """The client went away while sending its body."""
 
 
-async def _read_body(scope: Scope, receive: Receive) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit():
-            check_body_size(int(value))
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        body.extend(message.get("body", b""))
-        check_body_size(len(body))
-        if not message.get("more_body", False):
-            return bytes(body)
+class BodyBudget:
+    """Request bodies are read whole (the signature covers them) before their signature is checked; all the bodies
+    being read at once share ``limit`` bytes, so that callers who only know an access key id cannot make the
+    server hold more. A request that would go past it is refused with ServiceUnavailableException (retryable)."""
+
+    def __init__(self, limit: int, timeout_s: float) -> None:
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.held = 0
+
+    async def read(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body, or RequestTimeoutException when it takes longer than ``timeout_s`` to arrive."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._read(scope, receive)
+        except TimeoutError:
+            raise RequestTimeoutException(
+                f"Your request body was not received within {self.timeout_s:g} s (body_read_timeout_s). Send it "
+                "without pausing, or retry."
+            ) from None
+
+    async def _read(self, scope: Scope, receive: Receive) -> bytes:
+        declared = 0
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+                check_body_size(declared)
+        body = bytearray()
+        taken = 0
+        try:
+            taken = self._take(declared)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                body.extend(message.get("body", b""))
+                check_body_size(len(body))
+                if len(body) > taken:
+                    taken += self._take(len(body) - taken)
+                if not message.get("more_body", False):
+                    return bytes(body)
+        finally:
+            self.held -= taken
+
+    def _take(self, size: int) -> int:
+        if size and self.held + size > self.limit:
+            raise ServiceUnavailableException(
+                "The server is reading as many request bodies as it holds at once (pending_body_limit_bytes). "
+                "Retry the request shortly."
+            )
+        self.held += size
+        return size
 
 
 class _Response:
@@ -103,6 +145,7 @@ class Edge:
         self.gate = gate
         self.observers = observers
         self.settings = settings
+        self.bodies = BodyBudget(settings.pending_body_limit_bytes, settings.body_read_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,13 +160,17 @@ class Edge:
         if resolved is not None:
             context.operation, context.labels = resolved
             if context.operation.resource == "model":
-                context.model = ModelName.parse(context.labels.get("modelId", ""), self.settings.aliases)
+                context.model = ModelName.parse(context.labels.get("modelId", ""), self.settings.aliases,
+                                                self.settings.account_id)
         public = context.operation is not None and context.operation.public
         status: int | None = None
         try:
             if not public:
-                context.body = await _read_body(scope, receive)
-                await self.gate.admit(context, scope)
+                # The caller is identified from the head first: a request with no valid credential is refused
+                # before its body is read, and bodies of requests not yet verified share a bounded budget.
+                pending = await self.gate.identify(context, scope)
+                context.body = await self.bodies.read(scope, receive)
+                await self.gate.admit(context, scope, pending)
             self._check_operation(context)
             await self.app(scope, receive, response.send)
         except _Disconnected:

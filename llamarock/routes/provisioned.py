@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
+from llamarock.codec.service_model import service_model
 from llamarock.errors import ValidationException
 from llamarock.routes.control import ControlCall
 from llamarock.services.provisioning import ListFilter, ProvisionedModel, ProvisioningService
@@ -57,7 +59,22 @@ def _offset(token: str | None) -> int:
     return offset
 
 
+def _check_name(member: str, name: str | None) -> None:
+    """A provisioned model's name as the service model constrains it (its pattern; the codec checks lengths)."""
+    if name is None:
+        return
+    shape = service_model("bedrock").shape_for("ProvisionedModelName")
+    pattern = shape.metadata["pattern"]
+    if re.fullmatch(pattern, name) is None:
+        shown = name.encode("unicode_escape").decode("ascii")
+        raise ValidationException(
+            f"1 validation error detected: Value '{shown}' at '{member}' failed to satisfy constraint: Member must "
+            f"satisfy regular expression pattern: {pattern}"
+        )
+
+
 async def create_provisioned_model_throughput(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    _check_name("provisionedModelName", params["provisionedModelName"])
     model = await _service(call).create(
         region=call.region,
         account=call.account_id,
@@ -100,6 +117,7 @@ async def list_provisioned_model_throughputs(call: ControlCall, params: dict[str
 
 
 async def update_provisioned_model_throughput(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    _check_name("desiredProvisionedModelName", params.get("desiredProvisionedModelName"))
     await _service(call).update(
         call.region, params["provisionedModelId"], params.get("desiredProvisionedModelName"),
         params.get("desiredModelId"),

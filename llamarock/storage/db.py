@@ -38,6 +38,7 @@ def open_engine(url: str) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private(Path(path))
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -49,6 +50,14 @@ def open_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
     return engine
+
+
+def private(path: Path) -> None:
+    """Make a data file readable by its owner only (the file is created so when it does not exist yet)."""
+    if not path.exists():
+        path.touch(mode=0o600)
+    if path.is_file():
+        path.chmod(0o600)
 
 
 class Database:
