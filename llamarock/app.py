@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
 
 from llamarock.auth.gate import Gate
 from llamarock.observability.invocation_log import InvocationLog
 from llamarock.observability.metrics import InvocationMetrics
 from llamarock.observability.records import Observers
 from llamarock.observability.usage import UsageRecorder, UsageStore
-from llamarock.routes.dispatch import dispatch
+from llamarock.routes.dispatch import dispatch_app
 from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
@@ -31,8 +30,6 @@ from llamarock.storage.db import Database
 from llamarock.storage.keys import KeyStore
 from llamarock.storage.logging_config import LoggingConfigStore
 from llamarock.storage.provisioned import ProvisionedStore
-
-METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -73,10 +70,10 @@ def create_app(settings: Settings) -> Starlette:
             database.close()
 
     app = Starlette(
-        routes=[Route("/{rest:path}", dispatch, methods=METHODS)],
         middleware=[Middleware(Edge, table=OperationTable(), gate=gate, observers=observers, settings=settings)],
         lifespan=lifespan,
     )
+    app.router.default = dispatch_app  # every request the edge lets through, whatever its path
     app.state.settings = settings
     app.state.gate = gate
     app.state.registry = registry

@@ -237,6 +237,15 @@ class Settings(BaseSettings):
         "checked (each body is at most 25 MB); a request that would go past it gets ServiceUnavailableException. "
         "Requests without a valid credential are refused before their body is read.",
     )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Seconds a client may take to send a request's line and headers, from the moment its connection "
+        "opened or its previous response ended; past it the connection is closed (slow clients cannot hold "
+        "connections open).",
+    )
+    idle_timeout_s: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection stays open between requests.",
+    )
     body_read_timeout_s: float = Field(
         default=60.0, gt=0,
         description="Seconds a client may take to send a request's body once its headers arrived; past it the "

@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from llamarock.app import create_app
 from llamarock.auth.gate import Gate
@@ -27,7 +26,7 @@ from llamarock.codec.service_model import service_model
 from llamarock.context import BEDROCK, LLAMAROCK, RUNTIME, Operation
 from llamarock.errors import ServiceUnavailableException
 from llamarock.observability.records import Observers
-from llamarock.routes.dispatch import dispatch
+from llamarock.routes.dispatch import dispatch_app
 from llamarock.routes.edge import Edge
 from llamarock.routes.operations import ROWS, OperationTable
 from llamarock.settings import load_settings
@@ -145,8 +144,8 @@ def _edge_app(tmp_path: Path, *rows: Operation) -> Starlette:
     settings = load_settings(data_dir=tmp_path, engine="fake")
     gate = Gate(settings, KeyStore(Database.for_settings(settings), tmp_path))
     table = OperationTable(rows)
-    app = Starlette(routes=[Route("/{rest:path}", dispatch, methods=["GET", "POST"])],
-                    middleware=[Middleware(Edge, table=table, gate=gate, observers=Observers(), settings=settings)])
+    app = Starlette(middleware=[Middleware(Edge, table=table, gate=gate, observers=Observers(), settings=settings)])
+    app.router.default = dispatch_app
     return app
 
 

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llamarock.app import create_app
+    from llamarock.cli import http_protocol
     from llamarock.observability import logs
 
     logs.configure(settings.log_level, settings.log_format)
@@ -73,5 +74,7 @@ def run(args: argparse.Namespace) -> int:
         # Proxy headers only from the proxies the operator names (uvicorn would trust loopback by default).
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=",".join(settings.forwarded_allow_ips) or "",
+        http=http_protocol.protocol(settings.header_timeout_s),
+        timeout_keep_alive=settings.idle_timeout_s,
     )
     return 0
