@@ -12,6 +12,7 @@ no service model defines, such as the front end's authentication errors)::
     ├── EngineError                      an engine failed; the service layer translates it once
     │   ├── ContextOverflowError         the prompt does not fit the context window
     │   ├── UnsupportedSchemaError       a JSON schema the engine cannot enforce
+    │   ├── EmptyPromptError             the prompt has no tokens
     │   └── EngineNotReadyError          the weights are not loaded yet
     └── BedrockError                     (code, message, extra members): what a client sees
     ├── ValidationException              400  bad input: schema, ranges, model id, prompt too long
@@ -202,6 +203,14 @@ class ContextOverflowError(EngineError):
         super().__init__(f"prompt of {prompt_tokens} tokens does not fit a context of {context_length} tokens")
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+
+
+class EmptyPromptError(EngineError):
+    """The prompt tokenizes to no tokens at all (an empty raw prompt, on weights that add no BOS token): there is
+    nothing to decode, so it is refused before it reaches the decode loop."""
+
+    def __init__(self) -> None:
+        super().__init__("the prompt has no tokens, so there is nothing to generate from")
 
 
 class UnsupportedSchemaError(EngineError):

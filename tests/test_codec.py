@@ -191,6 +191,7 @@ UNMODELLED = [
     (errors.MissingAuthenticationTokenException, 403),
     (errors.UnknownOperationException, 404),
     (errors.SerializationException, 400),
+    (errors.RequestTimeoutException, 408),
 ]
 
 

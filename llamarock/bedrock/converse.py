@@ -15,7 +15,15 @@ from typing import Any, Literal
 from llamarock.bedrock import documents
 from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.prompts import render_llama2, render_llama3
-from llamarock.bedrock.tools import ToolCall, ToolSpec, render_tool_call, render_tool_result, tools_system_prompt
+from llamarock.bedrock.schema_limits import check_enforced_schema
+from llamarock.bedrock.tools import (
+    ToolCall,
+    ToolSpec,
+    call_schema,
+    render_tool_call,
+    render_tool_result,
+    tools_system_prompt,
+)
 from llamarock.errors import ValidationException
 from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, ChatMessage
 
@@ -139,9 +147,23 @@ def _output_schema(output_config: dict[str, Any] | None) -> dict[str, Any] | Non
         raise ValidationException(
             f"outputConfig.textFormat.structure.jsonSchema.schema is not valid JSON: {exc}"
         ) from exc
+    except RecursionError:
+        raise ValidationException(
+            "outputConfig.textFormat.structure.jsonSchema.schema can't be enforced: it nests too deeply to parse. "
+            "Flatten the schema, and try again."
+        ) from None
     if not isinstance(schema, dict):
         raise ValidationException("outputConfig.textFormat.structure.jsonSchema.schema must be a JSON object.")
+    check_enforced_schema(schema, "The outputConfig.textFormat.structure.jsonSchema.schema")
     return schema
+
+
+def _check_forced_tools(choice: str | None, forced: tuple[ToolSpec, ...]) -> None:
+    """Tools the answer must call (toolChoice any/tool) have their input schemas enforced: bound them first."""
+    for tool in forced:
+        check_enforced_schema(tool.input_schema, f"The inputSchema of tool {tool.name} (toolChoice {choice})")
+    if len(forced) > 1:
+        check_enforced_schema(call_schema(forced), f"The {len(forced)} tools of toolChoice any, taken together,")
 
 
 def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, images: list[bytes],
@@ -273,7 +295,7 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
     stops = tuple(inference.get("stopSequences") or ())
     if any(not s for s in stops):
         raise ValidationException("stopSequences must not contain empty strings.")
-    return ChatRequest(
+    chat = ChatRequest(
         system=_system_text(params.get("system") or []),
         turns=tuple(turns),
         tools=tools,
@@ -289,6 +311,8 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
         request_metadata=dict(params.get("requestMetadata") or {}),
         response_field_paths=tuple(params.get("additionalModelResponseFieldPaths") or ()),
     )
+    _check_forced_tools(choice, chat.forced_tools)
+    return chat
 
 
 def chat_messages(chat: ChatRequest) -> tuple[tuple[ChatMessage, ...], str]:

@@ -22,6 +22,7 @@ from typing import Any, Final, cast
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
+from llamarock.bedrock.schema_limits import lone_surrogate
 from llamarock.errors import ValidationException
 from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
@@ -60,6 +61,9 @@ _VALIDATOR: Final = Draft7Validator(NATIVE_REQUEST_SCHEMA)
 
 _MALFORMED: Final = "Malformed input request, please reformat your input and try again."
 _SUFFIX: Final = ", please reformat your input and try again."
+# Bedrock accepts an empty prompt (the Llama tokenizers still give it a BOS token); weights whose tokenizer gives it
+# no token at all cannot run it, and the service layer refuses it in everit's words for a string too short.
+EMPTY_PROMPT: Final = f"Malformed input request: #/prompt: expected minLength: 1, actual: 0{_SUFFIX}"
 
 # JSON-schema type name -> everit's name for the expected type.
 _EVERIT_TYPES: Final = {
@@ -180,6 +184,23 @@ def _schema_messages(document: Any) -> list[str]:
     return messages
 
 
+def _surrogate_messages(document: Any) -> list[str]:
+    """A string member that is not valid Unicode: ``json.loads`` decodes an unpaired ``\\ud800`` escape into a
+    string no UTF-8 encoder (so no tokenizer) accepts."""
+    if not isinstance(document, dict):
+        return []
+    strings = [("#/prompt", document.get("prompt"))]
+    images = document.get("images")
+    if isinstance(images, list):
+        strings += [(f"#/images/{index}", item) for index, item in enumerate(images)]
+    messages = []
+    for where, value in strings:
+        surrogate = lone_surrogate(value) if isinstance(value, str) else None
+        if surrogate is not None:
+            messages.append(f"{where}: string contains the unpaired surrogate {surrogate} and is not valid UTF-8")
+    return messages
+
+
 def parse_native_request(body: bytes) -> NativeRequest:
     """Validate a native Llama InvokeModel body and return it with defaults applied.
 
@@ -192,7 +213,7 @@ def parse_native_request(body: bytes) -> NativeRequest:
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValidationException(_MALFORMED) from None
 
-    messages = _schema_messages(document)
+    messages = _schema_messages(document) + _surrogate_messages(document)
     if len(messages) == 1:
         raise ValidationException(f"Malformed input request: {messages[0]}{_SUFFIX}")
     if messages:

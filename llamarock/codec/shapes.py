@@ -30,7 +30,6 @@ members bound to the URL, headers or query string (``modelId``); a pattern Pytho
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 import re
@@ -47,6 +46,14 @@ from llamarock.codec.service_model import RUNTIME, operation_model
 from llamarock.errors import SerializationException, ValidationException
 
 MAX_VALUE_CHARS = 256
+# JSON nested deeper than this is refused as unparseable, like JSON Python cannot parse at all. Python recurses once
+# a level to parse, render or re-serialise a document, within a recursion limit of 1000 frames shared with the
+# request's own stack, so the bound keeps every later walk of the body (tool schemas into the prompt, toolUse input
+# as JSON, messages quoting a value) far from RecursionError.
+MAX_JSON_DEPTH = 256
+# An escaped UTF-16 surrogate (\ud800-\udfff): only a body with one can decode to a string that is not Unicode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _ALSO_SENSITIVE: dict[str, frozenset[str]] = {RUNTIME: frozenset({"ContentBlock", "SystemContentBlock"})}
 _TYPE_WORDS = {"long": "integer", "float": "number", "double": "number"}
@@ -112,10 +119,52 @@ def _load(body: bytes) -> Any:
         document = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise SerializationException(f"Unable to parse request body: {exc}. Send a JSON object.") from None
+    except RecursionError:
+        raise SerializationException(_too_deep()) from None
     if not isinstance(document, dict):
         kind = type(document).__name__ if document is not None else "null"
         raise SerializationException(f"Unable to parse request body: it is a JSON {kind}. Send a JSON object.")
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH or _SURROGATE_ESCAPE.search(text):
+        _check_document(document, check_strings=_SURROGATE_ESCAPE.search(text) is not None)
     return document
+
+
+def _too_deep() -> str:
+    return (f"Unable to parse request body: it nests objects and arrays more than {MAX_JSON_DEPTH} levels deep. "
+            f"Send a JSON object nested at most {MAX_JSON_DEPTH} levels deep.")
+
+
+def _check_document(document: dict[str, Any], *, check_strings: bool) -> None:
+    """Refuse a body nested deeper than MAX_JSON_DEPTH (SerializationException) or holding a string that is not
+    Unicode: ``json.loads`` decodes an unpaired ``\\ud800`` escape into a string no UTF-8 encoder accepts."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, str):
+            if check_strings and _SURROGATE.search(node):
+                _unpaired(node, path)
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise SerializationException(_too_deep())
+        if isinstance(node, list):
+            stack.extend((item, f"{path}.{index}.member", depth + 1) for index, item in enumerate(node, 1))
+            continue
+        for key, item in node.items():
+            if check_strings and _SURROGATE.search(key):
+                _unpaired(key, path)
+            stack.append((item, _join(path, key), depth + 1))
+
+
+def _unpaired(text: str, path: str) -> None:
+    found = _SURROGATE.search(text)
+    assert found is not None
+    raise ValidationException(
+        f"1 validation error detected: Value at '{path or 'body'}' failed to satisfy constraint: Member must be "
+        f"valid Unicode text, but it contains the unpaired surrogate \\u{ord(found.group()):04x}. Send the text as "
+        "UTF-8 (a character beyond U+FFFF escaped as a surrogate pair)."
+    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -255,7 +304,7 @@ class _Walker:
         elif kind == "blob" and isinstance(value, str | bytes):
             try:
                 return value if isinstance(value, bytes) else base64.b64decode(value, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, and non-ASCII text that cannot be base64 at all
                 pass
         elif kind == "timestamp":
             stamp = _timestamp(value)

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -38,7 +40,7 @@ from typing import Any
 
 import llama_cpp
 
-from llamarock.errors import EngineError
+from llamarock.errors import EmptyPromptError, EngineError, UnsupportedSchemaError
 from llamarock.types import GenerationChunk, SamplingParams, StopReason
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,51 @@ HOST_ENTRIES = 64  # at most this many prefixes in host memory (each admission c
 # than computing one, so the bar is low: it only stops a long conversation being copied to reuse a chat template's
 # first tokens).
 RESTORE_MIN_SHARE = 1 / 32
+
+
+# Grammar bounds, checked before llama.cpp parses a grammar (llama-cpp-python 0.3.36, embedded model; numbers from
+# tests/adversarial/test_engine_inputs.py's measurements). llama.cpp's recursive-descent parser recurses once per
+# nested group: it refuses more than 1,000 nested optionals (what a maxLength or maxItems of 1,001 becomes) and
+# overflows an 8 MiB thread stack, killing the process, from about 18,600 nesting levels (a smaller stack: fewer).
+# llama.cpp expands a grammar's own {m,n} itself ("a"{20000} is refused). Parsing a grammar within these
+# bounds takes milliseconds (a megabyte: about 20 ms).
+MAX_GRAMMAR_BYTES = 1 << 20
+MAX_GRAMMAR_DEPTH = 1000
+MAX_GRAMMAR_REPEAT = 1000
+# A sampling step of a grammar-constrained sequence taking longer than this (a few milliseconds is usual) means an
+# ambiguous grammar whose live alternatives multiply with every token: the request is stopped before the next,
+# slower step holds up every other sequence.
+GRAMMAR_STEP_LIMIT_S = 2.0
+
+_GBNF_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\[(?:[^\]\\\n]|\\.)*\]|#[^\n]*')
+_GBNF_PARENS = re.compile(r"[()]")
+_GBNF_REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def check_grammar(grammar: str) -> None:
+    """Refuse a GBNF grammar that llama.cpp would crash on or take too long over (UnsupportedSchemaError)."""
+    size = len(grammar.encode("utf-8", errors="replace"))
+    if size > MAX_GRAMMAR_BYTES:
+        raise UnsupportedSchemaError(
+            f"its grammar is {size} bytes, more than the {MAX_GRAMMAR_BYTES} this engine compiles; use fewer "
+            "properties, enum values and length or item bounds"
+        )
+    bare = _GBNF_QUOTED.sub("", grammar)  # parentheses and braces inside literals and character classes are text
+    steps = (1 if paren == "(" else -1 for paren in _GBNF_PARENS.findall(bare))
+    depth = max(itertools.accumulate(steps, initial=0))
+    if depth > MAX_GRAMMAR_DEPTH:
+        raise UnsupportedSchemaError(
+            f"its grammar nests {depth} levels deep, more than the {MAX_GRAMMAR_DEPTH} llama.cpp can parse safely "
+            f"(each unit of a maxLength, maxItems or {{m,n}} above its minimum is one level); lower those bounds to "
+            f"{MAX_GRAMMAR_DEPTH} or less"
+        )
+    for match in _GBNF_REPEAT.finditer(bare):
+        count = max(int(match.group(1)), int(match.group(2) or 0))
+        if count > MAX_GRAMMAR_REPEAT:
+            raise UnsupportedSchemaError(
+                f"its grammar repeats a part {count} times, more than the {MAX_GRAMMAR_REPEAT} this engine compiles; "
+                f"lower the bound to {MAX_GRAMMAR_REPEAT} or less"
+            )
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -309,6 +356,10 @@ class DecodeLoop:
     def _admit(self) -> None:
         while self.waiting:
             job = self.waiting[0]
+            if not job.tokens:  # nothing to decode: it would hold a slot and never produce a token
+                self.waiting.popleft()
+                job.emit(EmptyPromptError())
+                continue
             if len(self.active) >= self.config.slots:
                 return
             prompt = len(job.tokens)
@@ -332,10 +383,18 @@ class DecodeLoop:
     def _sampler(self, sampling: SamplingParams, grammar: str | None) -> Any:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if grammar is not None:
+            try:
+                check_grammar(grammar)
+            except UnsupportedSchemaError:
+                llama_cpp.llama_sampler_free(chain)
+                raise
             sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
             if not sampler:
                 llama_cpp.llama_sampler_free(chain)
-                raise EngineError("llama.cpp rejected the grammar for this request's JSON schema")
+                raise UnsupportedSchemaError(
+                    "llama.cpp could not parse the grammar made from it (the server log has llama.cpp's reason); "
+                    "a pattern may use syntax llama.cpp does not support"
+                )
             llama_cpp.llama_sampler_chain_add(chain, sampler)
         if sampling.temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
@@ -427,6 +486,11 @@ class DecodeLoop:
         short step rather than after a full batch step; the decode step that follows then prefills only what is
         left of the chunk budget, so running streams still wait at most one chunk's worth of prefill per token.
         """
+        stuck = [s for s in self.active if s.last_token is None and s.prefilled >= len(s.job.tokens)]
+        for sequence in stuck:  # no prompt token left to decode and no token sampled: it could never progress
+            self._abandon(sequence, EmptyPromptError())
+        if not self.active:
+            return
         room = self.config.n_batch
         if any(s.last_token is not None for s in self.active):
             room = self.config.prefill_chunk
@@ -482,9 +546,25 @@ class DecodeLoop:
             if sequence.last_token is None:
                 sequence.prefilled += len(tokens)
         for sequence, index in outputs:
+            started = time.perf_counter()
             token = llama_cpp.llama_sampler_sample(sequence.sampler, self.ctx, index)
+            took = time.perf_counter() - started
+            if sequence.job.grammar is not None and took > GRAMMAR_STEP_LIMIT_S and not sequence.job.cancelled.is_set():
+                log.warning("stopped a request whose grammar took %.1f s for one token", took)
+                self._abandon(sequence, UnsupportedSchemaError(
+                    f"its grammar is too ambiguous: one token took {took:.1f} s to sample (more than "
+                    f"{GRAMMAR_STEP_LIMIT_S:.0f} s); simplify its patterns (no repeated optional groups such as "
+                    "(.?){20})"
+                ))
+                continue
             self._advance(sequence, token)
         return True
+
+    def _abandon(self, sequence: _Sequence, error: EngineError) -> None:
+        """Stop a running sequence with an error, freeing its sequence id and KV cells."""
+        with self.lock:
+            self._retire(sequence, keep=False)
+        sequence.job.emit(error)
 
     def _put(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         batch = self.batch

@@ -18,8 +18,14 @@ from typing import Any
 import llama_cpp
 
 from llamarock.engines.base import Engine
-from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig
-from llamarock.errors import ContextOverflowError, EngineError, EngineNotReadyError, UnsupportedSchemaError
+from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig, check_grammar
+from llamarock.errors import (
+    ContextOverflowError,
+    EmptyPromptError,
+    EngineError,
+    EngineNotReadyError,
+    UnsupportedSchemaError,
+)
 from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -136,8 +142,12 @@ class LlamaCppEngine(Engine):
         return text + request.assistant_prefix
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
-        """Tokens of the rendered prompt, special tokens parsed, BOS added once when the model wants it."""
-        text = self._render(request).encode()
+        """Tokens of the rendered prompt, special tokens parsed, BOS added once when the model wants it.
+
+        Text that is not valid Unicode (an unpaired surrogate, refused by the Bedrock layer) is encoded with ``?`` in
+        its place, as Java's UTF-8 encoder does, rather than failing the request.
+        """
+        text = self._render(request).encode("utf-8", errors="replace")
         capacity = len(text) + 8
         tokens = (llama_cpp.llama_token * capacity)()
         count = llama_cpp.llama_tokenize(self._vocab, text, len(text), tokens, capacity, True, True)
@@ -153,12 +163,19 @@ class LlamaCppEngine(Engine):
 
     @staticmethod
     def _grammar(schema: dict[str, Any]) -> str:
+        """The GBNF grammar of a JSON schema, refused (UnsupportedSchemaError) when llama.cpp could not take it."""
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         try:
-            return str(json_schema_to_gbnf(json.dumps(_bounded_integers(schema))))
+            grammar = str(json_schema_to_gbnf(json.dumps(_bounded_integers(schema))))
+        except UnsupportedSchemaError:
+            raise
+        except RecursionError:
+            raise UnsupportedSchemaError("it nests too deeply to convert to a grammar") from None
         except Exception as exc:  # llama.cpp's converter raises several kinds for schemas it cannot express
             raise UnsupportedSchemaError(f"cannot constrain output to this JSON schema: {exc}") from exc
+        check_grammar(grammar)
+        return grammar
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         if not self._ready:
@@ -172,6 +189,8 @@ class LlamaCppEngine(Engine):
             tokens = self._tokenize(request)  # microseconds: cheaper than a hop to a worker thread on busy cores
         else:
             tokens = await asyncio.to_thread(self._tokenize, request)
+        if not tokens:  # e.g. an empty raw prompt on weights without BOS: the decode loop would have nothing to run
+            raise EmptyPromptError()
         if len(tokens) >= self.info.context_length:
             raise ContextOverflowError(len(tokens), self.info.context_length)
         grammar = None
@@ -216,15 +235,28 @@ class LlamaCppEngine(Engine):
 
 
 MAX_ENUMERATED_RANGE = 2048
+# Bounds the converter turns into one nested grammar group per unit (maxLength 1,001 is refused by llama.cpp, about
+# 18,600 crash it): refused before converting, since the converter would first build the whole text (a maxLength of
+# 10**9 is a gigabyte of grammar). Engines are given checked schemas (llamarock/bedrock/schema_limits.py); this is
+# the engine's own guard.
+MAX_REPETITION_BOUND = 1000
+_REPETITION_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
 
 
 def _bounded_integers(schema: Any) -> Any:
     """llama-cpp-python's schema-to-grammar converter ignores ``minimum``/``maximum``; an integer with a small
-    closed range is rewritten as the enum of its values, which the grammar does enforce."""
+    closed range is rewritten as the enum of its values, which the grammar does enforce. Length and item bounds
+    above :data:`MAX_REPETITION_BOUND` are refused (UnsupportedSchemaError)."""
     if isinstance(schema, list):
         return [_bounded_integers(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
+    for keyword in _REPETITION_KEYWORDS:
+        bound = schema.get(keyword)
+        if isinstance(bound, int | float) and not isinstance(bound, bool) and bound > MAX_REPETITION_BOUND:
+            raise UnsupportedSchemaError(
+                f"{keyword} {bound} is above {MAX_REPETITION_BOUND}, the largest this engine enforces; lower it"
+            )
     rewritten = {key: _bounded_integers(value) for key, value in schema.items()}
     if rewritten.get("type") == "integer" and "enum" not in rewritten:
         low = rewritten.get("minimum")

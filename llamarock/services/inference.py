@@ -17,6 +17,7 @@ from llamarock.bedrock import catalog
 from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.converse import render_for
 from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef
+from llamarock.bedrock.native import EMPTY_PROMPT
 from llamarock.bedrock.prompts import parse_prompt
 from llamarock.bedrock.regions import RegionMap
 from llamarock.context import ModelName
@@ -24,6 +25,7 @@ from llamarock.errors import (
     AccessDeniedException,
     ContextOverflowError,
     DeploymentConfigError,
+    EmptyPromptError,
     EngineError,
     EngineNotReadyError,
     ModelErrorException,
@@ -242,6 +244,11 @@ class InferenceService:
             raise ValidationException(
                 f"{INPUT_TOO_LONG} The prompt is {exc.prompt_tokens} tokens; deployment {target.deployment.name} "
                 f"has a context window of {exc.context_length} tokens. Shorten the prompt."
+            ) from exc
+        except EmptyPromptError as exc:
+            raise ValidationException(
+                f"{EMPTY_PROMPT} The weights of deployment {target.deployment.name} give an empty prompt no tokens "
+                "to generate from."
             ) from exc
         except UnsupportedSchemaError as exc:
             raise ValidationException(
