@@ -35,7 +35,8 @@ def _invoke(runtime: Any, model_id: str, **body: Any) -> tuple[dict[str, Any], d
 
 
 def _profile_forms(model_id: str) -> list[str]:
-    return [f"us.{model_id}", f"arn:aws:bedrock:us-west-2:123456789012:inference-profile/us.{model_id}"]
+    # A profile ARN names the account the server answers as (account_id, 000000000000 by default).
+    return [f"us.{model_id}", f"arn:aws:bedrock:us-west-2:000000000000:inference-profile/us.{model_id}"]
 
 
 @pytest.mark.parametrize("model_id", ALL_IDS)
