@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from llamarock.bedrock import documents
 from llamarock.bedrock.catalog import CatalogModel
+from llamarock.bedrock.native import check_native_fields
 from llamarock.bedrock.prompts import render_llama2, render_llama3
 from llamarock.bedrock.schema_limits import check_enforced_schema
 from llamarock.bedrock.tools import (
@@ -29,7 +30,6 @@ from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP
 
 MAX_IMAGES = 20
 MAX_IMAGE_BYTES = 3_750_000
-NATIVE_FIELDS = ("temperature", "top_p", "max_gen_len")
 
 START_WITH_USER = (
     "A conversation must start with a user message. Try again with a conversation that starts with a user message."
@@ -274,13 +274,7 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
     extra: dict[str, Any] = params.get("additionalModelRequestFields") or {}
     if not isinstance(extra, dict):
         raise ValidationException("additionalModelRequestFields must be a JSON object.")
-    unknown = [key for key in extra if key not in NATIVE_FIELDS]
-    if unknown:
-        if len(unknown) == 1:
-            detail = f"#: extraneous key [{unknown[0]}] is not permitted"
-        else:
-            detail = f"{len(unknown)} schema violations found"
-        raise ValidationException(f"Malformed input request: {detail}, please reformat your input and try again.")
+    check_native_fields(extra)  # types and ranges as in a native body: {"temperature": "hot"} is a 400, not a 500
     inference: dict[str, Any] = params.get("inferenceConfig") or {}
     def setting(key: str, native_key: str, default: float) -> Any:
         return inference[key] if key in inference else extra.get(native_key, default)

@@ -153,8 +153,9 @@ def _violations(error: ValidationError) -> Iterator[str]:
     where = _pointer(error)
     kind, instance, limit = error.validator, cast(Any, error.instance), cast(Any, error.validator_value)
     if kind == "additionalProperties":
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         for key in instance:
-            if key not in NATIVE_REQUEST_SCHEMA["properties"]:
+            if key not in known:
                 yield f"{where}: extraneous key [{key}] is not permitted"
     elif kind == "required":
         for key in limit:
@@ -170,10 +171,31 @@ def _violations(error: ValidationError) -> Iterator[str]:
         yield f"{where}: {error.message}"
 
 
-def _schema_messages(document: Any) -> list[str]:
+# Converse's additionalModelRequestFields: the native body's sampling fields, nothing else, checked as the native
+# body is (Bedrock passes them to the model as native fields).
+_FIELDS_SCHEMA: Final[dict[str, Any]] = {
+    "$schema": NATIVE_REQUEST_SCHEMA["$schema"],
+    "type": "object",
+    "properties": {key: NATIVE_REQUEST_SCHEMA["properties"][key] for key in ("temperature", "top_p", "max_gen_len")},
+    "additionalProperties": False,
+}
+_FIELDS_VALIDATOR: Final = Draft7Validator(_FIELDS_SCHEMA)
+
+
+def check_native_fields(fields: Any) -> None:
+    """Validate native sampling fields given outside a native body (Converse's additionalModelRequestFields) with
+    the native body's rules and Bedrock's wording: types, ranges and unknown keys."""
+    messages = _schema_messages(fields, _FIELDS_VALIDATOR)
+    if len(messages) == 1:
+        raise ValidationException(f"Malformed input request: {messages[0]}{_SUFFIX}")
+    if messages:
+        raise ValidationException(f"Malformed input request: {len(messages)} schema violations found{_SUFFIX}")
+
+
+def _schema_messages(document: Any, validator: Draft7Validator = _VALIDATOR) -> list[str]:
     messages: list[str] = []
     seen: set[tuple[str, str]] = set()
-    for error in _VALIDATOR.iter_errors(document):
+    for error in validator.iter_errors(document):
         # jsonschema reports one "required" error per missing key; _violations already lists them all.
         group = (_pointer(error), str(error.validator))
         if error.validator in ("required", "additionalProperties"):

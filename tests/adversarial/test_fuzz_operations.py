@@ -78,6 +78,11 @@ def _typed(shape: Shape, depth: int) -> st.SearchStrategy[Any]:
     kind = shape.type_name
     if depth > MAX_DEPTH:
         return st.just({} if kind == "structure" else [] if kind == "list" else "")
+    if kind == "structure" and shape.metadata.get("document"):
+        # A free-form document: keys the server may look for (Converse's native sampling fields), and any others.
+        names = ["temperature", "top_p", "max_gen_len", "top_k", "prompt"]
+        keys = st.one_of(st.sampled_from(names), st.text(max_size=8))
+        return st.dictionaries(keys, st.one_of(json_scalars, st.lists(json_scalars, max_size=2)), max_size=4)
     if kind == "structure":
         members = {name: values(member, depth + 1) for name, member in shape.members.items()
                    if member.serialization.get("location") is None}
@@ -163,6 +168,9 @@ def requests(draw: st.DrawFn, row: Operation) -> tuple[str, str, dict[str, str],
         document: Any = draw(native_body)
     elif shape is not None:
         document = draw(values(shape))
+        if isinstance(document, dict) and "messages" in shape.members and draw(st.booleans()):
+            # Half the time the conversation itself is valid, so that fuzzing reaches what is checked after it.
+            document["messages"] = [{"role": "user", "content": [{"text": "hi"}]}]
     else:
         document = {}
     try:
