@@ -1,4 +1,4 @@
-"""``create_app(settings)``: wires settings, stores, services, observers, the edge and the one route.
+"""``create_app(settings)``: wires settings, stores, services, observers, the edge and the dispatcher.
 No module-level state."""
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ from starlette.responses import Response
 from llamarock.codec import eventstream
 from llamarock.codec.shapes import parse_json_body
 from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
-from llamarock.routes.invoke import _closing, note_request, note_target, note_usage
+from llamarock.routes.invoke import note_request, note_target, note_usage
 from llamarock.services.invocation import Invocation, InvocationService
 
 
@@ -49,11 +50,11 @@ async def converse_stream(call: Call) -> Response:
     invocation = _converse(call)
 
     async def frames() -> AsyncIterator[tuple[bytes, Any]]:
-        async for event_type, payload in invocation.events:
-            yield eventstream.event(event_type, payload), {event_type: payload}
+        async with contextlib.aclosing(invocation.events) as events:  # a stream ended early ends its generation
+            async for event_type, payload in events:
+                yield eventstream.event(event_type, payload), {event_type: payload}
 
-    return await event_stream(call, _closing(frames(), invocation), _headers(call, invocation),
-                              lambda: note_usage(call, invocation))
+    return await event_stream(call, frames(), _headers(call, invocation), lambda: note_usage(call, invocation))
 
 
 async def count_tokens(call: Call) -> Response:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,8 +85,9 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
     invocation = _invoke(call)
 
     async def frames() -> AsyncIterator[tuple[bytes, Any]]:
-        async for _, body in invocation.events:
-            yield eventstream.chunk_event(body), body
+        async with contextlib.aclosing(invocation.events) as events:  # a stream ended early ends its generation
+            async for _, body in events:
+                yield eventstream.chunk_event(body), body
 
     headers = {
         "x-amzn-RequestId": call.request_id,
@@ -93,14 +95,4 @@ async def invoke_model_with_response_stream(call: Call) -> Response:
         "x-llamarock-served-by": invocation.target.deployment.name,
         **invocation.headers,
     }
-    return await event_stream(call, _closing(frames(), invocation), headers, lambda: note_usage(call, invocation))
-
-
-async def _closing(frames: AsyncIterator[tuple[bytes, Any]], invocation: Invocation
-                   ) -> AsyncIterator[tuple[bytes, Any]]:
-    """``frames``, closing the invocation's generation when the stream ends early."""
-    try:
-        async for frame in frames:
-            yield frame
-    finally:
-        await invocation.events.aclose()
+    return await event_stream(call, frames(), headers, lambda: note_usage(call, invocation))
