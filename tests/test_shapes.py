@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from llamarock.codec.shapes import SerializationException, parse_json_body
+from llamarock.codec.shapes import SerializationException, _compiled, parse_json_body
 from llamarock.errors import ValidationException
 
 MODEL_ID = "meta.llama3-2-11b-instruct-v1:0"
@@ -243,9 +243,20 @@ def test_long_values_are_cut_at_256_characters() -> None:
     assert error(body) == one(shown, path, "Member must have length less than or equal to 64")
 
 
-def test_body_patterns_are_not_enforced() -> None:
+def test_body_patterns_are_enforced_as_aws_does() -> None:
     body = {"toolConfig": {"tools": [{"toolSpec": {"name": "Count Tool", "inputSchema": {"json": {}}}}]}}
-    assert parse(body)["toolConfig"]["tools"][0]["toolSpec"]["name"] == "Count Tool"
+    assert error(body) == one("'Count Tool'", "toolConfig.tools.1.member.toolSpec.name",
+                              "Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+")
+    body["toolConfig"]["tools"][0]["toolSpec"]["name"] = "count_tool-2"  # type: ignore[index]
+    assert parse(body)["toolConfig"]["tools"][0]["toolSpec"]["name"] == "count_tool-2"
+
+
+def test_patterns_run_in_linear_time() -> None:
+    """A pattern that backtracks exponentially in Python's re answers at once on RE2 (matched whole, as Java)."""
+    pattern = _compiled(r"[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*")
+    assert pattern.fullmatch("a" + "-" * 5000 + "!") is None
+    assert pattern.fullmatch("a--b.c") is not None
+    assert _compiled(r"[a-z]{1,2048}").fullmatch("a" * 2048) is not None  # RE2 bounds counts at 1000
 
 
 def test_map_keys_and_values_are_reported_once_at_the_map() -> None:

@@ -23,8 +23,12 @@ Style, with the evidence for it (real AWS messages quoted in public issues and c
   and within a structure its missing required members before its present members in document order.
 
 Type mismatches and bad base64 are reported as ``Member must be of type <type>`` validation errors; unknown
-members are ignored, as AWS JSON services do. String ``pattern`` traits are Java regexes and are enforced only on
-members bound to the URL, headers or query string (``modelId``); a pattern Python cannot compile is skipped.
+members are ignored, as AWS JSON services do. String ``pattern`` traits (Java regexes, matched whole) are enforced
+on every member, as AWS does (a tool named ``my tool!`` is refused): they run on RE2 (google-re2), whose matching
+time is linear in the input, because several of the models' patterns backtrack exponentially in Python's ``re``
+(``[a-zA-Z0-9](-*[a-zA-Z0-9\\+\\-\\.])*`` on ``a----...!`` takes seconds at 25 characters). RE2 takes Java's
+syntax as the models use it (``\\p{L}`` included) but bounds a counted repetition at 1000: a bound above that is
+checked as unbounded there (the member's length limit still applies); a pattern RE2 cannot parse is skipped.
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ import base64
 import json
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import cache
 from typing import Any
 
+import re2
 from botocore.model import Shape
 
 from llamarock.codec.service_model import RUNTIME, operation_model
@@ -327,7 +331,7 @@ class _Walker:
         if "min" in meta and measure < meta["min"]:
             found.append(f"Member must have {what} greater than or equal to {meta['min']}")
         if isinstance(value, str):
-            pattern = _compiled(meta["pattern"]) if self.from_url and "pattern" in meta else None
+            pattern = _compiled(meta["pattern"]) if "pattern" in meta else None
             if pattern is not None and pattern.fullmatch(value) is None:
                 found.append(f"Member must satisfy regular expression pattern: {meta['pattern']}")
             enum = meta.get("enum")
@@ -383,15 +387,19 @@ def _timestamp(value: Any) -> datetime | None:
     return None
 
 
+_LONG_REPEAT = re.compile(r"\{(\d+),(\d{4,})\}")
+
+
 @cache
-def _compiled(pattern: str) -> re.Pattern[str] | None:
-    """A model pattern compiled by Python, or None when its Java syntax does not carry over."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            return re.compile(pattern)
-        except (re.error, FutureWarning):
-            return None
+def _compiled(pattern: str) -> Any:
+    """A model pattern compiled by RE2 (a ``re2._Regexp``), or None when RE2 cannot parse it."""
+    options = re2.Options()
+    options.log_errors = False
+    loosened = _LONG_REPEAT.sub(lambda m: "{" + m.group(1) + ",}" if int(m.group(2)) > 1000 else m.group(0), pattern)
+    try:
+        return re2.compile(loosened, options)
+    except re2.error:
+        return None
 
 
 def _java_text(value: Any) -> str:
