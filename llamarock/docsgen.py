@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llamarock.bedrock import compat
 from llamarock.codec.service_model import service_model
 from llamarock.context import BEDROCK, RUNTIME
 from llamarock.routes.operations import OperationTable
@@ -90,7 +91,8 @@ def api_coverage_markdown() -> str:
     return "\n".join(lines)
 
 
-GENERATED = {"docs/configuration.md": configuration_markdown, "docs/api-coverage.md": api_coverage_markdown}
+GENERATED = {"docs/configuration.md": configuration_markdown, "docs/api-coverage.md": api_coverage_markdown,
+             "docs/compat.md": compat.markdown}
 
 
 def main() -> None:

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         description="Model deployments, first match wins; empty means one deployment of the embedded SmolLM2 "
         "serving every catalog id.",
     )
+    compat: Literal["extended", "bedrock"] = Field(
+        default="extended",
+        description="'extended': Bedrock's API plus what llamarock adds for Llama (forced tool choice, streaming tool "
+        "use, structured output, prompt-cache counts, service tiers, on-demand Llama 3.2/3.3 in us-west-2); "
+        "'bedrock': refuse everything Bedrock refuses for Meta models, with Bedrock's errors (docs/compat.md).",
+    )
     auth: Literal["dev", "enforce"] = Field(
         default="dev",
         description="'dev' (loopback addresses only): unsigned requests and unknown keys act as a `dev` principal "

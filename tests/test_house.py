@@ -63,7 +63,7 @@ ALLOWED = {
     "routes": {"routes", "auth", "bedrock", "codec", "context", "observability", "services"},
     "app": {"auth", "observability", "routes", "scheduler", "services", "storage"},
     "cli": {"cli", "app", "auth", "bedrock", "observability", "services", "storage"},
-    "docsgen": {"codec", "context", "routes"},
+    "docsgen": {"bedrock", "codec", "context", "routes"},
     "__main__": {"cli"},
     "__init__": set(),
     "types": set(),

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from llamarock.bedrock import documents
 from llamarock.bedrock.catalog import CatalogModel
+from llamarock.bedrock.guardrails import check_guardrail
 from llamarock.bedrock.native import check_native_fields
 from llamarock.bedrock.prompts import render_llama2, render_llama3
 from llamarock.bedrock.schema_limits import check_enforced_schema
@@ -81,13 +82,41 @@ class ChatRequest:
 
 
 def _system_text(blocks: list[dict[str, Any]]) -> str:
+    """System text: text and guardContent text blocks (a guardContent block is plain text when no guardrail runs, as
+    on Bedrock); cachePoint blocks only mark a cache boundary."""
     texts = []
-    for block in blocks:
+    for position, block in enumerate(blocks):
         if "text" in block:
             texts.append(block["text"])
         elif "guardContent" in block:
-            texts.append(block["guardContent"].get("text", {}).get("text", ""))
+            texts.append(_guard_text(block["guardContent"], f"system.{position}"))
     return "\n".join(t for t in texts if t)
+
+
+def _guard_text(guard: dict[str, Any], where: str) -> str:
+    """The text of a guardContent block; its image form needs a guardrail, which this server does not run."""
+    if "text" in guard:
+        return str(guard["text"].get("text", ""))
+    raise ValidationException(
+        f"The guardContent block at {where} holds an image; image guardContent is evaluated only by a guardrail, "
+        "and this request has none. Send the image as an image block, or the content as guardContent text."
+    )
+
+
+# Content blocks Bedrock defines that no Llama model takes.
+_UNSUPPORTED_BLOCKS = ("video", "audio", "reasoningContent", "citationsContent", "searchResult")
+
+
+def _unsupported_block(block: dict[str, Any], where: str, model: CatalogModel) -> None:
+    """Refuse, in Bedrock's words, a content block the model cannot take (rather than drop it silently)."""
+    kind = next((k for k in block if k in _UNSUPPORTED_BLOCKS), None)
+    if kind is None:
+        return
+    raise ValidationException(
+        f"This model doesn't support the {kind} content block that you provided at {where}. {model.model_id} takes "
+        f"text{', image' if model.supports_images else ''}, document, tool and guardContent blocks; remove the "
+        f"{kind} block and try again."
+    )
 
 
 def _tool_specs(tool_config: dict[str, Any] | None, model: CatalogModel) -> tuple[ToolSpec, ...]:
@@ -99,9 +128,14 @@ def _tool_specs(tool_config: dict[str, Any] | None, model: CatalogModel) -> tupl
             "3.2 11B/90B or 3.3, or remove toolConfig."
         )
     specs = []
-    for tool in tool_config.get("tools", []):
+    for position, tool in enumerate(tool_config.get("tools", [])):
+        if "systemTool" in tool:
+            raise ValidationException(
+                f"This model doesn't support the system tool at toolConfig.tools.{position}. {model.model_id} calls "
+                "only the tools you define with toolSpec; remove the systemTool and try again."
+            )
         spec = tool.get("toolSpec")
-        if spec is None:
+        if spec is None:  # a cachePoint marks a cache boundary after the tools before it
             continue
         schema = (spec.get("inputSchema") or {}).get("json") or {"type": "object"}
         if not isinstance(schema, dict):
@@ -158,6 +192,20 @@ def _output_schema(output_config: dict[str, Any] | None) -> dict[str, Any] | Non
     return schema
 
 
+def _response_field_paths(paths: list[str] | tuple[()]) -> tuple[str, ...]:
+    """``additionalModelResponseFieldPaths``: each a non-empty, well-formed JSON Pointer (RFC 6901), as Bedrock
+    requires; a valid pointer to a field the response lacks is ignored."""
+    for position, path in enumerate(paths):
+        malformed = not path.startswith("/") or any(
+            path[i] == "~" and path[i + 1: i + 2] not in ("0", "1") for i in range(len(path)))
+        if malformed:
+            raise ValidationException(
+                f"The JSON Pointer {path!r} at additionalModelResponseFieldPaths.{position} is not valid: a JSON "
+                "Pointer (RFC 6901) starts with '/' and escapes '~' as '~0' and '/' as '~1', e.g. /stop_sequence."
+            )
+    return tuple(paths)
+
+
 def _check_forced_tools(choice: str | None, forced: tuple[ToolSpec, ...]) -> None:
     """Tools the answer must call (toolChoice any/tool) have their input schemas enforced: bound them first."""
     for tool in forced:
@@ -211,11 +259,17 @@ def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, i
             if not has_tools:
                 raise ValidationException(TOOL_CONFIG_REQUIRED)
             result = block["toolResult"]
+            for part, item in enumerate(result.get("content") or []):
+                _unsupported_block(item, f"{where}.toolResult.content.{part}", model)
             results.append(render_tool_result(result.get("content", []), result.get("status")))
         elif "toolUse" in block:
             raise ValidationException(
                 f"The toolUse block at {where} is in a user message; toolUse blocks belong in assistant messages."
             )
+        elif "guardContent" in block:
+            texts.append(_guard_text(block["guardContent"], where))
+        else:  # cachePoint marks a cache boundary; anything else is content the model cannot take
+            _unsupported_block(block, where, model)
     if docs and not texts:
         raise ValidationException(
             f"The message at messages.{index} contains a document but no text block. Add a text block with your "
@@ -224,7 +278,7 @@ def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, i
     return Turn("user", "\n\n".join([*docs, *texts]), tool_results=tuple(results))
 
 
-def _assistant_turn(index: int, content: list[dict[str, Any]], has_tools: bool) -> Turn:
+def _assistant_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, has_tools: bool) -> Turn:
     texts: list[str] = []
     calls: list[ToolCall] = []
     for position, block in enumerate(content):
@@ -242,12 +296,19 @@ def _assistant_turn(index: int, content: list[dict[str, Any]], has_tools: bool) 
                 f"The {kind} block at {where} is in an assistant message; {kind} blocks are allowed only in user "
                 "messages."
             )
+        elif "guardContent" in block:
+            texts.append(_guard_text(block["guardContent"], where))
+        else:
+            _unsupported_block(block, where, model)
     return Turn("assistant", "".join(texts), tool_calls=tuple(calls))
 
 
 def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_missing_inference: bool = False
                        ) -> ChatRequest:
     """Check a shape-valid Converse/ConverseStream (or CountTokens converse) body against Bedrock's rules."""
+    guardrail = params.get("guardrailConfig")
+    if guardrail is not None:
+        check_guardrail(guardrail.get("guardrailIdentifier"), guardrail.get("guardrailVersion"))
     messages = params.get("messages") or []
     if not messages or messages[0]["role"] != "user":
         raise ValidationException(START_WITH_USER)
@@ -270,7 +331,7 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
         if message["role"] == "user":
             turns.append(_user_turn(index, content, model, images, document_names, bool(tools)))
         else:
-            turns.append(_assistant_turn(index, content, bool(tools)))
+            turns.append(_assistant_turn(index, content, model, bool(tools)))
     extra: dict[str, Any] = params.get("additionalModelRequestFields") or {}
     if not isinstance(extra, dict):
         raise ValidationException("additionalModelRequestFields must be a JSON object.")
@@ -303,7 +364,7 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
         images=tuple(images),
         latency=(params.get("performanceConfig") or {}).get("latency"),
         request_metadata=dict(params.get("requestMetadata") or {}),
-        response_field_paths=tuple(params.get("additionalModelResponseFieldPaths") or ()),
+        response_field_paths=_response_field_paths(params.get("additionalModelResponseFieldPaths") or ()),
     )
     _check_forced_tools(choice, chat.forced_tools)
     return chat

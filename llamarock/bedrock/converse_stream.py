@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llamarock.bedrock.converse import ChatRequest, response_fields, tool_use_block, usage
-from llamarock.bedrock.tools import ToolCall, call_schema, could_be_tool_call, new_tool_use_id, parse_call_json
+from llamarock.bedrock.tools import (
+    ToolCall,
+    call_schema,
+    close_partial_json,
+    could_be_tool_call,
+    new_tool_use_id,
+    parse_call_json,
+)
 from llamarock.bedrock.tools import parse_tool_calls as parse_auto_calls
 
 Event = tuple[str, dict[str, Any]]
@@ -38,17 +45,25 @@ class Outcome:
     text: str
     calls: list[ToolCall] = field(default_factory=list)
     malformed: bool = False
+    cut_off: bool = False  # a forced tool call closed after maxTokens cut it (see finalize)
 
 
 def finalize(chat: ChatRequest, text: str, truncated: bool) -> Outcome:
-    """Split a complete answer into text and tool calls."""
+    """Split a complete answer into text and tool calls.
+
+    A call forced to one tool and cut off by maxTokens is still a toolUse block (stopReason ``max_tokens``), whose
+    input is the generated JSON closed by :func:`~llamarock.bedrock.tools.close_partial_json`'s suffix: the same
+    block ConverseStream has streamed (it sends that suffix as the last input fragment). Its input may lack
+    required members. Calls forced to one of several tools, which stream nothing before they are complete, end as
+    text when cut off, in both operations."""
     forced = chat.forced_tools
     try:
         if len(forced) == 1:
-            value = json.loads(text)
+            suffix = (close_partial_json(text) or "") if truncated else ""
+            value = json.loads(text + suffix)
             if not isinstance(value, dict):
                 raise ValueError("tool input is not a JSON object")
-            return Outcome("", [ToolCall(new_tool_use_id(), forced[0].name, value)])
+            return Outcome("", [ToolCall(new_tool_use_id(), forced[0].name, value)], cut_off=bool(suffix))
         if forced:
             return Outcome("", [parse_call_json(text, forced)])
     except ValueError:
@@ -62,6 +77,8 @@ def finalize(chat: ChatRequest, text: str, truncated: bool) -> Outcome:
 
 def stop_reason(chat: ChatRequest, outcome: Outcome, native_stop: str, stop_sequence: str | None) -> str:
     """Converse's stopReason for a finished answer."""
+    if outcome.cut_off:
+        return "max_tokens"
     if outcome.calls:
         return "tool_use"
     if outcome.malformed:
@@ -130,6 +147,8 @@ class StreamAssembler:
         events: list[Event] = []
         if self.mode == "tool" and outcome.calls and self.streamed_tool is not None:
             outcome.calls[0] = ToolCall(self.streamed_tool.tool_use_id, self.streamed_tool.name, outcome.calls[0].input)
+            if outcome.cut_off:
+                events.extend(self.feed(close_partial_json(text) or ""))
             events.append(("contentBlockStop", {"contentBlockIndex": self.block}))
         elif outcome.calls:
             if self.block_open:

@@ -260,3 +260,48 @@ def could_be_tool_call(prefix: str) -> bool:
     """Whether an answer starting with ``prefix`` may still turn out to be a tool call (so must not be streamed yet)."""
     start = prefix.lstrip()
     return any(start.startswith(opener) or opener.startswith(start) for opener in _CALL_OPENERS)
+
+
+# What may complete a JSON text cut off mid-token, tried shortest first before the open containers are closed.
+_COMPLETIONS = ("", '"', "null", ": null", '": null', '"": null', "0", "e", "ue", "rue", "lse", "ull", "ll", "l")
+
+
+def close_partial_json(text: str) -> str | None:
+    """The shortest suffix found that makes ``text``, a JSON object cut off by a token limit, parse as an object;
+    None when no such suffix is found. Used so that a forced tool call cut by maxTokens ends as the same toolUse
+    block in Converse and ConverseStream (the stream sends the suffix as its last input fragment)."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append("}" if char == "{" else "]")
+        elif char in "}]" and stack:
+            stack.pop()
+    closers = "".join(reversed(stack))
+    stripped = text.rstrip()
+    if escaped:
+        candidates = ['\\"' + c for c in _COMPLETIONS]  # a lone backslash escapes itself, then the string closes
+    elif in_string:
+        candidates = ['"' + c for c in _COMPLETIONS]
+    else:
+        candidates = list(_COMPLETIONS)
+    if stripped.endswith(","):  # a trailing comma needs one more element or member
+        candidates = ['"": null' if (stack and stack[-1] == "}") else "null", *candidates]
+    for middle in candidates:
+        suffix = middle + closers
+        try:
+            value = json.loads(text + suffix)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return suffix
+    return None

@@ -23,14 +23,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarock.auth.gate import Gate
 from llamarock.codec import eventstream
-from llamarock.codec.errors import render_error
+from llamarock.codec.errors import as_declared, render_error
 from llamarock.codec.rest_json import check_body_size
 from llamarock.context import LLAMAROCK, RUNTIME, ModelName, RequestContext
 from llamarock.errors import (
     BedrockError,
     InternalServerException,
-    ModelErrorException,
-    ModelStreamErrorException,
     RequestTimeoutException,
     ServiceUnavailableException,
     ThrottlingException,
@@ -128,11 +126,14 @@ class _Response:
         await self._send(message)
 
 
-def stream_error(error: BedrockError) -> bytes:
-    """The exception frame of a failure after the first byte; a model failure becomes the stream's own shape."""
-    if isinstance(error, ModelErrorException):
-        error = ModelStreamErrorException(error.message, originalStatusCode=500, originalMessage=error.message)
-    return eventstream.exception_event(error)
+def declared(error: BedrockError, context: RequestContext, stream: bool) -> BedrockError:
+    """The error as its operation's model declares it (before the first byte), or as a member of the operation's
+    event stream (after it): e.g. ModelNotReadyException from CountTokens is a ServiceUnavailableException, and a
+    model failure mid-stream is a ModelStreamErrorException. llamarock's own endpoints keep their codes."""
+    operation = context.operation
+    if operation is None or operation.handler is None or operation.service == LLAMAROCK:
+        return error
+    return as_declared(error, operation.service, operation.name, stream)
 
 
 class Edge:
@@ -218,6 +219,8 @@ class Edge:
     async def _answer(self, response: _Response, error: BedrockError, context: RequestContext) -> None:
         if not response.started:
             service = context.operation.service if context.operation is not None else RUNTIME
+            error = declared(error, context, stream=False)
+            context.error_code = error.code
             status, headers, payload = render_error(error, context.request_id,
                                                     RUNTIME if service == LLAMAROCK else service)
             await response.send({
@@ -228,7 +231,8 @@ class Edge:
             })
             await response.send({"type": "http.response.body", "body": payload})
         elif response.streaming and not response.ended:
-            await response.send({"type": "http.response.body", "body": stream_error(error), "more_body": False})
+            frame = eventstream.exception_event(declared(error, context, stream=True))
+            await response.send({"type": "http.response.body", "body": frame, "more_body": False})
         else:
             log.warning("request %s failed after its response was sent: %s", context.request_id, error.message)
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llamarock.bedrock import catalog
+from llamarock.bedrock import catalog, compat
 from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.converse import render_for
 from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef
@@ -86,7 +86,8 @@ class InferenceService:
         self.scheduler = scheduler or Scheduler(settings)
         self.provisioning = provisioning
         try:
-            self.regions = RegionMap(settings.model_regions, settings.on_demand_regions)
+            on_demand = compat.on_demand_overrides(settings.compat, catalog.MODELS, settings.on_demand_regions)
+            self.regions = RegionMap(settings.model_regions, on_demand)
         except ValueError as exc:
             raise DeploymentConfigError(str(exc)) from exc
 

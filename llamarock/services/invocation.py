@@ -21,8 +21,10 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamarock.bedrock import compat
 from llamarock.bedrock.converse import ChatRequest, chat_messages, converse_response, parse_chat_request, usage
 from llamarock.bedrock.converse_stream import Event, StreamAssembler, output_schema
+from llamarock.bedrock.guardrails import check_guardrail
 from llamarock.bedrock.native import InvocationMetrics, native_response, parse_native_request, stream_chunk
 from llamarock.context import ModelName
 from llamarock.errors import ValidationException
@@ -75,6 +77,7 @@ class Usage:
     output_tokens: int = 0
     cache_read_tokens: int | None = None
     first_token_ms: int | None = None
+    report_cache: bool = True  # False in ``--compat bedrock``: Bedrock reports no cache reads for Llama
 
     @property
     def input_tokens(self) -> int:
@@ -85,7 +88,7 @@ class Usage:
             self.first_token_ms = elapsed_ms
         if chunk.prompt_tokens is not None:
             self.prompt_tokens = chunk.prompt_tokens
-        if chunk.cached_tokens is not None:
+        if chunk.cached_tokens is not None and self.report_cache:
             self.cache_read_tokens = chunk.cached_tokens
         self.output_tokens += chunk.token_count
 
@@ -122,6 +125,10 @@ class InvocationService:
 
     def __init__(self, inference: InferenceService) -> None:
         self.inference = inference
+        self.compat: compat.Compat = inference.settings.compat
+
+    def _usage(self) -> Usage:
+        return Usage(report_cache=compat.reports_cache(self.compat))
 
     # --------------------------------------------------------------------------------------------- InvokeModel
 
@@ -134,6 +141,8 @@ class InvocationService:
         if resolved is not None:
             resolved(target)
         native = parse_native_request(body)
+        check_guardrail(headers.get("guardrailIdentifier"), headers.get("guardrailVersion"))
+        compat.check_tier(self.compat, headers.get("serviceTier"))
         self.inference.check_ready(target)
         self.inference.check_images(target, native.images)
         sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
@@ -145,7 +154,7 @@ class InvocationService:
             echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = latency
         if "serviceTier" in headers:
             echoed["X-Amzn-Bedrock-Service-Tier"] = headers["serviceTier"]
-        invocation = Invocation(target, _empty(), Usage(), echoed, performance_latency=latency,
+        invocation = Invocation(target, _empty(), self._usage(), echoed, performance_latency=latency,
                                 has_images=bool(native.images))
         invocation.events = self._native_events(invocation, request, started)
         return invocation
@@ -177,16 +186,18 @@ class InvocationService:
     # ------------------------------------------------------------------------------------------------ Converse
 
     def converse(self, model: ModelName, region: str | None, params: dict[str, Any], request_id: str,
-                 started: float, resolved: Resolved = None) -> Invocation:
-        """Converse (and ConverseStream) with a shape-valid body (``params``); ``resolved`` as for :meth:`invoke`."""
+                 started: float, resolved: Resolved = None, streaming: bool = False) -> Invocation:
+        """Converse (and ConverseStream, ``streaming``) with a shape-valid body (``params``); ``resolved`` as for
+        :meth:`invoke`."""
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
+        compat.check_converse(self.compat, params, streaming)
         self.inference.check_ready(target)
         chat = parse_chat_request(params, target.model)
         request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency)
         self.inference.check_images(target, chat.images)
-        invocation = Invocation(target, _empty(), Usage(), request_metadata=dict(chat.request_metadata),
+        invocation = Invocation(target, _empty(), self._usage(), request_metadata=dict(chat.request_metadata),
                                 performance_latency=chat.latency, has_images=bool(chat.images))
         invocation.events = self._converse_events(invocation, chat, request, started)
         return invocation

@@ -1,0 +1,150 @@
+"""Compatibility modes: ``extended`` (the default) serves what Bedrock serves plus what llamarock adds for Llama;
+``bedrock`` (``serve --compat bedrock``) refuses, with Bedrock's own errors and messages, everything Bedrock refuses
+for Meta models, so that a team's CI catches code that would fail on AWS.
+
+:data:`DIFFERENCES` is the one list of what the two modes do differently; ``docs/compat.md`` is generated from it
+(``python -m llamarock.docsgen``) and each row names the test that shows both sides. The checks below are called by
+the use cases at the point where the request has been parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llamarock.bedrock.catalog import CatalogModel
+from llamarock.errors import ValidationException
+
+Compat = Literal["extended", "bedrock"]
+
+# Models AWS serves only through cross-region inference profiles (reference: Bedrock's model ids for Meta).
+PROFILE_ONLY_PREFIXES = ("meta.llama3-2-", "meta.llama3-3-", "meta.llama4-")
+
+# Service tiers Bedrock offers for Meta models: only the standard one.
+BEDROCK_LLAMA_TIERS = frozenset({"default"})
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One behaviour that differs between the modes."""
+
+    feature: str
+    extended: str
+    bedrock: str
+    test: str
+
+
+DIFFERENCES: tuple[Difference, ...] = (
+    Difference(
+        "toolChoice `any` and `tool` (Converse, ConverseStream)",
+        "enforced by constrained decoding: the answer is a valid call of the named tool(s)",
+        "ValidationException: This model doesn't support the toolConfig.toolChoice.any field. Remove "
+        "toolConfig.toolChoice.any and try again. (`.tool` likewise)",
+        "tests/test_compat.py::test_tool_choice",
+    ),
+    Difference(
+        "Tool use in ConverseStream",
+        "streamed: toolUse blocks with their input as JSON fragments",
+        "ValidationException: This model doesn't support tool use in streaming mode.",
+        "tests/test_compat.py::test_streaming_tool_use",
+    ),
+    Difference(
+        "Structured output (`outputConfig.textFormat`)",
+        "enforced by constrained decoding: the answer always parses and validates",
+        "ValidationException: This model doesn't support the outputConfig.textFormat field. Remove "
+        "outputConfig.textFormat and try again.",
+        "tests/test_compat.py::test_structured_output",
+    ),
+    Difference(
+        "Prompt caching counts (`cacheReadInputTokens`, `X-Amzn-Bedrock-Cache-Read-Input-Token-Count`)",
+        "reported: prefixes reused from the prefix cache are counted as cache reads",
+        "not reported, as Bedrock reports none for Llama: `inputTokens` is the whole prompt (`cachePoint` blocks "
+        "are accepted and ignored, as on Bedrock)",
+        "tests/test_compat.py::test_cache_counts",
+    ),
+    Difference(
+        "`serviceTier` other than `default`",
+        "`priority`, `flex` and `reserved` applied by the scheduler and priced per tier",
+        "ValidationException: The service tier {tier} isn't supported for this model. Retry with the default "
+        "service tier.",
+        "tests/test_compat.py::test_service_tier",
+    ),
+    Difference(
+        "Base model id (or foundation-model ARN) of Llama 3.2, 3.3 and 4 on demand",
+        "Llama 3.2 and 3.3 on demand in us-west-2 (the spec's examples), Llama 4 where the catalog lists it; "
+        "elsewhere through their inference profiles",
+        "ValidationException: Invocation of model ID … with on-demand throughput isn’t supported. Retry your "
+        "request with the ID or ARN of an inference profile that contains this model. (in every region)",
+        "tests/test_compat.py::test_profile_only_models",
+    ),
+)
+
+
+def profile_only(model_id: str) -> bool:
+    """Whether AWS serves this model only through inference profiles."""
+    return model_id.startswith(PROFILE_ONLY_PREFIXES)
+
+
+def _not_supported(field: str) -> ValidationException:
+    return ValidationException(f"This model doesn't support the {field} field. Remove {field} and try again.")
+
+
+def check_converse(compat: Compat, params: dict[str, Any], streaming: bool) -> None:
+    """Refuse, in ``bedrock`` mode, the Converse features Bedrock refuses for Meta models."""
+    if compat != "bedrock":
+        return
+    tool_config = params.get("toolConfig") or {}
+    choice = tool_config.get("toolChoice") or {}
+    for kind in ("any", "tool"):
+        if kind in choice:
+            raise _not_supported(f"toolConfig.toolChoice.{kind}")
+    if streaming and tool_config.get("tools"):
+        raise ValidationException("This model doesn't support tool use in streaming mode.")
+    if (params.get("outputConfig") or {}).get("textFormat") is not None:
+        raise _not_supported("outputConfig.textFormat")
+    tier = (params.get("serviceTier") or {}).get("type")
+    check_tier(compat, tier)
+
+
+def check_tier(compat: Compat, tier: str | None) -> None:
+    """Refuse, in ``bedrock`` mode, a service tier Bedrock does not offer for Meta models."""
+    if compat == "bedrock" and tier is not None and tier not in BEDROCK_LLAMA_TIERS:
+        raise ValidationException(
+            f"The service tier {tier} isn't supported for this model. Retry with the default service tier."
+        )
+
+
+def on_demand_overrides(compat: Compat, models: tuple[CatalogModel, ...],
+                        configured: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``on_demand_regions`` for ``bedrock`` mode: the profile-only models get none (unless configured)."""
+    if compat != "bedrock":
+        return dict(configured)
+    overrides: dict[str, list[str]] = {m.model_id: [] for m in models if profile_only(m.model_id)}
+    return {**overrides, **configured}
+
+
+def reports_cache(compat: Compat) -> bool:
+    """Whether usage reports prefix-cache reads (``cacheReadInputTokens``): not in ``bedrock`` mode."""
+    return compat != "bedrock"
+
+
+def markdown() -> str:
+    """``docs/compat.md``."""
+    lines = [
+        "# Compatibility modes",
+        "",
+        "Generated from `llamarock/bedrock/compat.py` by `python -m llamarock.docsgen`; do not edit by hand.",
+        "",
+        "`llamarock serve` runs in `extended` mode by default: Bedrock's API, plus what llamarock adds for Llama.",
+        "`llamarock serve --compat bedrock` (setting `compat`, `LLAMAROCK_COMPAT=bedrock`) refuses everything Bedrock",
+        "refuses for Meta models, with Bedrock's own errors, so that code tested against it also runs on AWS.",
+        "Everything not listed here behaves the same in both modes.",
+        "",
+        "| Feature | `extended` (default) | `bedrock` | Test |",
+        "|---|---|---|---|",
+    ]
+    for row in DIFFERENCES:
+        cells = (row.feature, row.extended, row.bedrock, f"`{row.test}`")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines.append("")
+    return "\n".join(lines)

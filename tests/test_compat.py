@@ -1,0 +1,107 @@
+"""``serve --compat bedrock`` refuses what Bedrock refuses for Meta models; the default ``extended`` mode serves it.
+
+Each test runs the same request against both modes (a fake-engine server each) and is named in
+``llamarock/bedrock/compat.py``'s DIFFERENCES, from which docs/compat.md is generated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from llamarock.bedrock import compat
+from tests.conftest import FAKE_CONFIG, Server, start_server, stop_server
+from tests.test_converse import FAKE_MODEL, WEATHER, error_of, stream_events, user
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The fake deployments of ``fake_server``, served with ``--compat bedrock``."""
+    srv = start_server(tmp_path_factory.mktemp("strict"), "--compat", "bedrock", config=FAKE_CONFIG)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def strict(strict_server: Server) -> Any:
+    return strict_server.client()
+
+
+def test_every_difference_names_a_test_here() -> None:
+    names = {name for name in globals() if name.startswith("test_")}
+    for row in compat.DIFFERENCES:
+        path, _, test = row.test.partition("::")
+        assert path == "tests/test_compat.py" and test in names, row
+
+
+@pytest.mark.parametrize("choice", [{"any": {}}, {"tool": {"name": "get_weather"}}])
+def test_tool_choice(fake_runtime: Any, strict: Any, choice: dict[str, Any]) -> None:
+    kwargs = {"modelId": FAKE_MODEL, "messages": [user("Weather in Paris?")],
+              "toolConfig": {"tools": [WEATHER], "toolChoice": choice}}
+    assert fake_runtime.converse(**kwargs)["stopReason"] == "tool_use"
+    field = f"toolConfig.toolChoice.{next(iter(choice))}"
+    assert error_of(strict.converse, **kwargs) == (
+        "ValidationException", 400, f"This model doesn't support the {field} field. Remove {field} and try again.")
+    auto = {**kwargs, "toolConfig": {"tools": [WEATHER], "toolChoice": {"auto": {}}}}
+    assert strict.converse(**auto)["output"]["message"]["role"] == "assistant"
+
+
+def test_streaming_tool_use(fake_runtime: Any, strict: Any) -> None:
+    kwargs = {"modelId": FAKE_MODEL, "messages": [user("Weather in Paris?")], "toolConfig": {"tools": [WEATHER]}}
+    assert stream_events(fake_runtime, **kwargs)[-1][0] == "metadata"
+    assert error_of(strict.converse_stream, **kwargs) == (
+        "ValidationException", 400, "This model doesn't support tool use in streaming mode.")
+    assert strict.converse(**kwargs)["output"]["message"]["role"] == "assistant"
+
+
+def test_structured_output(fake_runtime: Any, strict: Any) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    kwargs = {"modelId": FAKE_MODEL, "messages": [user("Invent a name.")], "outputConfig": {"textFormat": {
+        "type": "json_schema", "structure": {"jsonSchema": {"schema": json.dumps(schema)}}}}}
+    assert "name" in json.loads(fake_runtime.converse(**kwargs)["output"]["message"]["content"][0]["text"])
+    code, status, message = error_of(strict.converse, **kwargs)
+    assert (code, status) == ("ValidationException", 400)
+    assert message == ("This model doesn't support the outputConfig.textFormat field. Remove outputConfig.textFormat "
+                       "and try again.")
+
+
+def test_cache_counts(strict: Any) -> None:
+    cache = {"cachePoint": {"type": "default"}}
+    request = {"modelId": FAKE_MODEL, "system": [{"text": "A long shared system prompt. " * 20}, cache],
+               "messages": [user("Hello")]}
+    for _ in range(2):
+        usage = strict.converse(**request)["usage"]
+        assert "cacheReadInputTokens" not in usage and "cacheWriteInputTokens" not in usage
+        counted = strict.count_tokens(modelId=FAKE_MODEL, input={"converse": {
+            "system": request["system"], "messages": request["messages"]}})["inputTokens"]
+        assert usage["inputTokens"] == counted
+    response = strict.invoke_model(modelId=FAKE_MODEL, body=json.dumps({"prompt": "Hello " * 30}))
+    response["body"].read()
+    assert "x-amzn-bedrock-cache-read-input-token-count" not in response["ResponseMetadata"]["HTTPHeaders"]
+
+
+@pytest.mark.parametrize("tier", ["priority", "flex", "reserved"])
+def test_service_tier(fake_runtime: Any, strict: Any, tier: str) -> None:
+    kwargs = {"modelId": FAKE_MODEL, "messages": [user("hi")], "serviceTier": {"type": tier}}
+    assert fake_runtime.converse(**kwargs)["output"]["message"]["role"] == "assistant"
+    expected = ("ValidationException", 400,
+                f"The service tier {tier} isn't supported for this model. Retry with the default service tier.")
+    assert error_of(strict.converse, **kwargs) == expected
+    assert error_of(strict.invoke_model, modelId=FAKE_MODEL, body=json.dumps({"prompt": "hi"}),
+                    serviceTier=tier) == expected
+    default = {**kwargs, "serviceTier": {"type": "default"}}
+    assert strict.converse(**default)["output"]["message"]["role"] == "assistant"
+
+
+@pytest.mark.parametrize("model_id", ["meta.llama3-2-1b-instruct-v1:0", "meta.llama3-3-70b-instruct-v1:0"])
+def test_profile_only_models(fake_runtime: Any, strict: Any, model_id: str) -> None:
+    assert fake_runtime.converse(modelId=model_id, messages=[user("hi")])["stopReason"]  # us-west-2 on demand
+    code, status, message = error_of(strict.converse, modelId=model_id, messages=[user("hi")])
+    assert (code, status) == ("ValidationException", 400)
+    assert message.startswith(f"Invocation of model ID {model_id} with on-demand throughput isn\u2019t supported. "
+                              "Retry your request with the ID or ARN of an inference profile that contains this "
+                              "model.")
+    assert strict.converse(modelId="us." + model_id, messages=[user("hi")])["stopReason"]
