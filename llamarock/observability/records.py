@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 class InvocationRecord:
     """One invocation, as the metering, metrics and invocation-log observers see it.
 
-    Token counts are the engine's own: ``input_tokens`` are the prompt tokens computed for this request (what the
-    ``X-Amzn-Bedrock-Input-Token-Count`` header and Converse ``usage.inputTokens`` say), ``cache_read_tokens`` the
-    prompt tokens reused from the prefix cache (not included in ``input_tokens``), ``output_tokens`` the generated
-    ones (also for a stream cancelled midway: what was produced before the client left).
+    Token counts are the engine's own, in Converse's terms (the one definition: docs/observability.md):
+    ``input_tokens`` are the prompt tokens computed for this request (Converse ``usage.inputTokens``),
+    ``cache_read_tokens`` the prompt tokens reused from the prefix cache (not included in ``input_tokens``; their sum
+    is the whole prompt, CountTokens' figure and InvokeModel's ``prompt_token_count``), ``output_tokens`` the
+    generated ones (also for a stream cancelled midway: what was produced before the client left).
     """
 
     request_id: str

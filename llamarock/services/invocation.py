@@ -67,9 +67,11 @@ class StopFilter:
 
 @dataclass
 class Usage:
-    """What an answer has cost so far, as Bedrock states it: ``input_tokens`` are the prompt tokens computed,
-    ``cache_read_tokens`` those reused from the prefix cache (None when the engine has no cache), ``output_tokens``
-    the generated ones. ``first_token_ms`` is when the first engine chunk arrived (ms since the request began)."""
+    """What an answer has cost so far (the one definition, docs/observability.md): ``prompt_tokens`` is the whole
+    prompt, cached or not (CountTokens, InvokeModel's counts); ``cache_read_tokens`` the part of it reused from the
+    prefix cache (None when the engine has no cache); ``input_tokens`` the rest, computed for this request
+    (Converse ``inputTokens``, metering); ``output_tokens`` the generated ones. ``first_token_ms`` is when the first
+    engine chunk arrived (ms since the request began)."""
 
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -163,7 +165,7 @@ class InvocationService:
                 metrics = None
                 if chunk.stop_reason is not None:
                     stop = chunk.stop_reason
-                    metrics = InvocationMetrics(used.input_tokens, used.output_tokens, _since(started),
+                    metrics = InvocationMetrics(used.prompt_tokens, used.output_tokens, _since(started),
                                                 used.first_token_ms or 0, used.cache_read_tokens)
                 yield "chunk", stream_chunk(
                     chunk.text, prompt_tokens=used.prompt_tokens if first else None,
