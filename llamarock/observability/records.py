@@ -49,6 +49,7 @@ class InvocationRecord:
     ttft_ms: int | None = None
     request_metadata: dict[str, str] = field(default_factory=dict)
     performance_latency: str | None = None
+    service_tier: str | None = None  # serviceTier as the request named it; None: default
     provisioned_model_arn: str | None = None
     inference_region: str | None = None
     input_body: bytes | None = None

@@ -40,12 +40,13 @@ def note_target(call: Call, target: Target) -> None:
 
 
 def note_request(call: Call, invocation: Invocation) -> None:
-    """What the invocation record learns once the request is checked: its metadata, tier and images."""
+    """What the invocation record learns once the request is checked: its metadata, tiers and images."""
     record = call.record
     if record is None:
         return
     record.request_metadata = dict(invocation.request_metadata)
     record.performance_latency = invocation.performance_latency
+    record.service_tier = invocation.service_tier
     record.has_images = invocation.has_images
 
 

@@ -97,7 +97,8 @@ class Invocation:
     """One runtime call, resolved and admitted lazily: drain ``events`` (or stream them), then read ``response``.
 
     ``headers`` are the Bedrock headers the answer echoes (performance tier, service tier); ``request_metadata``,
-    ``performance_latency`` and ``has_images`` are facts of the request for its invocation record.
+    ``performance_latency``, ``service_tier`` (None: the request named none, so ``default``) and ``has_images`` are
+    facts of the request for its invocation record.
     """
 
     target: Target
@@ -106,6 +107,7 @@ class Invocation:
     headers: dict[str, str] = field(default_factory=dict)
     request_metadata: dict[str, str] = field(default_factory=dict)
     performance_latency: str | None = None
+    service_tier: str | None = None
     has_images: bool = False
     response: dict[str, Any] | None = None
     completed: bool = False
@@ -141,14 +143,15 @@ class InvocationService:
         sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
         request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
         latency = headers.get("performanceConfigLatency")
-        request = self.inference.tiered(target, request, latency)
+        tier = headers.get("serviceTier")
+        request = self.inference.tiered(target, request, latency, tier)
         echoed = {}
         if latency is not None:
             echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = latency
-        if "serviceTier" in headers:
-            echoed["X-Amzn-Bedrock-Service-Tier"] = headers["serviceTier"]
+        if tier is not None:
+            echoed["X-Amzn-Bedrock-Service-Tier"] = tier
         invocation = Invocation(target, _empty(), Usage(), echoed, performance_latency=latency,
-                                has_images=bool(native.images))
+                                has_images=bool(native.images), service_tier=tier)
         invocation.events = self._native_events(invocation, request, started)
         return invocation
 
@@ -186,10 +189,12 @@ class InvocationService:
             resolved(target)
         self.inference.check_ready(target)
         chat = parse_chat_request(params, target.model)
-        request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency)
+        request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency,
+                                        chat.service_tier)
         self.inference.check_images(target, chat.images)
         invocation = Invocation(target, _empty(), Usage(), request_metadata=dict(chat.request_metadata),
-                                performance_latency=chat.latency, has_images=bool(chat.images))
+                                performance_latency=chat.latency, has_images=bool(chat.images),
+                                service_tier=chat.service_tier)
         invocation.events = self._converse_events(invocation, chat, request, started)
         return invocation
 
