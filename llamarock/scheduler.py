@@ -8,8 +8,15 @@ them: each model unit of a provisioned model reserves ``provisioned_sequences_pe
 ``provisioned_tpm_per_unit`` tokens per minute that only requests through its ARN use. So:
 
 * on-demand requests run at most ``max_parallel - reserved`` at once (prioritised ones, e.g. latency-optimized, also
-  the priority slots); the others wait, highest priority first, in a queue of ``max_queue`` per priority class. A
-  full queue is ``ThrottlingException``; waiting longer than ``queue_timeout_s`` is ``ModelTimeoutException``.
+  the priority slots); the others wait, highest priority first, in a queue of ``max_queue`` per priority class
+  (prioritised, standard, flex). A full queue is ``ThrottlingException``; waiting longer than ``queue_timeout_s`` is
+  ``ModelTimeoutException``.
+* service tiers (:data:`TIER_PRIORITY`): ``priority`` and ``reserved`` requests are prioritised (ahead of the
+  queue, and the priority slots); ``default`` is standard traffic; ``flex`` waits behind standard traffic, but only
+  for ``flex_aging_s``: a flex request that has waited that long competes with standard ones in arrival order (it is
+  served before every standard request that arrived after it), so a steady standard load delays flex traffic by at
+  most ``flex_aging_s`` plus the standard queue ahead of it, and never starves it. When a slot is free, flex starts
+  at once (the pool never idles while flex requests wait).
 * requests through a provisioned model run at most its reserved sequences at once and wait within its reservation
   with the same bounds; beyond its tokens per minute they get ``ThrottlingException``. They carry
   :data:`PROVISIONED_PRIORITY`, so that the engine admits them ahead of on-demand requests.
@@ -24,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +41,8 @@ from llamarock.settings import DeploymentSettings, Settings
 from llamarock.types import GenerationChunk, GenerationRequest
 
 PROVISIONED_PRIORITY = 10
+# Admission priority of each service tier (serviceTier); standard traffic is 0, latency-optimized 1.
+TIER_PRIORITY: dict[str, int] = {"priority": 1, "reserved": 1, "default": 0, "flex": -1}
 TOO_MANY_REQUESTS = "Too many requests, please wait before trying again."
 TOO_MANY_TOKENS = "Too many tokens, please wait before trying again."
 TIMED_OUT = "The request took too long to process. Processing time exceeded the model timeout length."
@@ -43,19 +53,27 @@ class _Waiter:
     priority: int
     order: int
     granted: asyncio.Future[None]
+    since: float = 0.0
+
+
+def _tier_class(priority: int) -> int:
+    """The queue a priority waits in: prioritised (1), standard (0) or flex (-1); each holds ``max_queue``."""
+    return (priority > 0) - (priority < 0)
 
 
 class SlotPool:
     """The concurrent generations of one share of a deployment, and the requests waiting for one.
 
     ``capacity`` slots serve every request; ``extra`` more serve only prioritised ones (priority > 0). Waiters are
-    served highest priority first, then in arrival order; each priority class may have ``max_queue`` waiting.
+    served highest priority first, then in arrival order; each priority class may have ``max_queue`` waiting. A
+    waiter below standard priority (flex) counts as standard once it has waited ``aging_s``.
     """
 
-    def __init__(self, capacity: int, extra: int, max_queue: int) -> None:
+    def __init__(self, capacity: int, extra: int, max_queue: int, aging_s: float = 0.0) -> None:
         self.capacity = capacity
         self.extra = extra
         self.max_queue = max_queue
+        self.aging_s = aging_s
         self.running = 0
         self._waiters: list[_Waiter] = []
         self._order = itertools.count()
@@ -67,9 +85,15 @@ class SlotPool:
     def _limit(self, priority: int) -> int:
         return self.capacity + (self.extra if priority > 0 else 0)
 
+    def _effective(self, waiter: _Waiter, now: float) -> int:
+        if waiter.priority < 0 and now - waiter.since >= self.aging_s:
+            return 0
+        return waiter.priority
+
     def _grant(self) -> None:
         while self._waiters:
-            best = min(self._waiters, key=lambda w: (-w.priority, w.order))
+            now = time.monotonic()
+            best = min(self._waiters, key=lambda w: (-self._effective(w, now), w.order))
             if self.running >= self._limit(best.priority):
                 return
             self._waiters.remove(best)
@@ -80,14 +104,15 @@ class SlotPool:
         self, priority: int, timeout_s: float, full: Callable[[], BedrockError], late: Callable[[], BedrockError]
     ) -> None:
         """Take a slot, waiting for one if need be; ``full()`` or ``late()`` is raised when that fails."""
-        ahead = any(w.priority >= priority for w in self._waiters)
+        now = time.monotonic()
+        ahead = any(self._effective(w, now) >= priority for w in self._waiters)
         if not ahead and self.running < self._limit(priority):
             self.running += 1
             return
-        peers = sum(1 for w in self._waiters if (w.priority > 0) == (priority > 0))
+        peers = sum(1 for w in self._waiters if _tier_class(w.priority) == _tier_class(priority))
         if self._limit(priority) == 0 or peers >= self.max_queue:
             raise full()
-        waiter = _Waiter(priority, next(self._order), asyncio.get_running_loop().create_future())
+        waiter = _Waiter(priority, next(self._order), asyncio.get_running_loop().create_future(), now)
         self._waiters.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.granted), timeout_s)
@@ -183,7 +208,7 @@ class Scheduler:
         self.settings = settings
         self._deployments: dict[str, DeploymentSettings] = {d.name: d for d in settings.effective_deployments()}
         self._on_demand = {
-            name: SlotPool(spec.max_parallel, spec.priority_slots, spec.max_queue)
+            name: SlotPool(spec.max_parallel, spec.priority_slots, spec.max_queue, spec.flex_aging_s)
             for name, spec in self._deployments.items()
         }
         self._reservations: dict[str, Reservation] = {}
@@ -269,7 +294,9 @@ class Scheduler:
 
         await pool.acquire(request.priority, timeout_s, full, late)
         try:
-            yield Admission(request)
+            # Flex waits behind standard traffic here, in the one admission layer; admitted, it is the engine's
+            # standard work (the decode loop never holds it back again).
+            yield Admission(dataclasses.replace(request, priority=0) if request.priority < 0 else request)
         finally:
             pool.release()
 

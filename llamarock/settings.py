@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 EngineName = Literal["llamacpp", "fake"]
+ServiceTierName = Literal["priority", "default", "flex", "reserved"]
+# Bedrock's published per-token price ratios of its service tiers to the standard (default) tier.
+DEFAULT_TIER_PRICE_MULTIPLIERS: dict[ServiceTierName, Decimal] = {
+    "priority": Decimal("1.75"), "default": Decimal(1), "flex": Decimal("0.5"), "reserved": Decimal(1),
+}
 _REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d+$"
 RegionName = Annotated[str, StringConstraints(pattern=_REGION_PATTERN)]
 ServerUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
@@ -80,8 +85,14 @@ class DeploymentSettings(BaseModel):
     )
     priority_slots: int = Field(
         default=1, ge=0, le=32,
-        description="Extra decode slots only prioritised requests (latency-optimized, provisioned throughput) may "
-        "use, so that they start at once even when standard requests fill all `max_parallel` slots.",
+        description="Extra decode slots only prioritised requests (latency-optimized, the priority and reserved "
+        "service tiers, provisioned throughput) may use, so that they start at once even when standard requests fill "
+        "all `max_parallel` slots.",
+    )
+    flex_aging_s: float = Field(
+        default=10.0, ge=0,
+        description="Seconds a flex-tier request waits behind default-tier ones at most: after that it competes with "
+        "them in arrival order, so flex traffic is never starved. Keep it below `queue_timeout_s`.",
     )
     prefix_cache_tokens: int | None = Field(
         default=None, ge=0,
@@ -306,6 +317,13 @@ class Settings(BaseSettings):
         "`input = 0.3`, `output = 0.6` (USD per 1M tokens); they override the catalog's. Models with no price are "
         "reported as unpriced (cost null).",
     )
+    tier_price_multipliers: dict[ServiceTierName, Decimal] = Field(
+        default_factory=lambda: dict(DEFAULT_TIER_PRICE_MULTIPLIERS),
+        description="Per-token price of each service tier (serviceTier) as a multiple of the on-demand price, e.g. "
+        "`[tier_price_multipliers]` with `flex = 0.5`. Tiers not named keep the default: Bedrock's ratios, priority "
+        "1.75 (a 75% premium), flex 0.5 (50% off), default 1, and reserved 1 (Bedrock bills reservations by the "
+        "month, not the token).",
+    )
     cache_read_price_fraction: Decimal = Field(
         default=Decimal(0), ge=0, le=1,
         description="Share of the input price charged for prompt tokens read from the prefix cache "
@@ -330,6 +348,15 @@ class Settings(BaseSettings):
         if bool(self.peer_access_key_id) != bool(self.peer_secret_access_key):
             raise ValueError("peer_access_key_id and peer_secret_access_key are set together, or neither")
         return self
+
+    @field_validator("tier_price_multipliers")
+    @classmethod
+    def _every_tier_priced(cls, value: dict[ServiceTierName, Decimal]) -> dict[ServiceTierName, Decimal]:
+        negative = sorted(tier for tier, multiplier in value.items() if multiplier < 0)
+        if negative:
+            raise ValueError(f"tier_price_multipliers must not be negative: {', '.join(negative)}")
+        merged: dict[ServiceTierName, Decimal] = {**DEFAULT_TIER_PRICE_MULTIPLIERS, **value}
+        return merged
 
     @field_validator("deployments")
     @classmethod

@@ -18,6 +18,7 @@ from botocore.serialize import create_serializer
 from llamarock import errors
 from llamarock.codec import eventstream
 from llamarock.codec.errors import render_error, status_of
+from llamarock.codec.response_usage import ResponseUsage
 from llamarock.codec.rest_json import split_model_path
 
 MODEL = botocore.session.get_session().get_service_model("bedrock-runtime")
@@ -314,3 +315,26 @@ def test_split_model_path_as_botocore_serializes(model_id: str) -> None:
     )
     assert "%3A" in request["url_path"]
     assert split_model_path(request["url_path"].encode()) == (model_id, "invoke")
+
+
+# ------------------------------------------------------------------- token counts read from a relayed response
+def test_relayed_invoke_model_counts_take_cache_reads_off_the_whole_prompt() -> None:
+    plain = ResponseUsage()
+    plain.start({"X-Amzn-Bedrock-Input-Token-Count": "100", "X-Amzn-Bedrock-Output-Token-Count": "5",
+                 "X-Amzn-Bedrock-Cache-Read-Input-Token-Count": "60", "Content-Type": "application/json"})
+    assert (plain.total(), plain.input_tokens, plain.cache_read_tokens, plain.output_tokens) == (45, 40, 60, 5)
+
+    streamed = ResponseUsage()
+    streamed.start({"Content-Type": eventstream.CONTENT_TYPE})
+    last = {"generation": "", "prompt_token_count": None, "generation_token_count": 3, "stop_reason": "stop",
+            "amazon-bedrock-invocationMetrics": {"inputTokenCount": 80, "outputTokenCount": 3,
+                                                 "invocationLatency": 9, "firstByteLatency": 2,
+                                                 "cacheReadInputTokenCount": 79}}
+    streamed.body(eventstream.chunk_event(last))
+    assert (streamed.input_tokens, streamed.cache_read_tokens, streamed.output_tokens) == (1, 79, 3)
+
+    converse = ResponseUsage()
+    converse.start({"Content-Type": "application/json"})
+    converse.body(json.dumps({"usage": {"inputTokens": 7, "outputTokens": 2, "totalTokens": 30,
+                                        "cacheReadInputTokens": 21}}).encode())
+    assert (converse.total(), converse.input_tokens, converse.cache_read_tokens) == (9, 7, 21)

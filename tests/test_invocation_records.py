@@ -66,7 +66,8 @@ def test_one_record_per_invocation_with_the_response_counts(tmp_path: Path) -> N
             await client.post(MODEL + "/count-tokens", content=json.dumps({"input": {"converse": body}}))
         await app.state.registry.close_all()
         plain_rec, stream_rec, conv_rec, cstream_rec, bad_rec = seen.records
-        assert (stream_rec.input_tokens, stream_rec.output_tokens) == (
+        # The stream states the whole prompt; the record counts cache reads apart (none on the fake engine).
+        assert (stream_rec.input_tokens + stream_rec.cache_read_tokens, stream_rec.output_tokens) == (
             metrics["inputTokenCount"], metrics["outputTokenCount"])
         assert stream_rec.ttft_ms is not None and stream_rec.output_body == chunks
         assert (conv_rec.input_tokens, conv_rec.output_tokens) == (

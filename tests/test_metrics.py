@@ -189,16 +189,18 @@ def _calls(client: Any) -> tuple[dict[str, Counter[str]], list[tuple[str, str, s
     headers = plain["ResponseMetadata"]["HTTPHeaders"]
     body = json.loads(plain["body"].read())
     assert int(headers["x-amzn-bedrock-output-token-count"]) == body["generation_token_count"]
-    count(llama2, int(headers["x-amzn-bedrock-input-token-count"]), int(headers["x-amzn-bedrock-output-token-count"]),
-          int(headers.get("x-amzn-bedrock-cache-read-input-token-count", 0)), False)
+    # InvokeModel states the whole prompt; metering counts the part computed and the part read from the cache apart.
+    cached = int(headers.get("x-amzn-bedrock-cache-read-input-token-count", 0))
+    count(llama2, int(headers["x-amzn-bedrock-input-token-count"]) - cached,
+          int(headers["x-amzn-bedrock-output-token-count"]), cached, False)
     answered.append((plain["ResponseMetadata"]["RequestId"], "InvokeModel", llama2))
 
     streamed = client.invoke_model_with_response_stream(
         modelId=llama31, body=json.dumps({"prompt": "Count: one, two,", "max_gen_len": 8}))
     chunks = _stream_chunks(streamed)
     metrics = chunks[-1]["amazon-bedrock-invocationMetrics"]
-    count(llama31, metrics["inputTokenCount"], metrics["outputTokenCount"],
-          metrics.get("cacheReadInputTokenCount", 0), True)
+    cached = metrics.get("cacheReadInputTokenCount", 0)
+    count(llama31, metrics["inputTokenCount"] - cached, metrics["outputTokenCount"], cached, True)
     answered.append((streamed["ResponseMetadata"]["RequestId"], "InvokeModelWithResponseStream", llama31))
 
     conversation = [{"role": "user", "content": [{"text": "Say hello to the metering test, briefly."}]}]

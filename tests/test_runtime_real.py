@@ -75,8 +75,8 @@ def test_response_headers_match_the_body(runtime: Any) -> None:
     headers = response["ResponseMetadata"]["HTTPHeaders"]
     assert response["contentType"] == "application/json"
     assert headers["x-amzn-requestid"] == response["ResponseMetadata"]["RequestId"]
-    cached = int(headers["x-amzn-bedrock-cache-read-input-token-count"])
-    assert int(headers["x-amzn-bedrock-input-token-count"]) + cached == body["prompt_token_count"]
+    assert 0 <= int(headers["x-amzn-bedrock-cache-read-input-token-count"]) < body["prompt_token_count"]
+    assert int(headers["x-amzn-bedrock-input-token-count"]) == body["prompt_token_count"]
     assert int(headers["x-amzn-bedrock-output-token-count"]) == body["generation_token_count"]
     assert int(headers["x-amzn-bedrock-invocation-latency"]) >= 0
 
@@ -152,7 +152,8 @@ def test_stream_chunks_follow_bedrock(runtime: Any) -> None:
     assert counts == sorted(counts) and counts[-1] == 24
     assert all(c["stop_reason"] is None for c in chunks[:-1]) and chunks[-1]["stop_reason"] == "length"
     metrics = chunks[-1]["amazon-bedrock-invocationMetrics"]
-    assert metrics["inputTokenCount"] + metrics["cacheReadInputTokenCount"] == chunks[0]["prompt_token_count"]
+    assert metrics["inputTokenCount"] == chunks[0]["prompt_token_count"]
+    assert 0 <= metrics["cacheReadInputTokenCount"] < metrics["inputTokenCount"]
     assert metrics["outputTokenCount"] == 24
     assert 0 <= metrics["firstByteLatency"] <= metrics["invocationLatency"]
     assert all("amazon-bedrock-invocationMetrics" not in c for c in chunks[:-1])
@@ -220,7 +221,8 @@ def test_prefix_cache_shows_in_usage(runtime: Any) -> None:
     first["body"].read()
     cached = int(headers["x-amzn-bedrock-cache-read-input-token-count"])
     assert cached >= body["prompt_token_count"] - 2
-    assert int(headers["x-amzn-bedrock-input-token-count"]) == body["prompt_token_count"] - cached
+    # InvokeModel counts the whole prompt, cached or not; the cache-read header says how much the cache supplied.
+    assert int(headers["x-amzn-bedrock-input-token-count"]) == body["prompt_token_count"]
     chat = [{"role": "user", "content": [{"text": prompt}]}]
     runtime.converse(modelId="meta.llama3-1-8b-instruct-v1:0", messages=chat, inferenceConfig={"maxTokens": 2})
     usage = runtime.converse(

@@ -10,7 +10,7 @@ import pytest
 
 from llamarock.budget import TokenBucket
 from llamarock.errors import BedrockError, ModelTimeoutException, ThrottlingException
-from llamarock.scheduler import PROVISIONED_PRIORITY, Admission, Scheduler, SlotPool, request_tokens
+from llamarock.scheduler import PROVISIONED_PRIORITY, TIER_PRIORITY, Admission, Scheduler, SlotPool, request_tokens
 from llamarock.settings import load_settings
 from llamarock.types import GenerationRequest, SamplingParams
 
@@ -188,3 +188,79 @@ def test_all_capacity_reserved_throttles_on_demand_at_once() -> None:
 
 def test_provisioned_tokens_per_minute_are_enforced_and_settled_with_real_use() -> None:
     asyncio.run(_provisioned_tokens_per_minute_are_enforced_and_settled_with_real_use())
+
+
+# ------------------------------------------------------------------------------------------------- service tiers
+FLEX, DEFAULT, PRIORITY = TIER_PRIORITY["flex"], TIER_PRIORITY["default"], TIER_PRIORITY["priority"]
+
+
+async def _grant_order(pool: SlotPool, arrivals: list[tuple[str, int]]) -> list[str]:
+    """The order in which ``arrivals`` (name, priority), queued in that order behind one held slot, are served."""
+    await pool.acquire(DEFAULT, 5, _full, _late)
+    order: list[str] = []
+
+    async def wait(name: str, priority: int) -> None:
+        await pool.acquire(priority, 5, _full, _late)
+        order.append(name)
+        pool.release()
+
+    tasks = []
+    for name, priority in arrivals:
+        tasks.append(asyncio.ensure_future(wait(name, priority)))
+        await asyncio.sleep(0)
+    assert pool.waiting == len(arrivals)
+    pool.release()
+    await asyncio.gather(*tasks)
+    assert pool.running == 0
+    return order
+
+
+def test_tiers_are_served_priority_then_default_then_flex() -> None:
+    assert TIER_PRIORITY["reserved"] == PRIORITY > DEFAULT > FLEX
+    pool = SlotPool(capacity=1, extra=0, max_queue=5, aging_s=3600)
+    arrivals = [("flex1", FLEX), ("default1", DEFAULT), ("priority1", PRIORITY), ("flex2", FLEX), ("default2", DEFAULT)]
+    order = asyncio.run(_grant_order(pool, arrivals))
+    assert order == ["priority1", "default1", "default2", "flex1", "flex2"]
+
+
+def test_flex_that_waited_its_aging_time_competes_with_default_in_arrival_order() -> None:
+    # aging_s=0: every waiting flex request has aged, so it is served before the default ones that came after it;
+    # priority traffic stays ahead.
+    pool = SlotPool(capacity=1, extra=0, max_queue=5, aging_s=0)
+    arrivals = [("default1", DEFAULT), ("flex1", FLEX), ("default2", DEFAULT), ("priority1", PRIORITY)]
+    assert asyncio.run(_grant_order(pool, arrivals)) == ["priority1", "default1", "flex1", "default2"]
+
+
+async def _flex_has_its_own_queue_and_runs_as_standard_work_once_admitted() -> None:
+    scheduler = _scheduler(max_parallel=1, max_queue=1)
+    async with _holding(scheduler, _request()):
+        standard = asyncio.ensure_future(_admit_once(scheduler, _request(DEFAULT)))
+        flex = asyncio.ensure_future(_admit_once(scheduler, _request(FLEX)))
+        await asyncio.sleep(0.01)
+        # One standard and one flex request wait: each class has its own queue of max_queue (1)...
+        assert scheduler.deployments()[0].on_demand_waiting == 2
+        with pytest.raises(ThrottlingException):
+            await _admit_once(scheduler, _request(FLEX))
+        with pytest.raises(ThrottlingException):
+            await _admit_once(scheduler, _request(DEFAULT))
+    await asyncio.wait_for(asyncio.gather(standard, flex), 1)
+    # ...and an admitted flex request reaches the engine as standard work, never held back there again.
+    async with scheduler.admit("d", _request(FLEX)) as admission:
+        assert admission.request.priority == DEFAULT
+
+
+def test_flex_has_its_own_queue_and_runs_as_standard_work_once_admitted() -> None:
+    asyncio.run(_flex_has_its_own_queue_and_runs_as_standard_work_once_admitted())
+
+
+def test_free_slots_serve_flex_at_once() -> None:
+    async def run() -> int:
+        pool = SlotPool(capacity=2, extra=1, max_queue=0, aging_s=3600)
+        await asyncio.wait_for(pool.acquire(FLEX, 5, _full, _late), 1)
+        await asyncio.wait_for(pool.acquire(FLEX, 5, _full, _late), 1)
+        # The priority slot is not flex's: with a queue of 0, a third flex request is throttled.
+        with pytest.raises(ThrottlingException):
+            await pool.acquire(FLEX, 5, _full, _late)
+        return pool.running
+
+    assert asyncio.run(run()) == 2

@@ -68,6 +68,7 @@ class ChatRequest:
     output_schema: dict[str, Any] | None = None
     images: tuple[bytes, ...] = ()
     latency: str | None = None
+    service_tier: str | None = None  # serviceTier.type (shape-checked), echoed; None: default
     request_metadata: dict[str, str] = field(default_factory=dict)
     response_field_paths: tuple[str, ...] = ()
 
@@ -363,6 +364,7 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
         output_schema=_output_schema(params.get("outputConfig")),
         images=tuple(images),
         latency=(params.get("performanceConfig") or {}).get("latency"),
+        service_tier=(params.get("serviceTier") or {}).get("type"),
         request_metadata=dict(params.get("requestMetadata") or {}),
         response_field_paths=_response_field_paths(params.get("additionalModelResponseFieldPaths") or ()),
     )
@@ -448,4 +450,6 @@ def converse_response(
         body["additionalModelResponseFields"] = fields
     if chat.latency is not None:
         body["performanceConfig"] = {"latency": chat.latency}
+    if chat.service_tier is not None:
+        body["serviceTier"] = {"type": chat.service_tier}
     return body

@@ -179,5 +179,7 @@ class StreamAssembler:
                                     "metrics": {"latencyMs": latency_ms}}
         if self.chat.latency is not None:
             metadata["performanceConfig"] = {"latency": self.chat.latency}
+        if self.chat.service_tier is not None:
+            metadata["serviceTier"] = {"type": self.chat.service_tier}
         events.append(("metadata", metadata))
         return events, outcome, reason

@@ -90,7 +90,10 @@ class NativeRequest:
 
 @dataclass(frozen=True)
 class InvocationMetrics:
-    """The ``amazon-bedrock-invocationMetrics`` object on the last stream chunk (latencies in milliseconds)."""
+    """The ``amazon-bedrock-invocationMetrics`` object on the last stream chunk (latencies in milliseconds).
+
+    ``input_tokens`` is the whole prompt, cached or not (as ``prompt_token_count`` and the InvokeModel header);
+    ``cache_read_input_tokens`` is the part of it read from the prefix cache."""
 
     input_tokens: int
     output_tokens: int

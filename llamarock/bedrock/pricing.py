@@ -49,9 +49,11 @@ def token_cost(
     output_tokens: int,
     cache_read_tokens: int = 0,
     cache_read_fraction: Decimal = Decimal(0),
+    tier_multiplier: Decimal = Decimal(1),
 ) -> Decimal | None:
     """``input × input price + output × output price`` per 1M tokens, plus cache reads at ``cache_read_fraction``
-    of the input price; None for an unpriced model.
+    of the input price, all times the service tier's ``tier_multiplier`` (setting ``tier_price_multipliers``: flex
+    0.5, priority 1.75 by default, as Bedrock prices its tiers); None for an unpriced model.
 
     ``input_tokens`` are the prompt tokens computed for the request, as the response reports them; prefix-cache
     reads are counted apart (``cacheReadInputTokens``), like Bedrock's prompt caching, which bills them at a
@@ -65,7 +67,7 @@ def token_cost(
         + output_tokens * model_rates.output_per_million
         + cache_read_tokens * model_rates.input_per_million * cache_read_fraction
     )
-    return total / MILLION
+    return total * tier_multiplier / MILLION
 
 
 def hourly_rate(model_id: str, prices: Mapping[str, PriceSettings] | None = None) -> Decimal | None:

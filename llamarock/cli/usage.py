@@ -1,4 +1,4 @@
-"""``llamarock usage [--by model|principal|tag|day] [--since DATE] [--json] [--provisioned]``: the usage report.
+"""``llamarock usage [--by model|principal|tag|day|tier] [--since DATE] [--json] [--provisioned]``: the usage report.
 
 It reads the metadata database a running server writes (the server writes each record within moments of the
 answer), so it works while the server runs and after it stopped. On-demand invocations are priced per token;

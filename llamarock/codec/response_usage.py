@@ -3,6 +3,9 @@
 ConverseStream's ``metadata``).
 
 Only a relay needs this (forwarding to a ``region_servers`` peer): an answer produced here states its counts itself.
+The counts are kept in the invocation record's terms (docs/observability.md): ``input_tokens`` the prompt tokens
+computed, ``cache_read_tokens`` those read from the prefix cache. InvokeModel's header and stream metrics state the
+whole prompt, so the cache reads they also state are taken off; Converse's ``usage`` already splits them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class ResponseUsage:
 
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_read_tokens: int | None = None
     error_code: str | None = None
     _json: bytearray | None = None
     _events: Decoder | None = None
@@ -36,8 +40,10 @@ class ResponseUsage:
         found = {k.lower(): v for k, v in headers.items()}
         raw_in = found.get("x-amzn-bedrock-input-token-count")
         raw_out = found.get("x-amzn-bedrock-output-token-count")
+        raw_cached = found.get("x-amzn-bedrock-cache-read-input-token-count")
         if raw_in is not None and raw_out is not None and raw_in.isdigit() and raw_out.isdigit():
-            self.input_tokens, self.output_tokens = int(raw_in), int(raw_out)
+            cached = int(raw_cached) if raw_cached is not None and raw_cached.isdigit() else None
+            self._whole_prompt(int(raw_in), int(raw_out), cached)
         content_type = found.get("content-type", "")
         if content_type.startswith(CONTENT_TYPE):
             self._events = Decoder()
@@ -62,19 +68,29 @@ class ResponseUsage:
             member = str(headers.get(":exception-type") or "internalServerException")
             self.error_code = member[:1].upper() + member[1:]
         elif event_type == "metadata":
-            usage = json.loads(payload).get("usage") or {}
-            self.input_tokens, self.output_tokens = usage.get("inputTokens"), usage.get("outputTokens")
+            self._converse_usage(json.loads(payload).get("usage") or {})
         elif event_type == "chunk":
             metrics = decode_chunk(payload).get("amazon-bedrock-invocationMetrics")
             if metrics:
-                self.input_tokens, self.output_tokens = metrics["inputTokenCount"], metrics["outputTokenCount"]
+                self._whole_prompt(metrics["inputTokenCount"], metrics["outputTokenCount"],
+                                   metrics.get("cacheReadInputTokenCount"))
+
+    def _whole_prompt(self, prompt: Any, output: Any, cached: Any) -> None:
+        """InvokeModel's counts: the whole prompt, of which ``cached`` tokens were read from the cache."""
+        cached = cached if isinstance(cached, int) else None
+        self.input_tokens = prompt - (cached or 0) if isinstance(prompt, int) else None
+        self.output_tokens, self.cache_read_tokens = output, cached
+
+    def _converse_usage(self, usage: Any) -> None:
+        self.input_tokens, self.output_tokens = usage.get("inputTokens"), usage.get("outputTokens")
+        cached = usage.get("cacheReadInputTokens")
+        self.cache_read_tokens = cached if isinstance(cached, int) else None
 
     def total(self) -> int | None:
         """Input plus output tokens, or None when the response did not say."""
         if self._json and self.input_tokens is None:
             try:
-                usage = json.loads(self._json).get("usage") or {}
-                self.input_tokens, self.output_tokens = usage.get("inputTokens"), usage.get("outputTokens")
+                self._converse_usage(json.loads(self._json).get("usage") or {})
             except (ValueError, AttributeError):
                 return None
         if isinstance(self.input_tokens, int) and isinstance(self.output_tokens, int):

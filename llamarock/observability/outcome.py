@@ -48,10 +48,15 @@ def catalog_model_id(record: InvocationRecord) -> str | None:
 
 def metric_model_id(record: InvocationRecord) -> str:
     """The ``ModelId`` dimension: the identifier as the client sent it, as CloudWatch shows it, with
-    ``+latency-optimized`` for latency-optimized requests. Requests whose identifier names no model share one
-    ``unknown`` series, so that a client sending random ids cannot create unbounded series."""
+    ``+latency-optimized`` for latency-optimized requests and ``+priority``, ``+flex`` or ``+reserved`` for service
+    tiers other than ``default`` (CloudWatch's ``model-id+priority`` and ``model-id+flex``). Requests whose identifier
+    names no model share one ``unknown`` series, so that a client sending random ids cannot create unbounded
+    series."""
     if catalog_model_id(record) is None:
         return "unknown"
+    name = record.model_identifier
     if record.performance_latency == "optimized":
-        return f"{record.model_identifier}+latency-optimized"
-    return record.model_identifier
+        name += "+latency-optimized"
+    if record.service_tier is not None and record.service_tier != "default":
+        name += f"+{record.service_tier}"
+    return name

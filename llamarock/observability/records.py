@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 class InvocationRecord:
     """One invocation, as the metering, metrics and invocation-log observers see it.
 
-    Token counts are the engine's own: ``input_tokens`` are the prompt tokens computed for this request (what the
-    ``X-Amzn-Bedrock-Input-Token-Count`` header and Converse ``usage.inputTokens`` say), ``cache_read_tokens`` the
-    prompt tokens reused from the prefix cache (not included in ``input_tokens``), ``output_tokens`` the generated
-    ones (also for a stream cancelled midway: what was produced before the client left).
+    Token counts are the engine's own, in Converse's terms (the one definition: docs/observability.md):
+    ``input_tokens`` are the prompt tokens computed for this request (Converse ``usage.inputTokens``),
+    ``cache_read_tokens`` the prompt tokens reused from the prefix cache (not included in ``input_tokens``; their sum
+    is the whole prompt, CountTokens' figure and InvokeModel's ``prompt_token_count``), ``output_tokens`` the
+    generated ones (also for a stream cancelled midway: what was produced before the client left).
     """
 
     request_id: str
@@ -48,6 +49,7 @@ class InvocationRecord:
     ttft_ms: int | None = None
     request_metadata: dict[str, str] = field(default_factory=dict)
     performance_latency: str | None = None
+    service_tier: str | None = None  # serviceTier as the request named it; None: default
     provisioned_model_arn: str | None = None
     inference_region: str | None = None
     input_body: bytes | None = None

@@ -70,6 +70,7 @@ from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, Strin
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from llamarock.bedrock import catalog, pricing
+from llamarock.bedrock.service_tiers import DEFAULT_TIER, ServiceTier, tier_of
 from llamarock.errors import ValidationException
 from llamarock.observability.outcome import catalog_model_id, counts_as_invocation, outcome
 from llamarock.observability.records import InvocationRecord
@@ -78,9 +79,10 @@ from llamarock.storage.db import Base, Store
 
 log = logging.getLogger(__name__)
 
-Grouping = Literal["model", "principal", "tag", "day"]
-GROUPINGS: tuple[Grouping, ...] = ("model", "principal", "tag", "day")
-KEY_NAMES: dict[str, str] = {"model": "modelId", "principal": "principal", "tag": "tag", "day": "day"}
+Grouping = Literal["model", "principal", "tag", "day", "tier"]
+GROUPINGS: tuple[Grouping, ...] = ("model", "principal", "tag", "day", "tier")
+KEY_NAMES: dict[str, str] = {"model": "modelId", "principal": "principal", "tag": "tag", "day": "day",
+                             "tier": "serviceTier"}
 PICO = Decimal(10) ** 12
 
 
@@ -108,6 +110,7 @@ class UsageRow(Base):
     request_metadata: Mapped[str] = mapped_column(Text)
     region: Mapped[str] = mapped_column(String(32))
     performance_tier: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    service_tier: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: rows from before tiers
     provisioned_model_arn: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     cost_picousd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     tags: Mapped[list[UsageTagRow]] = relationship(cascade="all, delete-orphan")
@@ -214,7 +217,8 @@ class UsageStore(Store):
             return list(session.scalars(select(UsageRow.request_id).order_by(UsageRow.id)))
 
     def report(self, by: Grouping = "model", since: datetime | None = None) -> list[UsageSummary]:
-        """Totals per model (catalog id, else the identifier as sent), principal, tag (key=value) or UTC day."""
+        """Totals per model (catalog id, else the identifier as sent), principal, tag (key=value), UTC day or
+        service tier."""
         keys: list[Any]
         if by == "model":
             keys = [func.coalesce(UsageRow.model_id, UsageRow.model_identifier)]
@@ -222,6 +226,8 @@ class UsageStore(Store):
             keys = [UsageRow.principal]
         elif by == "day":
             keys = [UsageRow.day]
+        elif by == "tier":
+            keys = [func.coalesce(UsageRow.service_tier, DEFAULT_TIER)]
         else:
             keys = [UsageTagRow.key, UsageTagRow.value]
 
@@ -413,6 +419,7 @@ class UsageRecorder:
         self.store = store
         self._prices: Mapping[str, PriceSettings] = settings.prices
         self._cache_fraction = settings.cache_read_price_fraction
+        self._tier_multipliers: Mapping[ServiceTier, Decimal] = settings.tier_price_multipliers
         for model_id in settings.prices:
             if catalog.get(model_id) is None:
                 log.warning("prices: %r is not a catalog model id; its price is never used", model_id)
@@ -459,8 +466,10 @@ class UsageRecorder:
         started = _utc(record.started_at)
         model_id = catalog_model_id(record)
         model_rates = pricing.rates(model_id, self._prices) if model_id else None
+        tier = tier_of(record.service_tier)
         cost = pricing.token_cost(
-            model_rates, record.input_tokens, record.output_tokens, record.cache_read_tokens, self._cache_fraction
+            model_rates, record.input_tokens, record.output_tokens, record.cache_read_tokens, self._cache_fraction,
+            self._tier_multipliers.get(tier, Decimal(1)),
         )
         if record.provisioned_model_arn:
             # Provisioned Throughput is billed per model unit and hour (pricing.provisioned_cost), not per token.
@@ -486,6 +495,7 @@ class UsageRecorder:
             "request_metadata": json.dumps(record.request_metadata, ensure_ascii=False, sort_keys=True),
             "region": record.region,
             "performance_tier": record.performance_latency,
+            "service_tier": tier,
             "provisioned_model_arn": record.provisioned_model_arn,
             "cost_picousd": to_picousd(cost),
             "tags": dict(record.request_metadata),

@@ -91,4 +91,4 @@ async def _relay(answer: PeerAnswer, usage: ResponseUsage) -> AsyncIterator[tupl
 
 def _note_usage(call: Call, usage: ResponseUsage) -> None:
     if usage.total() is not None and usage.input_tokens is not None and usage.output_tokens is not None:
-        call.usage(usage.input_tokens, usage.output_tokens, None)
+        call.usage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens)

@@ -40,12 +40,13 @@ def note_target(call: Call, target: Target) -> None:
 
 
 def note_request(call: Call, invocation: Invocation) -> None:
-    """What the invocation record learns once the request is checked: its metadata, tier and images."""
+    """What the invocation record learns once the request is checked: its metadata, tiers and images."""
     record = call.record
     if record is None:
         return
     record.request_metadata = dict(invocation.request_metadata)
     record.performance_latency = invocation.performance_latency
+    record.service_tier = invocation.service_tier
     record.has_images = invocation.has_images
 
 
@@ -66,9 +67,9 @@ async def invoke_model(call: Call) -> Response:
         headers = {
             "x-amzn-RequestId": call.request_id,
             "X-Amzn-Bedrock-Invocation-Latency": str(call.elapsed_ms()),
-            # Bedrock's headers count cache reads apart from the computed input tokens; the native body's
-            # prompt_token_count stays the whole prompt, as Llama reports it.
-            "X-Amzn-Bedrock-Input-Token-Count": str(used.input_tokens),
+            # InvokeModel counts the whole prompt, cached or not, like the body's prompt_token_count (the
+            # definition: docs/observability.md); the cache-read header says how much of it the cache supplied.
+            "X-Amzn-Bedrock-Input-Token-Count": str(used.prompt_tokens),
             "X-Amzn-Bedrock-Output-Token-Count": str(used.output_tokens),
             "x-llamarock-served-by": invocation.target.deployment.name,
             **invocation.headers,

@@ -1,4 +1,4 @@
-"""``GET /llamarock/usage?by=model|principal|tag|day&since=DATE``: the usage report as JSON, for the console.
+"""``GET /llamarock/usage?by=model|principal|tag|day|tier&since=DATE``: the usage report as JSON, for the console.
 
 The same rows as ``llamarock usage --json`` (see ``observability/usage.py``), answered as ``{"by": ..., "since":
 ..., "rows": [...]}``. Bad parameters are a ValidationException that says what to send instead. The caller's policy

@@ -34,7 +34,7 @@ from llamarock.errors import (
     UnsupportedSchemaError,
     ValidationException,
 )
-from llamarock.scheduler import Scheduler
+from llamarock.scheduler import TIER_PRIORITY, Scheduler
 from llamarock.services.deployments import Deployment, DeploymentRegistry
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
@@ -206,11 +206,15 @@ class InferenceService:
         return GenerationRequest(sampling=sampling, messages=tuple(messages), assistant_prefix=prefix,
                                  request_id=request_id, json_schema=json_schema)
 
-    def tiered(self, target: Target, request: GenerationRequest, latency: str | None) -> GenerationRequest:
-        """Apply the request's performance tier: ``optimized`` is served ahead of standard traffic.
+    def tiered(self, target: Target, request: GenerationRequest, latency: str | None,
+               service_tier: str | None = None) -> GenerationRequest:
+        """Apply the request's performance tier (``optimized`` is served ahead of standard traffic) and its service
+        tier (the scheduler's priority of ``priority``, ``reserved``, ``default`` or ``flex``: TIER_PRIORITY).
 
         As on Bedrock, only Llama 3.1 70B and 405B Instruct offer latency-optimized inference.
         """
+        if service_tier is not None:
+            request = dataclasses.replace(request, priority=TIER_PRIORITY[service_tier])
         if latency != "optimized":
             return request
         if not target.model.latency_optimized:

@@ -69,9 +69,11 @@ class StopFilter:
 
 @dataclass
 class Usage:
-    """What an answer has cost so far, as Bedrock states it: ``input_tokens`` are the prompt tokens computed,
-    ``cache_read_tokens`` those reused from the prefix cache (None when the engine has no cache), ``output_tokens``
-    the generated ones. ``first_token_ms`` is when the first engine chunk arrived (ms since the request began)."""
+    """What an answer has cost so far (the one definition, docs/observability.md): ``prompt_tokens`` is the whole
+    prompt, cached or not (CountTokens, InvokeModel's counts); ``cache_read_tokens`` the part of it reused from the
+    prefix cache (None when the engine has no cache); ``input_tokens`` the rest, computed for this request
+    (Converse ``inputTokens``, metering); ``output_tokens`` the generated ones. ``first_token_ms`` is when the first
+    engine chunk arrived (ms since the request began)."""
 
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -98,7 +100,8 @@ class Invocation:
     """One runtime call, resolved and admitted lazily: drain ``events`` (or stream them), then read ``response``.
 
     ``headers`` are the Bedrock headers the answer echoes (performance tier, service tier); ``request_metadata``,
-    ``performance_latency`` and ``has_images`` are facts of the request for its invocation record.
+    ``performance_latency``, ``service_tier`` (None: the request named none, so ``default``) and ``has_images`` are
+    facts of the request for its invocation record.
     """
 
     target: Target
@@ -107,6 +110,7 @@ class Invocation:
     headers: dict[str, str] = field(default_factory=dict)
     request_metadata: dict[str, str] = field(default_factory=dict)
     performance_latency: str | None = None
+    service_tier: str | None = None
     has_images: bool = False
     response: dict[str, Any] | None = None
     completed: bool = False
@@ -148,14 +152,15 @@ class InvocationService:
         sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
         request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
         latency = headers.get("performanceConfigLatency")
-        request = self.inference.tiered(target, request, latency)
+        tier = headers.get("serviceTier")
+        request = self.inference.tiered(target, request, latency, tier)
         echoed = {}
         if latency is not None:
             echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = latency
-        if "serviceTier" in headers:
-            echoed["X-Amzn-Bedrock-Service-Tier"] = headers["serviceTier"]
+        if tier is not None:
+            echoed["X-Amzn-Bedrock-Service-Tier"] = tier
         invocation = Invocation(target, _empty(), self._usage(), echoed, performance_latency=latency,
-                                has_images=bool(native.images))
+                                has_images=bool(native.images), service_tier=tier)
         invocation.events = self._native_events(invocation, request, started)
         return invocation
 
@@ -172,7 +177,7 @@ class InvocationService:
                 metrics = None
                 if chunk.stop_reason is not None:
                     stop = chunk.stop_reason
-                    metrics = InvocationMetrics(used.input_tokens, used.output_tokens, _since(started),
+                    metrics = InvocationMetrics(used.prompt_tokens, used.output_tokens, _since(started),
                                                 used.first_token_ms or 0, used.cache_read_tokens)
                 yield "chunk", stream_chunk(
                     chunk.text, prompt_tokens=used.prompt_tokens if first else None,
@@ -195,10 +200,12 @@ class InvocationService:
         compat.check_converse(self.compat, params, streaming)
         self.inference.check_ready(target)
         chat = parse_chat_request(params, target.model)
-        request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency)
+        request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency,
+                                        chat.service_tier)
         self.inference.check_images(target, chat.images)
         invocation = Invocation(target, _empty(), self._usage(), request_metadata=dict(chat.request_metadata),
-                                performance_latency=chat.latency, has_images=bool(chat.images))
+                                performance_latency=chat.latency, has_images=bool(chat.images),
+                                service_tier=chat.service_tier)
         invocation.events = self._converse_events(invocation, chat, request, started)
         return invocation
 
