@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llamarock.bedrock.catalog import CatalogModel
+from llamarock.bedrock.service_tiers import bedrock_tiers
 from llamarock.errors import ValidationException
 
 Compat = Literal["extended", "bedrock"]
 
 # Models AWS serves only through cross-region inference profiles (reference: Bedrock's model ids for Meta).
 PROFILE_ONLY_PREFIXES = ("meta.llama3-2-", "meta.llama3-3-", "meta.llama4-")
-
-# Service tiers Bedrock offers for Meta models: only the standard one.
-BEDROCK_LLAMA_TIERS = frozenset({"default"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def _not_supported(field: str) -> ValidationException:
     return ValidationException(f"This model doesn't support the {field} field. Remove {field} and try again.")
 
 
-def check_converse(compat: Compat, params: dict[str, Any], streaming: bool) -> None:
+def check_converse(compat: Compat, params: dict[str, Any], streaming: bool, model_id: str) -> None:
     """Refuse, in ``bedrock`` mode, the Converse features Bedrock refuses for Meta models."""
     if compat != "bedrock":
         return
@@ -103,12 +101,13 @@ def check_converse(compat: Compat, params: dict[str, Any], streaming: bool) -> N
     if (params.get("outputConfig") or {}).get("textFormat") is not None:
         raise _not_supported("outputConfig.textFormat")
     tier = (params.get("serviceTier") or {}).get("type")
-    check_tier(compat, tier)
+    check_tier(compat, tier, model_id)
 
 
-def check_tier(compat: Compat, tier: str | None) -> None:
-    """Refuse, in ``bedrock`` mode, a service tier Bedrock does not offer for Meta models."""
-    if compat == "bedrock" and tier is not None and tier not in BEDROCK_LLAMA_TIERS:
+def check_tier(compat: Compat, tier: str | None, model_id: str) -> None:
+    """Refuse, in ``bedrock`` mode, a service tier Bedrock does not offer for the model (only ``default`` for Meta
+    models: ``bedrock/service_tiers.py``)."""
+    if compat == "bedrock" and tier is not None and tier not in bedrock_tiers(model_id):
         raise ValidationException(
             f"The service tier {tier} isn't supported for this model. Retry with the default service tier."
         )

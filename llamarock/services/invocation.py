@@ -146,7 +146,7 @@ class InvocationService:
             resolved(target)
         native = parse_native_request(body)
         check_guardrail(headers.get("guardrailIdentifier"), headers.get("guardrailVersion"))
-        compat.check_tier(self.compat, headers.get("serviceTier"))
+        compat.check_tier(self.compat, headers.get("serviceTier"), target.model.model_id)
         self.inference.check_ready(target)
         self.inference.check_images(target, native.images)
         sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
@@ -197,7 +197,7 @@ class InvocationService:
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
-        compat.check_converse(self.compat, params, streaming)
+        compat.check_converse(self.compat, params, streaming, target.model.model_id)
         self.inference.check_ready(target)
         chat = parse_chat_request(params, target.model)
         request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency,
