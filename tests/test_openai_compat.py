@@ -26,8 +26,10 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.conftest import Server, free_port, stop_server
+from llamarock.storage.blobs import LocalBlobStore
+from tests.conftest import Server, free_port, start_server, stop_server
 from tests.test_auth_server import create, self_signed
+from tests.test_invocation_logging import FAKE_LOCAL, data_dir, wait_records
 
 MODEL = "meta.llama3-1-8b-instruct-v1:0"
 OTHER = "meta.llama3-1-70b-instruct-v1:0"
@@ -228,6 +230,11 @@ def test_errors_map_to_the_sdk_exception_classes(fake: openai.OpenAI) -> None:
     assert isinstance(fetch, openai.BadRequestError) and fetch.code == "invalid_image_url"
     tool_without_tools = error_of(create, model=MODEL, messages=HELLO, tool_choice="required")
     assert isinstance(tool_without_tools, openai.BadRequestError) and tool_without_tools.param == "tool_choice"
+    # meta.llama2-13b-chat-v1 is served with a context of 64 tokens (tests/conftest.py).
+    long = [{"role": "user", "content": "word " * 200}]
+    for stream in (False, True):
+        overflow = error_of(create, model="meta.llama2-13b-chat-v1", messages=long, stream=stream)
+        assert isinstance(overflow, openai.BadRequestError) and overflow.code == "context_length_exceeded"
     # A Converse rule (the conversation starts with a user message) in OpenAI's shape.
     assistant_first = error_of(create, model=MODEL, messages=[{"role": "assistant", "content": "Hi"}])
     assert isinstance(assistant_first, openai.BadRequestError) and "user message" in assistant_first.message
@@ -282,6 +289,36 @@ def test_usage_and_metrics_count_chat_completions(fake: openai.OpenAI, fake_serv
     with urllib.request.urlopen(fake_server.url + "/metrics") as response:
         metrics = response.read().decode()
     assert f'bedrock_invocations_total{{ModelId="{METERED}"}}' in metrics
+
+
+def test_invocation_log_records_chat_completions(tmp_path: Path) -> None:
+    server = start_server(tmp_path, config=FAKE_LOCAL)
+    try:
+        bucket = "openai-logs"
+        (data_dir(server) / "blobs" / bucket).mkdir(parents=True)
+        server.client("bedrock").put_model_invocation_logging_configuration(
+            loggingConfig={"s3Config": {"bucketName": bucket, "keyPrefix": "chat"}, "textDataDeliveryEnabled": True})
+        client = sdk(server)
+        request: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 12, "metadata": {"team": "search"}}
+        whole = client.chat.completions.with_raw_response.create(**request)
+        streamed = client.chat.completions.with_raw_response.create(**request, stream=True)
+        chunks = [chunk.model_dump(exclude_unset=True) for chunk in streamed.parse()]
+        records = wait_records(LocalBlobStore(data_dir(server) / "blobs"), bucket, "chat", 2)
+    finally:
+        stop_server(server)
+    by_id = {record["requestId"]: record for record in records}
+    logged = by_id[whole.headers["x-amzn-requestid"]]
+    answer = whole.parse()
+    assert logged["operation"] == "CreateChatCompletion" and logged["modelId"] == MODEL
+    assert logged["requestMetadata"] == {"team": "search"}
+    assert logged["input"]["inputBodyJson"] == request
+    assert logged["output"]["outputBodyJson"]["choices"][0]["message"]["content"] == answer.choices[0].message.content
+    assert answer.usage is not None
+    assert logged["input"]["inputTokenCount"] == answer.usage.prompt_tokens
+    assert logged["output"]["outputTokenCount"] == answer.usage.completion_tokens
+    logged_stream = by_id[streamed.headers["x-amzn-requestid"]]
+    assert [c["id"] for c in logged_stream["output"]["outputBodyJson"]] == [c["id"] for c in chunks]
+    assert logged_stream["output"]["outputTokenCount"] == answer.usage.completion_tokens
 
 
 # ------------------------------------------------------------------------------------------ auth (enforce mode)

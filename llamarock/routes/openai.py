@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from llamarock.bedrock import catalog
+from llamarock.bedrock.converse_stream import Event
 from llamarock.bedrock.openai_chat import (
     DONE,
     ChunkStream,
@@ -31,10 +32,11 @@ from llamarock.bedrock.openai_chat import (
     sse,
 )
 from llamarock.context import RequestContext
+from llamarock.errors import ValidationException
 from llamarock.routes import runtime
 from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
 from llamarock.routes.invoke import note_request, note_target, note_usage
-from llamarock.services.inference import InferenceService
+from llamarock.services.inference import INPUT_TOO_LONG, InferenceService
 from llamarock.services.invocation import InvocationService
 
 SERVER_SENT_EVENTS = "text/event-stream"
@@ -66,6 +68,7 @@ async def _chat_completion(call: Call) -> Response:
     invocation = service.converse(model, call.region, chat.converse, call.request_id, call.context.started,
                                   lambda target: note_target(call, target), seed=chat.seed)
     note_request(call, invocation)
+    invocation.events = _openai_codes(invocation.events)
     identifier, created = completion_id(call.request_id), int(time.time())
     headers = {"x-amzn-RequestId": call.request_id, "x-llamarock-served-by": invocation.target.deployment.name}
 
@@ -90,3 +93,16 @@ async def _chat_completion(call: Call) -> Response:
     headers["Cache-Control"] = "no-cache"
     return await event_stream(call, frames(), headers, lambda: note_usage(call, invocation),
                               media_type=SERVER_SENT_EVENTS)
+
+
+async def _openai_codes(events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+    """The events, with OpenAI's code on the errors OpenAI clients recognise by it (a prompt longer than the
+    context window is ``context_length_exceeded``, which LangChain and LiteLLM map to their own exceptions)."""
+    try:
+        async with contextlib.aclosing(events) as inner:
+            async for event in inner:
+                yield event
+    except ValidationException as error:
+        if error.message.startswith(INPUT_TOO_LONG):
+            error.extra.setdefault("openai_code", "context_length_exceeded")
+        raise
