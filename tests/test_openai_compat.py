@@ -7,13 +7,16 @@ that tools, structured output, stop and seed really steer generation is proven o
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import ssl
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
 from llamarock.storage.blobs import LocalBlobStore
 from tests.conftest import Server, free_port, start_server, stop_server
@@ -240,6 +244,31 @@ def test_errors_map_to_the_sdk_exception_classes(fake: openai.OpenAI) -> None:
     assert isinstance(assistant_first, openai.BadRequestError) and "user message" in assistant_first.message
 
 
+def tiny_png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) \
+        + chunk(b"IEND", b"")
+
+
+def test_images_are_converse_image_blocks(fake: openai.OpenAI, fake_runtime: Any) -> None:
+    # The fake engine takes no images: Converse refuses the vision model's image for its deployment, and a data URL
+    # image part gets the very same refusal, so it reached the use case as an image block.
+    png = tiny_png()
+    with pytest.raises(ClientError) as converse:
+        fake_runtime.converse(modelId=VISION, messages=[{"role": "user", "content": [
+            {"text": "What is it?"}, {"image": {"format": "png", "source": {"bytes": png}}}]}])
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    refused = error_of(fake.chat.completions.create, model=VISION, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": url}}]}])
+    assert isinstance(refused, openai.BadRequestError)
+    assert isinstance(refused.body, dict)
+    assert refused.body["message"] == converse.value.response["Error"]["Message"]
+    assert "image" in refused.message
+
+
 def raw_post(server: Server, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(server.url + "/openai/v1/chat/completions", body,
                                      {"Content-Type": "application/json", **(headers or {})})
@@ -438,6 +467,17 @@ def test_real_completion_equals_converse(real: openai.OpenAI, runtime: Any) -> N
     ))
     assert stream_text(chunks) == text
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == converse["usage"]["outputTokens"]
+
+
+def test_real_prefix_cache_shows_as_cached_tokens(real: openai.OpenAI) -> None:
+    prompt = "You are a careful assistant who answers in one short sentence. " * 25 + "Say hi."
+    messages: list[Any] = [{"role": "user", "content": prompt}]
+    first = real.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    again = real.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert first.usage is not None and again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens > 300
+    assert again.usage.prompt_tokens_details.cached_tokens > 300
+    assert again.usage.total_tokens == again.usage.prompt_tokens + again.usage.completion_tokens
 
 
 def test_real_forced_tool_calls_and_round_trip(real: openai.OpenAI) -> None:
