@@ -125,6 +125,8 @@ def test_completion_is_the_converse_answer(fake: openai.OpenAI, fake_runtime: An
     assert completion.usage.prompt_tokens == prompt_tokens(converse["usage"])
     assert completion.usage.completion_tokens == converse["usage"]["outputTokens"]
     assert completion.usage.total_tokens == converse["usage"]["totalTokens"]
+    assert int(raw.headers["x-amzn-bedrock-input-token-count"]) == converse["usage"]["inputTokens"]
+    assert int(raw.headers["x-amzn-bedrock-output-token-count"]) == converse["usage"]["outputTokens"]
     assert completion.usage.prompt_tokens_details is not None
     assert completion.usage.prompt_tokens_details.cached_tokens == converse["usage"].get("cacheReadInputTokens", 0)
 
@@ -348,6 +350,45 @@ def test_invocation_log_records_chat_completions(tmp_path: Path) -> None:
     logged_stream = by_id[streamed.headers["x-amzn-requestid"]]
     assert [c["id"] for c in logged_stream["output"]["outputBodyJson"]] == [c["id"] for c in chunks]
     assert logged_stream["output"]["outputTokenCount"] == answer.usage.completion_tokens
+
+
+RELAY_FRONT = """
+region = "us-east-1"
+region_servers = {{"us-west-2" = "{peer}"}}
+
+[[deployments]]
+name = "front-local"
+engine = "fake"
+models = ["*"]
+"""
+
+
+def test_a_region_server_relays_chat_completions(tmp_path: Path) -> None:
+    # Llama 3.1 8B runs only in us-west-2: from a us-east-1 server, its us. profile is served by the us-west-2 peer.
+    (tmp_path / "peer").mkdir()
+    (tmp_path / "front").mkdir()
+    peer = start_server(tmp_path / "peer", "--engine", "fake")
+    try:
+        front = start_server(tmp_path / "front", config=RELAY_FRONT.format(peer=peer.url))
+        try:
+            client = sdk(front)
+            raw = client.chat.completions.with_raw_response.create(model=f"us.{MODEL}", messages=HELLO, max_tokens=8)
+            direct = sdk(peer).chat.completions.create(model=f"us.{MODEL}", messages=HELLO, max_tokens=8)
+            chunks = list(client.chat.completions.create(model=f"us.{MODEL}", messages=HELLO, max_tokens=8,
+                                                         stream=True, stream_options={"include_usage": True}))
+            local = client.chat.completions.with_raw_response.create(model="meta.llama3-8b-instruct-v1:0",
+                                                                     messages=HELLO, max_tokens=8)
+            with urllib.request.urlopen(front.url + "/llamarock/usage?by=model") as response:
+                rows = {row["modelId"]: row for row in json.loads(response.read())["rows"]}
+        finally:
+            stop_server(front)
+    finally:
+        stop_server(peer)
+    relayed = raw.parse()
+    assert raw.headers["x-llamarock-served-by"] != local.headers["x-llamarock-served-by"] == "front-local"
+    assert relayed.choices[0].message.content == direct.choices[0].message.content
+    assert stream_text(chunks) == direct.choices[0].message.content and chunks[-1].usage is not None
+    assert relayed.usage is not None and rows[MODEL]["outputTokens"] >= relayed.usage.completion_tokens > 0
 
 
 # ------------------------------------------------------------------------------------------ auth (enforce mode)

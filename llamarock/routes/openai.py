@@ -77,7 +77,13 @@ async def _chat_completion(call: Call) -> Response:
             answer = completion(await invocation.drain(), chat.model, identifier, created)
             note_usage(call, invocation)
             call.answered(answer)
-            return json_response(answer, headers)
+            # Bedrock's token-count headers too (as InvokeModel's), so a relaying region server counts the call.
+            used = invocation.usage
+            counts = {"X-Amzn-Bedrock-Input-Token-Count": str(used.input_tokens),
+                      "X-Amzn-Bedrock-Output-Token-Count": str(used.output_tokens)}
+            if used.cache_read_tokens is not None:
+                counts["X-Amzn-Bedrock-Cache-Read-Input-Token-Count"] = str(used.cache_read_tokens)
+            return json_response(answer, {**headers, **counts})
 
         return await until_disconnect(call.request, run())
 
