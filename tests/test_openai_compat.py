@@ -29,6 +29,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llamarock.storage.blobs import LocalBlobStore
 from tests.conftest import Server, free_port, start_server, stop_server
@@ -271,12 +273,18 @@ def test_images_are_converse_image_blocks(fake: openai.OpenAI, fake_runtime: Any
     assert "image" in refused.message
 
 
-def raw_post(server: Server, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+def raw_post(server: Server, body: bytes, stream: bool = False) -> tuple[int, Any]:
+    """Status and JSON answer of a raw POST; a stream's answer is its events' data (each parsed, but [DONE])."""
     request = urllib.request.Request(server.url + "/openai/v1/chat/completions", body,
-                                     {"Content-Type": "application/json", **(headers or {})})
+                                     {"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request) as response:
-            return response.status, json.loads(response.read())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = response.read().decode()
+            if not stream:
+                return response.status, json.loads(text)
+            events = [event.removeprefix("data: ") for event in text.split("\n\n") if event]
+            assert events[-1] == "[DONE]", events
+            return response.status, [json.loads(event) for event in events[:-1]]
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
@@ -288,6 +296,70 @@ def test_bad_bodies_are_openai_shaped_400s(fake_server: Server) -> None:
         assert status == 400, body
         assert set(answer) == {"error"} and set(answer["error"]) == {"message", "type", "param", "code"}
         assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["message"]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3, allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A member's value: valid four times out of five, else any JSON."""
+    return st.one_of(valid, valid, valid, valid, _JSON)
+
+
+_TEXT = st.text(min_size=1, max_size=20)
+_PART = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "refusal", "file", "x"])},
+                              optional={"text": _mostly(_TEXT), "image_url": _JSON, "refusal": _JSON})
+_CALL = st.fixed_dictionaries({"id": _mostly(st.just("call-1")), "type": _mostly(st.just("function")),
+                               "function": _mostly(st.fixed_dictionaries({"name": _mostly(st.sampled_from(["f", "g"])),
+                                                                          "arguments": _mostly(st.just('{"a": 1}'))}))})
+_MESSAGE = st.fixed_dictionaries(
+    {"role": _mostly(st.sampled_from(["system", "developer", "user", "assistant", "tool"]))},
+    optional={"content": st.one_of(_TEXT, _TEXT, st.lists(_PART, max_size=3), _JSON),
+              "tool_calls": _mostly(st.lists(_CALL, max_size=2)), "tool_call_id": _mostly(st.just("call-1"))},
+)
+_CONVERSATION = st.builds(lambda first, rest: [first, *rest],
+                          st.fixed_dictionaries({"role": st.just("user"), "content": _TEXT}),
+                          st.lists(_MESSAGE, max_size=3))
+_TOOL = st.fixed_dictionaries({"type": _mostly(st.just("function")), "function": st.fixed_dictionaries(
+    {"name": _mostly(st.sampled_from(["f", "g"]))},
+    optional={"parameters": _mostly(st.just(WEATHER)), "description": _mostly(_TEXT)})})
+_BODY = st.fixed_dictionaries(
+    {"model": st.sampled_from([MODEL, MODEL, f"us.{MODEL}", "meta.llama3-8b-instruct-v1:0", "nope", ""]),
+     "messages": st.one_of(_CONVERSATION, _CONVERSATION, _CONVERSATION, st.lists(_MESSAGE, max_size=3), _JSON)},
+    optional={
+        "max_tokens": _mostly(st.integers(1, 6)), "max_completion_tokens": _mostly(st.integers(1, 6)),
+        "temperature": _mostly(st.floats(0, 2)), "top_p": _mostly(st.floats(0, 1)),
+        "stop": _mostly(st.one_of(_TEXT, st.lists(_TEXT, max_size=4))), "seed": _mostly(st.integers(-2**40, 2**40)),
+        "n": _mostly(st.just(1)), "stream": st.booleans(),
+        "stream_options": _mostly(st.fixed_dictionaries({"include_usage": st.booleans()})),
+        "metadata": _mostly(st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=5), max_size=3)),
+        "tools": _mostly(st.lists(_TOOL, min_size=1, max_size=2)),
+        "tool_choice": _mostly(st.sampled_from(["auto", "none", "required",
+                                                {"type": "function", "function": {"name": "f"}}])),
+        "response_format": _mostly(st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "json_object", "json_schema"])},
+            optional={"json_schema": _mostly(st.fixed_dictionaries({"name": st.just("out")},
+                                                                   optional={"schema": st.just(WEATHER)}))})),
+        "user": _TEXT,
+        "unknown": st.sampled_from(["store", "parallel_tool_calls", "service_tier", "whatever", "logprobs"]),
+    },
+).map(lambda body: {**{k: v for k, v in body.items() if k != "unknown"},
+                    **({body["unknown"]: 1} if "unknown" in body else {})})
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_BODY)
+def test_fuzzed_bodies_never_yield_a_5xx(fake_server: Server, body: dict[str, Any]) -> None:
+    if "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = 4  # keep generations short
+    status, answer = raw_post(fake_server, json.dumps(body).encode(), stream=body.get("stream") is True)
+    assert status < 500, answer
+    if status != 200:
+        assert set(answer) == {"error"} and answer["error"]["message"], answer
 
 
 def test_a_failure_after_the_first_chunk_is_an_error_event(fake: openai.OpenAI) -> None:
