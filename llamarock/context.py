@@ -9,6 +9,8 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,6 +25,9 @@ RUNTIME = "bedrock-runtime"
 BEDROCK = "bedrock"
 LLAMAROCK = "llamarock"
 
+# The IAM action of an invocation that streams its answer (ConverseStream, a streamed OpenAI chat completion).
+STREAM_ACTION = "bedrock:InvokeModelWithResponseStream"
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -35,6 +40,10 @@ class Operation:
     ``invocation`` operations (InvokeModel, Converse and their streams) reserve tokens of the caller's tokens per
     minute and produce one invocation record each. ``public`` operations (health, metrics) skip authentication.
     ``route`` is the method and exact path of an operation that no botocore service model describes.
+    ``model_in_body`` operations (OpenAI Chat Completions) name their model in the JSON body's ``model`` member
+    rather than the path, and stream when its ``stream`` member is true: the edge then authorises and records the
+    call as streaming (:meth:`streamed`). ``error_shape`` is how the edge renders their errors: AWS's JSON error, or
+    OpenAI's ``{"error": {...}}`` (``openai``).
     """
 
     service: str
@@ -46,6 +55,25 @@ class Operation:
     invocation: bool = False
     public: bool = False
     route: tuple[str, str] | None = None
+    model_in_body: bool = False
+    error_shape: Literal["aws", "openai"] = "aws"
+
+    def streamed(self) -> Operation:
+        """This operation as a call whose body asked for a stream: authorised and recorded as streaming."""
+        return dataclasses.replace(self, action=STREAM_ACTION, streaming=True)
+
+
+def body_model(body: bytes) -> tuple[str, bool]:
+    """The ``model`` and ``stream`` members of a JSON body (``""`` and False where it has none), for
+    ``model_in_body`` operations; a body that is not a JSON object names no model (its handler says why)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return "", False
+    if not isinstance(document, dict):
+        return "", False
+    model = document.get("model")
+    return model if isinstance(model, str) else "", document.get("stream") is True
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from llamarock.observability.records import InvocationRecord
 # Bedrock moves a body larger than 100 KB out of the record into its own object.
 LARGE_BODY_BYTES = 100 * 1024
 
-OPERATIONS = ["InvokeModel", "InvokeModelWithResponseStream", "Converse", "ConverseStream"]
+# CreateChatCompletion: OpenAI Chat Completions on /openai/v1/chat/completions (its bodies are OpenAI's).
+OPERATIONS = ["InvokeModel", "InvokeModelWithResponseStream", "Converse", "ConverseStream", "CreateChatCompletion"]
 
 _COUNT = {"type": "integer", "minimum": 0}
 _S3_PATH = {"type": "string", "pattern": r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\.json\.gz$"}

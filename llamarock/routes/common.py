@@ -150,6 +150,7 @@ async def event_stream(
     headers: dict[str, str],
     ended: Callable[[], tuple[str, int] | None],
     status: int = 200,
+    media_type: str = eventstream.CONTENT_TYPE,
 ) -> StreamingResponse:
     """The one way an event stream is answered: ``frames`` yields (encoded frame, what the invocation log keeps).
 
@@ -157,6 +158,7 @@ async def event_stream(
     error. After that a failure propagates to the edge, which ends the stream with an exception frame; the record is
     finished here: complete, failed, or cancelled when the client left. ``ended`` runs first, to note the usage; a
     relay returns the (error code, status) of an exception frame its peer sent, which the record then keeps.
+    ``media_type`` is the stream's (server-sent events for OpenAI's chat completion chunks).
     """
     try:
         first = await anext(frames)
@@ -190,7 +192,7 @@ async def event_stream(
             else:
                 call.finish(200, failure, cancelled=failure is None and not complete)
 
-    return StreamingResponse(body(), status_code=status, media_type=eventstream.CONTENT_TYPE, headers=headers)
+    return StreamingResponse(body(), status_code=status, media_type=media_type, headers=headers)
 
 
 async def _close(frames: AsyncIterator[Any]) -> None:

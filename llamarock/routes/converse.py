@@ -23,7 +23,8 @@ def _service(call: Call) -> InvocationService:
 def _converse(call: Call) -> Invocation:
     params = parse_json_body(call.operation, call.body, location_values={"modelId": call.model.identifier})
     invocation = _service(call).converse(call.model, call.region, params, call.request_id, call.context.started,
-                                         lambda target: note_target(call, target), call.operation == "ConverseStream")
+                                         lambda target: note_target(call, target),
+                                         streaming=call.operation == "ConverseStream")
     note_request(call, invocation)
     return invocation
 

@@ -6,8 +6,10 @@ identifier, reads and size-checks the body (once: handlers read ``context.body``
 app (which dispatches to the row's handler). Whatever fails is answered here:
 
 * a :class:`~llamarock.errors.BedrockError` before the first byte: the AWS JSON error (status from the operation's
-  service model, ``x-amzn-ErrorType``, the request id);
-* one after the first byte of an event stream: the stream's exception frame, and the stream ends;
+  service model, ``x-amzn-ErrorType``, the request id), or OpenAI's error object for rows whose ``error_shape`` is
+  ``openai``;
+* one after the first byte of an event stream: the stream's exception frame (an ``error`` event for server-sent
+  events), and the stream ends;
 * anything else: logged with the request id and answered as InternalServerException (never a traceback).
 
 It then gives back a quota reservation nothing settled, and writes the audit and access lines.
@@ -22,10 +24,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarock.auth.gate import Gate
+from llamarock.bedrock import openai_chat
 from llamarock.codec import eventstream
-from llamarock.codec.errors import as_declared, render_error
+from llamarock.codec.errors import as_declared, render_error, status_of
 from llamarock.codec.rest_json import check_body_size
-from llamarock.context import LLAMAROCK, RUNTIME, ModelName, RequestContext
+from llamarock.context import LLAMAROCK, RUNTIME, ModelName, RequestContext, body_model
 from llamarock.errors import (
     BedrockError,
     InternalServerException,
@@ -109,6 +112,7 @@ class _Response:
         self.status = 500
         self.started = False
         self.streaming = False
+        self.server_sent_events = False
         self.ended = False
 
     async def send(self, message: Message) -> None:
@@ -121,6 +125,7 @@ class _Response:
                 message = {**message, "headers": [*headers, (b"x-amzn-requestid", self._request_id)]}
             content_type = dict(headers).get(b"content-type", b"")
             self.streaming = content_type.startswith(eventstream.CONTENT_TYPE.encode())
+            self.server_sent_events = content_type.startswith(b"text/event-stream")
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.ended = True
         await self._send(message)
@@ -160,7 +165,7 @@ class Edge:
         resolved = self.table.resolve(context.method, raw_path)
         if resolved is not None:
             context.operation, context.labels = resolved
-            if context.operation.resource == "model":
+            if context.operation.resource == "model" and not context.operation.model_in_body:
                 context.model = ModelName.parse(context.labels.get("modelId", ""), self.settings.aliases,
                                                 self.settings.account_id)
         public = context.operation is not None and context.operation.public
@@ -171,6 +176,7 @@ class Edge:
                 # before its body is read, and bodies of requests not yet verified share a bounded budget.
                 pending = await self.gate.identify(context, scope)
                 context.body = await self.bodies.read(scope, receive)
+                self._model_in_body(context)
                 await self.gate.admit(context, scope, pending)
             self._check_operation(context)
             await self.app(scope, receive, response.send)
@@ -193,6 +199,16 @@ class Edge:
             self.gate.release(context)
             if not public:
                 self.gate.audit(context, scope, status or response.status)
+
+    def _model_in_body(self, context: RequestContext) -> None:
+        """The model a ``model_in_body`` row's body names (what auth authorises on), and whether it streams."""
+        operation = context.operation
+        if operation is None or not operation.model_in_body:
+            return
+        identifier, stream = body_model(context.body)
+        context.model = ModelName.parse(identifier, self.settings.aliases, self.settings.account_id)
+        if stream:
+            context.operation = operation.streamed()
 
     def _check_operation(self, context: RequestContext) -> None:
         operation = context.operation
@@ -217,12 +233,16 @@ class Edge:
                      error.code)
 
     async def _answer(self, response: _Response, error: BedrockError, context: RequestContext) -> None:
+        openai = context.operation is not None and context.operation.error_shape == "openai"
         if not response.started:
             service = context.operation.service if context.operation is not None else RUNTIME
             error = declared(error, context, stream=False)
             context.error_code = error.code
-            status, headers, payload = render_error(error, context.request_id,
-                                                    RUNTIME if service == LLAMAROCK else service)
+            if openai:
+                status, headers, payload = openai_chat.render_error(error, status_of(error), context.request_id)
+            else:
+                status, headers, payload = render_error(error, context.request_id,
+                                                        RUNTIME if service == LLAMAROCK else service)
             await response.send({
                 "type": "http.response.start",
                 "status": status,
@@ -233,6 +253,9 @@ class Edge:
         elif response.streaming and not response.ended:
             frame = eventstream.exception_event(declared(error, context, stream=True))
             await response.send({"type": "http.response.body", "body": frame, "more_body": False})
+        elif response.server_sent_events and openai and not response.ended:
+            event = openai_chat.sse(openai_chat.error_body(error, openai_chat.error_status(error, status_of(error))))
+            await response.send({"type": "http.response.body", "body": event, "more_body": False})
         else:
             log.warning("request %s failed after its response was sent: %s", context.request_id, error.message)
 

@@ -28,6 +28,7 @@ from llamarock.codec.routing import match
 from llamarock.codec.service_model import service_model
 from llamarock.context import BEDROCK, LLAMAROCK, RUNTIME, Operation
 from llamarock.routes import converse, foundation_models, health, invocation_logging, invoke, metrics, provisioned
+from llamarock.routes import openai as openai_route
 from llamarock.routes import quotas as quotas_route
 from llamarock.routes import usage as usage_route
 
@@ -76,6 +77,11 @@ ROWS: tuple[Operation, ...] = (
     _own("GET", "/metrics", metrics.get_metrics, public=True),
     _own("GET", "/llamarock/usage", usage_route.get_usage, "llamarock:GetUsage"),
     _own("GET", "/llamarock/quotas", quotas_route.get_quotas),
+    # OpenAI Chat Completions on the runtime endpoint (docs/openai.md). The body names the model; Bedrock
+    # authorises a chat completion as InvokeModel, and a streamed one as InvokeModelWithResponseStream.
+    _own("GET", "/openai/v1/models", openai_route.list_models, "bedrock:ListFoundationModels", error_shape="openai"),
+    _own("POST", "/openai/v1/chat/completions", openai_route.create_chat_completion, "bedrock:InvokeModel",
+         resource="model", invocation=True, model_in_body=True, error_shape="openai"),
 )
 
 

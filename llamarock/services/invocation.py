@@ -191,16 +191,18 @@ class InvocationService:
     # ------------------------------------------------------------------------------------------------ Converse
 
     def converse(self, model: ModelName, region: str | None, params: dict[str, Any], request_id: str,
-                 started: float, resolved: Resolved = None, streaming: bool = False) -> Invocation:
+                 started: float, resolved: Resolved = None, seed: int | None = None,
+                 streaming: bool = False) -> Invocation:
         """Converse (and ConverseStream, ``streaming``) with a shape-valid body (``params``); ``resolved`` as for
-        :meth:`invoke`."""
+        :meth:`invoke`. ``seed`` fixes the sampler's random state (OpenAI Chat Completions' ``seed``; Converse has
+        none)."""
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
         compat.check_converse(self.compat, params, streaming, target.model.model_id)
         self.inference.check_ready(target)
         chat = parse_chat_request(params, target.model)
-        request = self.inference.tiered(target, self._chat_request(target, chat, request_id), chat.latency,
+        request = self.inference.tiered(target, self._chat_request(target, chat, request_id, seed), chat.latency,
                                         chat.service_tier)
         self.inference.check_images(target, chat.images)
         invocation = Invocation(target, _empty(), self._usage(), request_metadata=dict(chat.request_metadata),
@@ -209,9 +211,11 @@ class InvocationService:
         invocation.events = self._converse_events(invocation, chat, request, started)
         return invocation
 
-    def _chat_request(self, target: Target, chat: ChatRequest, request_id: str) -> GenerationRequest:
+    def _chat_request(self, target: Target, chat: ChatRequest, request_id: str,
+                      seed: int | None = None) -> GenerationRequest:
         messages, prefix = chat_messages(chat)
-        sampling = SamplingParams(temperature=chat.temperature, top_p=chat.top_p, max_tokens=chat.max_tokens)
+        sampling = SamplingParams(temperature=chat.temperature, top_p=chat.top_p, max_tokens=chat.max_tokens,
+                                  seed=seed)
         return self.inference.engine_request(target, sampling, request_id, messages=messages, prefix=prefix,
                                              json_schema=output_schema(chat))
 
