@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 
 from llamarock.bedrock import compat
@@ -105,3 +106,17 @@ def test_profile_only_models(fake_runtime: Any, strict: Any, model_id: str) -> N
                               "Retry your request with the ID or ARN of an inference profile that contains this "
                               "model.")
     assert strict.converse(modelId="us." + model_id, messages=[user("hi")])["stopReason"]
+
+
+def test_openai_chat_completions(fake_server: Server, strict_server: Server) -> None:
+    def sdk(srv: Server) -> openai.OpenAI:
+        return openai.OpenAI(base_url=srv.url + "/openai/v1", api_key="anything", max_retries=0, timeout=60)
+
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    with sdk(fake_server) as extended, sdk(strict_server) as bedrock:
+        assert FAKE_MODEL in {m.id for m in extended.models.list()}
+        assert extended.chat.completions.create(model=FAKE_MODEL, messages=messages).choices[0].message.content
+        assert not [m.id for m in bedrock.models.list() if m.id.removeprefix("us.").startswith("meta.")]
+        with pytest.raises(openai.NotFoundError) as info:
+            bedrock.chat.completions.create(model=FAKE_MODEL, messages=messages)
+        assert "--compat bedrock" in str(info.value) and info.value.code == "model_not_found"

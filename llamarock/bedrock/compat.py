@@ -75,7 +75,20 @@ DIFFERENCES: tuple[Difference, ...] = (
         "request with the ID or ARN of an inference profile that contains this model. (in every region)",
         "tests/test_compat.py::test_profile_only_models",
     ),
+    Difference(
+        "OpenAI Chat Completions (`/openai/v1/chat/completions`, `/openai/v1/models`) for Llama ids",
+        "served for every Llama id and profile, through the same use case as Converse",
+        "404 `model_not_found` (OpenAI's error shape), and `/openai/v1/models` lists no Llama id: Bedrock serves "
+        "Chat Completions only for its OpenAI open-weight models",
+        "tests/test_compat.py::test_openai_chat_completions",
+    ),
 )
+
+
+def serves_openai_chat(compat: Compat, model_id: str) -> bool:
+    """Whether ``/openai/v1/chat/completions`` serves the model: Bedrock serves Chat Completions only for its OpenAI
+    open-weight models, so in ``bedrock`` mode no Meta model."""
+    return compat != "bedrock" or not model_id.startswith("meta.")
 
 
 def profile_only(model_id: str) -> bool:

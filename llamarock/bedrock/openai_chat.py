@@ -602,10 +602,10 @@ def model_list(regions: RegionMap, region: str, served: Callable[[str], bool]) -
     return {"object": "list", "data": data}
 
 
-def model_not_found(model: str) -> ResourceNotFoundException:
+def model_not_found(model: str, why: str = "") -> ResourceNotFoundException:
     return ResourceNotFoundException(
-        f"The model `{model}` does not exist or you do not have access to it. GET /openai/v1/models lists the "
-        "model ids this server serves (Bedrock model ids and inference profile ids).",
+        f"The model `{model}` does not exist or you do not have access to it. {why + ' ' if why else ''}"
+        "GET /openai/v1/models lists the model ids this server serves (Bedrock model ids and inference profile ids).",
         openai_param="model", openai_code="model_not_found",
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llamarock.bedrock import catalog
+from llamarock.bedrock import catalog, compat
 from llamarock.bedrock.converse_stream import Event
 from llamarock.bedrock.openai_chat import (
     DONE,
@@ -46,8 +46,10 @@ async def list_models(request: Request) -> Response:
     """The model ids a caller may send as ``model``, from the region its request was signed for."""
     context: RequestContext = request.state.context
     inference: InferenceService = request.app.state.inference
+    mode = inference.settings.compat
     body = model_list(inference.regions, context.region,
-                      lambda model_id: inference.registry.for_model(model_id) is not None)
+                      lambda model_id: inference.registry.for_model(model_id) is not None
+                      and compat.serves_openai_chat(mode, model_id))
     return json_response(body, {"x-amzn-RequestId": context.request_id})
 
 
@@ -62,6 +64,9 @@ async def _chat_completion(call: Call) -> Response:
     ref = model.ref
     if ref is None or (ref.kind != "provisioned-model-arn" and catalog.get(model.model_id) is None):
         raise model_not_found(chat.model)
+    if not compat.serves_openai_chat(call.state().settings.compat, model.model_id):
+        raise model_not_found(chat.model, "This server runs in --compat bedrock mode, and Amazon Bedrock serves Chat "
+                              "Completions only for its OpenAI open-weight models, not for Meta Llama.")
     if call.record is not None:
         call.record.streaming = chat.stream
     service: InvocationService = call.state().invocations
