@@ -488,7 +488,7 @@ class UsageRecorder:
             "performance_tier": record.performance_latency,
             "provisioned_model_arn": record.provisioned_model_arn,
             "cost_picousd": to_picousd(cost),
-            "tags": dict(record.request_metadata),
+            "tags": record.cost_tags(),
         }
 
     def record(self, record: InvocationRecord) -> None:
