@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import urllib.request
 import uuid
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import Server, start_server, stop_server
@@ -166,6 +170,10 @@ def test_every_runtime_operation_invokes_by_profile_arn_and_usage_goes_to_its_ta
     assert rows[f"team={team}"]["invocations"] == 4  # CountTokens is not an invocation
     assert rows[f"inferenceProfileArn={arn}"]["invocations"] == 4
     assert rows[f"team={team}"]["outputTokens"] == rows[f"inferenceProfileArn={arn}"]["outputTokens"] > 0
+    # CloudWatch's ModelId dimension is the identifier as sent: the profile's ARN.
+    with urllib.request.urlopen(fake_server.url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert f'bedrock_invocations_total{{ModelId="{arn}"}} 4.0' in metrics
     # A tag added later attributes the calls after it.
     control.tag_resource(resourceARN=arn, tags=[{"key": "project", "value": team}])
     runtime.converse(modelId=arn, messages=messages, inferenceConfig={"maxTokens": 2})
@@ -342,3 +350,49 @@ def test_llama_4_serves_through_its_profile_and_refuses_images_on_a_text_deploym
     code, status, message = error_of(runtime.converse, modelId=f"us.{SCOUT}", messages=with_image)
     assert (code, status) == ("ValidationException", 400)
     assert "fake-default, which doesn't support image input" in message
+
+
+# ---------------------------------------------------------------------------------------------------- IAM
+
+
+def test_iam_policies_govern_a_profile_by_its_arn(tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("iam")
+    srv = start_server(tmp, "--engine", "fake", "--auth", "enforce")
+    try:
+        def key(principal: str, policy: dict[str, Any] | None = None) -> dict[str, str]:
+            args = ["create", "--principal", principal, "--json", "--data-dir", str(tmp / "data")]
+            if policy is not None:
+                (tmp / f"{principal}.json").write_text(json.dumps(policy))
+                args += ["--policy", str(tmp / f"{principal}.json")]
+            done = subprocess.run([sys.executable, "-m", "llamarock", "keys", *args], capture_output=True, text=True,
+                                  timeout=60, check=True)
+            found: dict[str, str] = json.loads(done.stdout)
+            return found
+
+        def client(service: str, creds: dict[str, str]) -> Any:
+            return boto3.client(service, region_name="us-west-2", endpoint_url=srv.url,
+                                aws_access_key_id=creds["accessKeyId"],
+                                aws_secret_access_key=creds["secretAccessKey"],
+                                config=Config(retries={"mode": "standard", "max_attempts": 1}))
+
+        admin = key("admin")
+        arn = create(client("bedrock", admin), tags=[{"key": "team", "value": "ml"}])
+        app = key("app", {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": ["bedrock:InvokeModel", "bedrock:TagResource"],
+            "Resource": "arn:aws:bedrock:*:*:application-inference-profile/*",
+        }]})
+        runtime, control = client("bedrock-runtime", app), client("bedrock", app)
+        messages = [{"role": "user", "content": [{"text": "hi"}]}]
+        assert runtime.converse(modelId=arn, messages=messages)["usage"]["outputTokens"] >= 1
+        code, status, message = error_of(runtime.converse, modelId="meta.llama3-1-8b-instruct-v1:0",
+                                         messages=messages)
+        assert (code, status) == ("AccessDeniedException", 403) and "foundation-model/" in message
+        control.tag_resource(resourceARN=arn, tags=[{"key": "env", "value": "prod"}])
+        code, status, message = error_of(control.list_tags_for_resource, resourceARN=arn)
+        assert (code, status) == ("AccessDeniedException", 403)
+        assert f"bedrock:ListTagsForResource on resource: {arn}" in message
+        profile_id = arn.rsplit("/", 1)[1]
+        code, _, message = error_of(control.get_inference_profile, inferenceProfileIdentifier=profile_id)
+        assert code == "AccessDeniedException" and f"on resource: {arn}" in message
+    finally:
+        stop_server(srv)

@@ -77,7 +77,7 @@ def _body_arn(body: bytes) -> str:
     """The ``resourceARN`` of a tagging operation's JSON body (``*`` when it has none: the handler refuses it)."""
     try:
         document = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # the handler's codec answers malformed or absurdly nested JSON
         return "*"
     arn = document.get("resourceARN") if isinstance(document, dict) else None
     return arn if isinstance(arn, str) and arn else "*"
