@@ -198,6 +198,10 @@ MODELS: tuple[CatalogModel, ...] = (
         fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
         dates=Lifecycle(start=_day("2024-04-23"), legacy_undated=True),
     ),
+    # Lifecycle dates: launch dates as AWS's model cards give them; Llama 3.1 405B's legacy date from its model card
+    # (the spec's §9); Llama 3 Legacy as AWS's lifecycle page lists it, with no date we could confirm. Llama 2's end
+    # of life (the spec: "retired (EOL 2024)") is dated 2024-08-12 from AWS's deprecation notice as we recall it; the
+    # lifecycle table itself could not be read back to confirm the day.
     CatalogModel(
         model_id="meta.llama2-13b-chat-v1", name="Llama 2 Chat 13B", family="llama2",
         parameters_billion=13, context_window=4_096, input_modalities=_TEXT, output_modalities=_TEXT,
