@@ -22,14 +22,20 @@ from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
+from llamarock.services.model_access import ModelAccessService
 from llamarock.services.peers import PeerService
+from llamarock.services.profiles import ProfileService
 from llamarock.services.provisioning import ProvisioningService
+from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
 from llamarock.storage.blobs import open_blob_store
 from llamarock.storage.db import Database
 from llamarock.storage.keys import KeyStore
 from llamarock.storage.logging_config import LoggingConfigStore
+from llamarock.storage.model_access import ModelAccessStore
+from llamarock.storage.profiles import ProfileStore
 from llamarock.storage.provisioned import ProvisionedStore
+from llamarock.storage.tags import TagStore
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -46,6 +52,11 @@ def create_app(settings: Settings) -> Starlette:
     scheduler = Scheduler(settings)
     provisioning = ProvisioningService(ProvisionedStore(database), registry, scheduler, settings)
     inference = InferenceService(registry, settings, scheduler, provisioning)
+    tagging = TaggingService(TagStore(database), settings.account_id)  # every taggable resource registers with it
+    provisioning.taggable(tagging)
+    profiles = ProfileService(ProfileStore(database), tagging, inference.regions, settings.account_id)
+    inference.profiles = profiles
+    model_access = ModelAccessService(ModelAccessStore(database), inference.regions, settings.prices)
     peers = PeerService(settings, inference)
 
     @contextlib.asynccontextmanager
@@ -53,6 +64,7 @@ def create_app(settings: Settings) -> Starlette:
         loading = asyncio.create_task(registry.load_all())
         await asyncio.to_thread(invocation_log.start)
         await provisioning.load()
+        await profiles.load()
         provisioned_models = asyncio.create_task(provisioning.run())
         try:
             yield
@@ -83,6 +95,9 @@ def create_app(settings: Settings) -> Starlette:
     app.state.invocation_log = invocation_log
     app.state.provisioning = provisioning
     app.state.inference = inference
+    app.state.tagging = tagging
+    app.state.profiles = profiles
+    app.state.model_access = model_access
     app.state.invocations = InvocationService(inference)
     app.state.peers = peers
     return app

@@ -36,7 +36,8 @@ class Operation:
     ``handler`` is None for an operation the service model defines but llamarock does not implement yet (the
     request gets an error that says so). ``resource`` says what IAM resource the action is on: ``model`` (the
     model ARNs the identifier in the path stands for; such calls also count against the caller's quotas), the ARN
-    of the foundation model, inference profile or provisioned model the URI label names, or ``*``.
+    of the foundation model, inference profile or provisioned model the URI label names, the resource ARN the body's
+    ``resourceARN`` names (``tagged-resource``: TagResource, UntagResource, ListTagsForResource), or ``*``.
     ``invocation`` operations (InvokeModel, Converse and their streams) reserve tokens of the caller's tokens per
     minute and produce one invocation record each. ``public`` operations (health, metrics) skip authentication.
     ``route`` is the method and exact path of an operation that no botocore service model describes.
@@ -50,7 +51,9 @@ class Operation:
     name: str
     action: str
     handler: Callable[..., Awaitable[Any]] | None
-    resource: Literal["model", "foundation-model", "inference-profile", "provisioned-model", "*"] = "*"
+    resource: Literal[
+        "model", "foundation-model", "inference-profile", "provisioned-model", "tagged-resource", "*"
+    ] = "*"
     streaming: bool = False
     invocation: bool = False
     public: bool = False
@@ -82,7 +85,8 @@ class ModelName:
 
     ``model_id`` is the catalog id the identifier names (aliases applied; the identifier itself when it cannot be
     parsed, and the ARN itself for a provisioned-model ARN, whose model is the provisioning store's): what quotas,
-    the audit log and a throttled call's record count the call under.
+    the audit log and a throttled call's record count the call under. An application inference profile's ARN counts
+    as itself too (which model it routes to is the profile store's).
     """
 
     identifier: str
@@ -104,7 +108,7 @@ class ModelName:
                 f"this server answers as account {account}."
             )
             return cls(identifier, None, foreign, identifier)
-        if ref.kind == "provisioned-model-arn":
+        if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn"):
             return cls(identifier, ref, None, ref.requested)
         return cls(identifier, ref, None, aliases.get(ref.model_id, ref.model_id))
 

@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         "e.g. `model_regions = {\"meta.llama3-1-8b-instruct-v1:0\" = [\"us-west-2\", \"us-east-1\"]}`. The "
         "model is on demand in all of them unless `on_demand_regions` names it too.",
     )
+    enforce_end_of_life: bool = Field(
+        default=False,
+        description="Refuse, as Bedrock does, models past their end of life on Bedrock (the Llama 2 ids): "
+        "ResourceNotFoundException \"This model version has reached the end of its life\", and leave them out of "
+        "ListFoundationModels. Off by default: a deployment here keeps serving the ids its operator mapped to it; "
+        "GetFoundationModel and ListFoundationModels still show their LEGACY status and endOfLifeTime.",
+    )
     on_demand_regions: dict[str, list[RegionName]] = Field(
         default_factory=dict,
         description="Per catalog model id, the regions where its own id or foundation-model ARN may be invoked "

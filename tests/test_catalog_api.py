@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,16 @@ SPEC_MODELS = {
     "meta.llama3-1-70b-instruct-v1:0", "meta.llama3-1-8b-instruct-v1:0", "meta.llama3-70b-instruct-v1:0",
     "meta.llama3-8b-instruct-v1:0", "meta.llama2-13b-chat-v1", "meta.llama2-70b-v1",
 }
-VISION = {"meta.llama3-2-90b-instruct-v1:0", "meta.llama3-2-11b-instruct-v1:0"}
+# Llama 4 (the spec's §9): text and image in, only through the us. inference profile.
+LLAMA_4 = {"meta.llama4-scout-17b-instruct-v1:0", "meta.llama4-maverick-17b-instruct-v1:0"}
+ALL_MODELS = SPEC_MODELS | LLAMA_4
+VISION = {"meta.llama3-2-90b-instruct-v1:0", "meta.llama3-2-11b-instruct-v1:0"} | LLAMA_4
 LLAMA_32 = {m for m in SPEC_MODELS if m.startswith("meta.llama3-2-")}
 LLAMA_3X = {m for m in SPEC_MODELS if m.startswith(("meta.llama3-1-", "meta.llama3-2-", "meta.llama3-3-"))}
+# Llama 2 reached its end of life on Bedrock, Llama 3 is Legacy, Llama 3.1 405B Legacy since 2026-07-07.
+LEGACY = {m for m in SPEC_MODELS if m.startswith(("meta.llama2", "meta.llama3-8b", "meta.llama3-70b"))} | {
+    "meta.llama3-1-405b-instruct-v1:0"
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +60,7 @@ def by_id(summaries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_meta_lists_the_spec_models_with_their_modalities_customizations_and_inference_types(served: Server) -> None:
     models = by_id(bedrock(served).list_foundation_models(byProvider="Meta")["modelSummaries"])
-    assert set(models) == SPEC_MODELS
+    assert set(models) == ALL_MODELS
     for model_id, model in models.items():
         assert model["modelArn"] == f"arn:aws:bedrock:us-west-2::foundation-model/{model_id}"
         assert model["providerName"] == "Meta"
@@ -61,10 +69,15 @@ def test_meta_lists_the_spec_models_with_their_modalities_customizations_and_inf
         assert model["responseStreamingSupported"] is True
         fine_tunable = model_id in LLAMA_32 or model_id == "meta.llama2-70b-v1"
         assert model["customizationsSupported"] == (["FINE_TUNING"] if fine_tunable else [])
-        # us-west-2 offers every catalog model on demand; the Llama 3.x models also through the us. profile.
-        profile = ["INFERENCE_PROFILE"] if model_id in LLAMA_3X else []
-        assert model["inferenceTypesSupported"] == ["ON_DEMAND", "PROVISIONED", *profile]
-        assert model["modelLifecycle"] == {"status": "LEGACY" if model_id.startswith("meta.llama2") else "ACTIVE"}
+        # us-west-2 offers every catalog model but Llama 4 on demand; Llama 3.x and 4 through the us. profile.
+        profile = ["INFERENCE_PROFILE"] if model_id in LLAMA_3X | LLAMA_4 else []
+        on_demand = [] if model_id in LLAMA_4 else ["ON_DEMAND"]
+        assert model["inferenceTypesSupported"] == [*on_demand, "PROVISIONED", *profile]
+        lifecycle = model["modelLifecycle"]
+        assert lifecycle["status"] == ("LEGACY" if model_id in LEGACY else "ACTIVE")
+        assert lifecycle["startOfLifeTime"].tzinfo is not None
+        ended = lifecycle.get("endOfLifeTime")
+        assert (ended is not None) == model_id.startswith("meta.llama2")
     assert models["meta.llama3-1-70b-instruct-v1:0"]["modelName"] == "Llama 3.1 70B Instruct"
 
 
@@ -75,15 +88,16 @@ def test_filters(served: Server) -> None:
         client_ = client if region == "us-west-2" else bedrock(served, region)
         return {s["modelId"] for s in client_.list_foundation_models(**filters)["modelSummaries"]}
 
-    assert ids(byProvider="meta") == ids(byProvider="META") == ids() == SPEC_MODELS
+    assert ids(byProvider="meta") == ids(byProvider="META") == ids() == ALL_MODELS
     assert ids(byProvider="Amazon") == set()
-    assert ids(byOutputModality="TEXT") == SPEC_MODELS
+    assert ids(byOutputModality="TEXT") == ALL_MODELS
     assert ids(byOutputModality="IMAGE") == ids(byOutputModality="EMBEDDING") == set()
     assert ids(byCustomizationType="FINE_TUNING") == LLAMA_32 | {"meta.llama2-70b-v1"}
     assert ids(byCustomizationType="DISTILLATION") == set()
-    assert ids(byInferenceType="PROVISIONED") == SPEC_MODELS
-    # us-east-1 offers Llama 3 and 2 on demand; Llama 3.1, 3.2 and 3.3 only through the us. inference profiles.
-    assert ids("us-east-1") == SPEC_MODELS
+    assert ids(byInferenceType="PROVISIONED") == ALL_MODELS
+    assert ids(byInferenceType="ON_DEMAND") == SPEC_MODELS
+    # us-east-1 offers Llama 3 and 2 on demand; Llama 3.1, 3.2, 3.3 and 4 only through the us. inference profiles.
+    assert ids("us-east-1") == ALL_MODELS
     assert ids("us-east-1", byInferenceType="ON_DEMAND") == SPEC_MODELS - LLAMA_3X
     assert ids("us-east-1", byProvider="Meta", byInferenceType="ON_DEMAND", byOutputModality="TEXT") == (
         SPEC_MODELS - LLAMA_3X
@@ -140,11 +154,11 @@ def test_get_foundation_model_errors(
 def test_system_inference_profiles(served: Server) -> None:
     client = bedrock(served, "us-east-2")
     profiles = {p["inferenceProfileId"]: p for p in client.list_inference_profiles()["inferenceProfileSummaries"]}
-    assert set(profiles) == {f"us.{m}" for m in LLAMA_3X}
+    assert set(profiles) == {f"us.{m}" for m in LLAMA_3X | LLAMA_4}
     for profile_id, profile in profiles.items():
         assert profile["inferenceProfileArn"] == f"arn:aws:bedrock:us-east-2:{ACCOUNT}:inference-profile/{profile_id}"
         assert (profile["status"], profile["type"]) == ("ACTIVE", "SYSTEM_DEFINED")
-        assert profile["inferenceProfileName"].startswith("US Meta Llama 3.")
+        assert profile["inferenceProfileName"].startswith(("US Meta Llama 3.", "US Meta Llama 4 "))
         got = client.get_inference_profile(inferenceProfileIdentifier=profile_id)
         got.pop("ResponseMetadata")
         assert got == profile
@@ -163,7 +177,7 @@ def test_system_inference_profiles(served: Server) -> None:
     assert {m["modelArn"].split(":")[3] for m in europe[0]["models"]} == {"eu-central-1", "eu-west-1", "eu-west-3"}
     assert bedrock(served, "ap-northeast-1").list_inference_profiles()["inferenceProfileSummaries"] == []
     assert client.list_inference_profiles(typeEquals="APPLICATION")["inferenceProfileSummaries"] == []
-    assert len(client.list_inference_profiles(typeEquals="SYSTEM_DEFINED")["inferenceProfileSummaries"]) == 8
+    assert len(client.list_inference_profiles(typeEquals="SYSTEM_DEFINED")["inferenceProfileSummaries"]) == 10
 
 
 def test_get_inference_profile_by_id_and_by_arn(served: Server) -> None:
@@ -205,7 +219,7 @@ def test_inference_profiles_paginate(served: Server) -> None:
         token = response.get("nextToken")
         if token is None:
             break
-    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
     assert [p for page in pages for p in page] == everything
     paginated = client.get_paginator("list_inference_profiles").paginate(PaginationConfig={"PageSize": 5})
     assert [p for page in paginated for p in page["inferenceProfileSummaries"]] == everything
@@ -251,5 +265,70 @@ def test_unsigned_requests_answer_for_the_servers_region(tmp_path: Path) -> None
         details = _raw(server, "/foundation-models/meta.llama3-8b-instruct-v1%3A0")["modelDetails"]
         assert details["modelArn"] == "arn:aws:bedrock:us-east-1::foundation-model/meta.llama3-8b-instruct-v1:0"
         assert details["inferenceTypesSupported"] == ["ON_DEMAND", "PROVISIONED"]
+    finally:
+        stop_server(server)
+
+
+def test_llama_4_is_offered_through_the_us_profile(served: Server) -> None:
+    client = bedrock(served, "us-east-1")
+    for model_id in LLAMA_4:
+        details = client.get_foundation_model(modelIdentifier=model_id)["modelDetails"]
+        assert details["inputModalities"] == ["TEXT", "IMAGE"] and details["outputModalities"] == ["TEXT"]
+        assert details["inferenceTypesSupported"] == ["PROVISIONED", "INFERENCE_PROFILE"]
+        assert details["modelLifecycle"]["status"] == "ACTIVE"
+        profile = client.get_inference_profile(inferenceProfileIdentifier=f"us.{model_id}")
+        assert [m["modelArn"] for m in profile["models"]] == [
+            f"arn:aws:bedrock:{r}::foundation-model/{model_id}"
+            for r in ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
+        ]
+    assert {s["modelId"] for s in bedrock(served, "eu-west-1").list_foundation_models()["modelSummaries"]} & (
+        LLAMA_4) == set()
+
+
+def test_lifecycle_dates_are_bedrocks(served: Server) -> None:
+    client = bedrock(served)
+
+    def lifecycle(model_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = client.get_foundation_model(modelIdentifier=model_id)["modelDetails"]["modelLifecycle"]
+        return found
+
+    assert lifecycle("meta.llama2-13b-chat-v1") == {
+        "status": "LEGACY", "startOfLifeTime": datetime(2023, 11, 14, tzinfo=UTC),
+        "endOfLifeTime": datetime(2024, 8, 12, tzinfo=UTC),
+    }
+    assert lifecycle("meta.llama3-1-405b-instruct-v1:0") == {
+        "status": "LEGACY", "startOfLifeTime": datetime(2024, 7, 23, tzinfo=UTC),
+        "legacyTime": datetime(2026, 7, 7, tzinfo=UTC),
+    }
+    assert lifecycle("meta.llama3-8b-instruct-v1:0")["status"] == "LEGACY"
+    assert lifecycle("meta.llama3-1-8b-instruct-v1:0") == {
+        "status": "ACTIVE", "startOfLifeTime": datetime(2024, 7, 23, tzinfo=UTC),
+    }
+
+
+def test_end_of_life_is_enforced_when_configured(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--engine", "fake", config="enforce_end_of_life = true\n")
+    try:
+        runtime = server.client()
+        messages = [{"role": "user", "content": [{"text": "hi"}]}]
+        ended = (
+            "This model version has reached the end of its life. Please refer to the AWS documentation for more "
+            "details."
+        )
+        for call, kwargs in (
+            (runtime.invoke_model, {"body": json.dumps({"prompt": "hi"})}),
+            (runtime.converse, {"messages": messages}),
+            (runtime.count_tokens, {"input": {"converse": {"messages": messages}}}),
+        ):
+            for model_id in ("meta.llama2-13b-chat-v1",
+                             "arn:aws:bedrock:us-west-2::foundation-model/meta.llama2-70b-v1"):
+                assert error_of(call, modelId=model_id, **kwargs) == ("ResourceNotFoundException", 404, ended)
+        # Legacy models that have not reached their end of life still serve.
+        assert runtime.converse(modelId="meta.llama3-8b-instruct-v1:0", messages=messages)["usage"]["outputTokens"]
+        client = bedrock(server)
+        listed = {s["modelId"] for s in client.list_foundation_models()["modelSummaries"]}
+        assert listed == ALL_MODELS - {"meta.llama2-13b-chat-v1", "meta.llama2-70b-v1"}
+        code, _, _ = error_of(client.get_foundation_model, modelIdentifier="meta.llama2-70b-v1")
+        assert code == "ValidationException"
     finally:
         stop_server(server)

@@ -27,6 +27,11 @@ SPEC_PRICES = {
     "meta.llama3-1-8b-instruct-v1:0": ("0.22", "0.22"),
     "meta.llama2-13b-chat-v1": ("0.75", "1.00"),
 }
+# Llama 4, which the spec does not price: AWS's published on-demand prices (the catalog says so).
+AWS_PRICES = {
+    "meta.llama4-scout-17b-instruct-v1:0": ("0.17", "0.66"),
+    "meta.llama4-maverick-17b-instruct-v1:0": ("0.24", "0.97"),
+}
 PRICED = "meta.llama2-13b-chat-v1"
 UNPRICED = "meta.llama3-8b-instruct-v1:0"
 
@@ -37,16 +42,16 @@ def test_the_spec_example_costs_exactly_two_tenths_of_a_cent() -> None:
     assert str(cost.normalize()) == "0.002"
 
 
-@pytest.mark.parametrize("model_id", sorted(SPEC_PRICES))
+@pytest.mark.parametrize("model_id", sorted(SPEC_PRICES | AWS_PRICES))
 def test_costs_are_tokens_times_the_spec_prices(model_id: str) -> None:
-    price_in, price_out = (Decimal(p) for p in SPEC_PRICES[model_id])
+    price_in, price_out = (Decimal(p) for p in (SPEC_PRICES | AWS_PRICES)[model_id])
     for input_tokens, output_tokens in [(1, 0), (0, 1), (1234, 567), (1_000_000, 3_000_000)]:
         expected = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
         assert pricing.token_cost(pricing.rates(model_id), input_tokens, output_tokens) == expected
 
 
 def test_models_the_spec_does_not_price_are_unpriced_unless_configured(tmp_path: Path) -> None:
-    unpriced = [m.model_id for m in catalog.MODELS if m.model_id not in SPEC_PRICES]
+    unpriced = [m.model_id for m in catalog.MODELS if m.model_id not in SPEC_PRICES | AWS_PRICES]
     assert unpriced and all(pricing.rates(m) is None for m in unpriced)
     assert pricing.token_cost(pricing.rates(UNPRICED), 10, 10) is None
     config = tmp_path / "config.toml"

@@ -47,8 +47,8 @@ def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 
 def _record(**fields: Any) -> InvocationRecord:
     base: dict[str, Any] = dict(
-        request_id="r", operation="InvokeModel", model_identifier="meta.llama3-8b-instruct-v1:0",
-        model_id="meta.llama3-8b-instruct-v1:0", principal_arn="p", region="us-west-2",
+        request_id="r", operation="InvokeModel", model_identifier="meta.llama3-1-8b-instruct-v1:0",
+        model_id="meta.llama3-1-8b-instruct-v1:0", principal_arn="p", region="us-west-2",
         input_tokens=7, output_tokens=3, latency_ms=40,
     )
     base.update(fields)
@@ -60,7 +60,7 @@ def test_records_become_the_bedrock_metric_set() -> None:
     from prometheus_client import generate_latest
 
     metrics = InvocationMetrics()
-    model = "meta.llama3-8b-instruct-v1:0"
+    model = "meta.llama3-1-8b-instruct-v1:0"
     profile = "us.meta.llama3-1-70b-instruct-v1:0"
     for record in [
         _record(),

@@ -41,10 +41,16 @@ def _profile_forms(model_id: str) -> list[str]:
 
 @pytest.mark.parametrize("model_id", ALL_IDS)
 def test_every_catalog_id_in_every_form(runtime: Any, model_id: str) -> None:
-    # The client signs for us-west-2, which offers every catalog model on demand; only Llama 3.1, 3.2 and 3.3 have
-    # a us. cross-region inference profile (docs/regions.md).
+    # The client signs for us-west-2, which offers every catalog model but Llama 4 on demand; only Llama 3.1, 3.2,
+    # 3.3 and 4 have a us. cross-region inference profile (docs/regions.md).
     has_profile = "us" in catalog.BY_ID[model_id].geo_profiles
+    on_demand = "us-west-2" in catalog.BY_ID[model_id].on_demand_regions
     forms = [model_id, f"arn:aws:bedrock:us-west-2::foundation-model/{model_id}"]
+    if not on_demand:
+        for form in forms:
+            with pytest.raises(runtime.exceptions.ValidationException):
+                _invoke(runtime, form, prompt=LLAMA3_PROMPT, max_gen_len=2)
+        forms = []
     for form in forms + (_profile_forms(model_id) if has_profile else []):
         body, headers = _invoke(runtime, form, prompt=LLAMA3_PROMPT, max_gen_len=2)
         assert set(body) == {"generation", "prompt_token_count", "generation_token_count", "stop_reason"}
@@ -54,6 +60,22 @@ def test_every_catalog_id_in_every_form(runtime: Any, model_id: str) -> None:
         for form in _profile_forms(model_id):
             with pytest.raises(runtime.exceptions.ValidationException):
                 _invoke(runtime, form, prompt=LLAMA3_PROMPT, max_gen_len=2)
+
+
+def test_an_application_inference_profile_serves_the_real_model(server: Server, runtime: Any) -> None:
+    control = server.client("bedrock")
+    arn = control.create_inference_profile(
+        inferenceProfileName="real-scout", tags=[{"key": "team", "value": "real"}],
+        modelSource={"copyFrom": "arn:aws:bedrock:us-west-2:000000000000:inference-profile/"
+                                 "us.meta.llama4-scout-17b-instruct-v1:0"},
+    )["inferenceProfileArn"]
+    answer = runtime.converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "Say hello."}]}],
+                              inferenceConfig={"maxTokens": 4})
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-llamarock-served-by"] == "smollm2-135m-embedded"
+    assert 1 <= answer["usage"]["outputTokens"] <= 4 and answer["output"]["message"]["content"][0]["text"]
+    control.delete_inference_profile(inferenceProfileIdentifier=arn)
+    with pytest.raises(runtime.exceptions.ResourceNotFoundException):
+        runtime.converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "Say hello."}]}])
 
 
 def test_other_geographies_resolve_from_their_own_regions(server: Server, runtime: Any) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from llamarock.bedrock import catalog
 from llamarock.settings import load_settings
 
 
@@ -69,7 +70,7 @@ def test_models_command_lists_every_id_and_its_deployment() -> None:
     result = _cli("models")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 13
+    assert len(lines) == 1 + len(catalog.MODELS) == 15  # the spec's 12 models and Llama 4 Scout and Maverick
     assert all("smollm2-135m-embedded" in line and "SmolLM2-135M-Instruct.Q4_1.gguf" in line for line in lines[1:])
 
 

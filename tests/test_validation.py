@@ -134,7 +134,7 @@ def test_max_gen_len_1_generates_one_token(fake_runtime: Any) -> None:
 
 IMAGE_ON_TEXT = (
     f"{one('#: extraneous key [images] is not permitted')} {MODEL} does not accept images; only the Llama 3.2 11B "
-    "and 90B Vision models do."
+    "and 90B Vision and the Llama 4 models do."
 )
 IMAGE_ON_FAKE = (
     f"The model {VISION} is served by deployment fake-default, which doesn't support image input. Map this model to "

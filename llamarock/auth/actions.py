@@ -6,7 +6,15 @@ edge (:class:`~llamarock.context.ModelName`).
 
 from __future__ import annotations
 
-from llamarock.bedrock.model_ids import foundation_model_arn, inference_profile_arn, provisioned_model_arn
+import json
+
+from llamarock.bedrock.model_ids import (
+    RESOURCE_ID,
+    application_profile_arn,
+    foundation_model_arn,
+    inference_profile_arn,
+    provisioned_model_arn,
+)
 from llamarock.context import ModelName
 
 
@@ -14,14 +22,15 @@ def model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[
     """The ARNs a model identifier stands for, and the model id quotas count it under.
 
     An inference profile needs the profile and the foundation model it routes to, as in IAM. A provisioned model
-    needs its own ARN, and quotas count it under that ARN (which model it serves is the provisioning store's).
+    or an application inference profile needs its own ARN, and quotas count it under that ARN (which model it
+    serves is the provisioning or profile store's).
     """
     ref = model.ref
     if ref is None:
         identifier = model.identifier
         resource = identifier if identifier.startswith("arn:") else foundation_model_arn(identifier, region)
         return (resource,), identifier
-    if ref.kind == "provisioned-model-arn":
+    if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn"):
         return (ref.requested,), model.model_id
     model_id = model.model_id
     model_region = ref.region or region
@@ -39,13 +48,15 @@ def model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[
 UNKNOWN_MODEL = "(unknown model)"
 
 
-def label_resources(kind: str, labels: dict[str, str], region: str, account: str) -> tuple[str, ...]:
+def label_resources(kind: str, labels: dict[str, str], region: str, account: str, body: bytes = b"") -> tuple[str, ...]:
     """The ARN a control-plane operation's action is on, from its URI label (``*`` for account-wide operations).
 
     A provisioned model named by its name or id becomes its ARN's form, so that a policy on
     ``arn:aws:bedrock:*:*:provisioned-model/*`` governs Create, Get, Update and Delete alike (Create, whose model
-    has no id yet, is on ``provisioned-model/*``).
+    has no id yet, is on ``provisioned-model/*``). The tagging operations are on the ``resourceARN`` of their body.
     """
+    if kind == "tagged-resource":
+        return (_body_arn(body),)
     label = next(iter(labels.values()), "")
     if kind == "*" or (not label and kind != "provisioned-model"):
         return ("*",)
@@ -56,5 +67,17 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
     if kind == "foundation-model":
         return (foundation_model_arn(label, region),)
     if kind == "inference-profile":
+        if RESOURCE_ID.match(label):  # an application inference profile's id
+            return (application_profile_arn(region, account, label),)
         return (f"arn:aws:bedrock:{region}:{account}:inference-profile/{label}",)
     return ("*",)
+
+
+def _body_arn(body: bytes) -> str:
+    """The ``resourceARN`` of a tagging operation's JSON body (``*`` when it has none: the handler refuses it)."""
+    try:
+        document = json.loads(body or b"{}")
+    except (ValueError, RecursionError):  # the handler's codec answers malformed or absurdly nested JSON
+        return "*"
+    arn = document.get("resourceARN") if isinstance(document, dict) else None
+    return arn if isinstance(arn, str) and arn else "*"

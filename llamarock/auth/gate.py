@@ -121,10 +121,11 @@ class Gate:
             resources, quota_model = model_resources(context.model, region, account)
             # Identifiers that name no model share one bucket, so made-up ids cannot grow the quota table.
             known = context.model.ref is not None and (
-                context.model.ref.kind == "provisioned-model-arn" or catalog.get(quota_model) is not None
+                context.model.ref.kind in ("provisioned-model-arn", "application-inference-profile-arn")
+                or catalog.get(quota_model) is not None
             )
             return resources, quota_model if known else UNKNOWN_MODEL
-        return label_resources(operation.resource, context.labels, region, account), ""
+        return label_resources(operation.resource, context.labels, region, account, context.body), ""
 
     def allowed(self, context: RequestContext, action: str) -> bool:
         """Whether the caller's policy allows a llamarock action on ``*``, with the request's own policy context

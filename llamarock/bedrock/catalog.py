@@ -1,13 +1,53 @@
 """The model catalog: the Meta Llama models Bedrock offers, as data.
 
-Everything that needs a fact about a model (context window, modalities, prices, regions, capabilities) reads it
-here. Figures come from the product spec; where the spec is silent the field is ``None`` (prices) or the value
-Bedrock's own model listing shows (modalities, inference types, customizations).
+Everything that needs a fact about a model (context window, modalities, prices, regions, capabilities, lifecycle)
+reads it here. Figures come from the product spec; where the spec is silent the field is ``None`` (prices) or the
+value Bedrock's own model listing and model cards show (modalities, inference types, customizations, lifecycle
+dates), as noted beside each.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+LifecycleStatus = Literal["ACTIVE", "LEGACY"]
+END_OF_LIFE = (
+    "This model version has reached the end of its life. Please refer to the AWS documentation for more details."
+)
+
+
+def _day(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """A model's lifecycle on Bedrock (botocore's ``FoundationModelLifecycle``), as dates.
+
+    ``legacy`` is when Bedrock moved it to LEGACY, ``end_of_life`` when invocations started failing with Bedrock's
+    "reached the end of its life" error. ``legacy_undated`` marks a model AWS lists as Legacy without a date we could
+    find. The status is computed from the dates at the time of the request.
+    """
+
+    start: datetime | None = None
+    legacy: datetime | None = None
+    public_extended_access: datetime | None = None
+    end_of_life: datetime | None = None
+    legacy_undated: bool = False
+
+    def status(self, now: datetime | None = None) -> LifecycleStatus:
+        now = now or datetime.now(UTC)
+        if self.legacy_undated or any(
+            moment is not None and moment <= now for moment in (self.legacy, self.end_of_life)
+        ):
+            return "LEGACY"
+        return "ACTIVE"
+
+    def ended(self, now: datetime | None = None) -> bool:
+        """Whether the model is past its end of life (Bedrock refuses to invoke it)."""
+        return self.end_of_life is not None and self.end_of_life <= (now or datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -32,7 +72,7 @@ class CatalogModel:
     model_id: str
     name: str
     family: str
-    parameters_billion: float
+    parameters_billion: float  # total parameters (Llama 4's mixtures of experts: 17B active of them)
     context_window: int
     input_modalities: tuple[str, ...]
     output_modalities: tuple[str, ...]
@@ -49,7 +89,12 @@ class CatalogModel:
     on_demand_regions: tuple[str, ...]
     on_demand_price: Price | None = None
     provisioned_hourly_usd: float | None = None
-    lifecycle: str = "ACTIVE"
+    dates: Lifecycle = field(default_factory=Lifecycle)
+
+    @property
+    def lifecycle(self) -> LifecycleStatus:
+        """ACTIVE or LEGACY now (a model past its end of life is LEGACY: botocore's enum has no third state)."""
+        return self.dates.status()
 
     @property
     def supports_images(self) -> bool:
@@ -62,6 +107,8 @@ class CatalogModel:
 
 _US = ("us-east-1", "us-east-2", "us-west-2")
 _OREGON = ("us-west-2",)
+# The destinations of Llama 4's us. inference profile as AWS lists them (the spec says only "profile only (us.)").
+_US4 = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 _TEXT = ("TEXT",)
 _VISION = ("TEXT", "IMAGE")
 
@@ -72,6 +119,7 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("reasoning", "code generation", "multilingual"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
         fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=("us",), on_demand_regions=_OREGON,
+        dates=Lifecycle(start=_day("2024-12-19")),
     ),
     CatalogModel(
         model_id="meta.llama3-2-90b-instruct-v1:0", name="Llama 3.2 90B Vision Instruct", family="llama3.2",
@@ -79,6 +127,7 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("image understanding", "visual question answering", "document visual QA"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
         fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",), on_demand_regions=_OREGON,
+        dates=Lifecycle(start=_day("2024-09-25")),
     ),
     CatalogModel(
         model_id="meta.llama3-2-11b-instruct-v1:0", name="Llama 3.2 11B Vision Instruct", family="llama3.2",
@@ -86,6 +135,7 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("image captioning", "visual question answering", "conversational AI"),
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
         fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=("us",), on_demand_regions=_OREGON,
+        dates=Lifecycle(start=_day("2024-09-25")),
     ),
     CatalogModel(
         model_id="meta.llama3-2-3b-instruct-v1:0", name="Llama 3.2 3B Instruct", family="llama3.2",
@@ -94,6 +144,7 @@ MODELS: tuple[CatalogModel, ...] = (
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=False,
         fine_tuning=True, latency_optimized=False, regions=(*_US, "eu-central-1", "eu-west-1", "eu-west-3"),
         geo_profiles=("us", "eu"), on_demand_regions=_OREGON,
+        dates=Lifecycle(start=_day("2024-09-25")),
     ),
     CatalogModel(
         model_id="meta.llama3-2-1b-instruct-v1:0", name="Llama 3.2 1B Instruct", family="llama3.2",
@@ -102,6 +153,7 @@ MODELS: tuple[CatalogModel, ...] = (
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=False,
         fine_tuning=True, latency_optimized=False, regions=(*_US, "eu-central-1", "eu-west-1", "eu-west-3"),
         geo_profiles=("us", "eu"), on_demand_regions=_OREGON,
+        dates=Lifecycle(start=_day("2024-09-25")),
     ),
     CatalogModel(
         model_id="meta.llama3-1-405b-instruct-v1:0", name="Llama 3.1 405B Instruct", family="llama3.1",
@@ -110,6 +162,7 @@ MODELS: tuple[CatalogModel, ...] = (
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
         fine_tuning=False, latency_optimized=True, regions=_OREGON, geo_profiles=("us",), on_demand_regions=_OREGON,
         on_demand_price=Price(5.32, 16.00),
+        dates=Lifecycle(start=_day("2024-07-23"), legacy=_day("2026-07-07")),
     ),
     CatalogModel(
         model_id="meta.llama3-1-70b-instruct-v1:0", name="Llama 3.1 70B Instruct", family="llama3.1",
@@ -118,6 +171,7 @@ MODELS: tuple[CatalogModel, ...] = (
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
         fine_tuning=False, latency_optimized=True, regions=_OREGON, geo_profiles=("us",), on_demand_regions=_OREGON,
         on_demand_price=Price(0.99, 2.99),
+        dates=Lifecycle(start=_day("2024-07-23")),
     ),
     CatalogModel(
         model_id="meta.llama3-1-8b-instruct-v1:0", name="Llama 3.1 8B Instruct", family="llama3.1",
@@ -126,6 +180,7 @@ MODELS: tuple[CatalogModel, ...] = (
         max_gen_len=2048, max_output_tokens=4096, prompt_format="llama3", instruct=True, tool_use=True,
         fine_tuning=False, latency_optimized=False, regions=_OREGON, geo_profiles=("us",), on_demand_regions=_OREGON,
         on_demand_price=Price(0.22, 0.22),
+        dates=Lifecycle(start=_day("2024-07-23")),
     ),
     CatalogModel(
         model_id="meta.llama3-70b-instruct-v1:0", name="Llama 3 70B Instruct", family="llama3",
@@ -133,6 +188,7 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("text generation", "reasoning", "code generation", "creative writing"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="llama3", instruct=True, tool_use=False,
         fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
+        dates=Lifecycle(start=_day("2024-04-23"), legacy_undated=True),
     ),
     CatalogModel(
         model_id="meta.llama3-8b-instruct-v1:0", name="Llama 3 8B Instruct", family="llama3",
@@ -140,14 +196,20 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("fast text generation", "basic reasoning", "simple code tasks"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="llama3", instruct=True, tool_use=False,
         fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
+        dates=Lifecycle(start=_day("2024-04-23"), legacy_undated=True),
     ),
+    # Lifecycle dates: launch dates as AWS's model cards give them; Llama 3.1 405B's legacy date from its model card
+    # (the spec's §9); Llama 3 Legacy as AWS's lifecycle page lists it, with no date we could confirm. Llama 2's end
+    # of life (the spec: "retired (EOL 2024)") is dated 2024-08-12 from AWS's deprecation notice as we recall it; the
+    # lifecycle table itself could not be read back to confirm the day.
     CatalogModel(
         model_id="meta.llama2-13b-chat-v1", name="Llama 2 Chat 13B", family="llama2",
         parameters_billion=13, context_window=4_096, input_modalities=_TEXT, output_modalities=_TEXT,
         capabilities=("conversational AI", "text generation", "simple Q&A"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="llama2", instruct=True, tool_use=False,
         fine_tuning=False, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
-        on_demand_price=Price(0.75, 1.00), provisioned_hourly_usd=21.18, lifecycle="LEGACY",
+        on_demand_price=Price(0.75, 1.00), provisioned_hourly_usd=21.18,
+        dates=Lifecycle(start=_day("2023-11-14"), legacy_undated=True, end_of_life=_day("2024-08-12")),
     ),
     CatalogModel(
         model_id="meta.llama2-70b-v1", name="Llama 2 70B", family="llama2",
@@ -155,7 +217,29 @@ MODELS: tuple[CatalogModel, ...] = (
         capabilities=("text completion", "foundation for fine-tuning"),
         max_gen_len=2048, max_output_tokens=2048, prompt_format="plain", instruct=False, tool_use=False,
         fine_tuning=True, latency_optimized=False, regions=_US, geo_profiles=(), on_demand_regions=_US,
-        provisioned_hourly_usd=21.18, lifecycle="LEGACY",
+        provisioned_hourly_usd=21.18,
+        dates=Lifecycle(start=_day("2023-11-14"), legacy_undated=True, end_of_life=_day("2024-08-12")),
+    ),
+    # Llama 4 (the spec's §9 and AWS's model cards): text and image in, Invoke and Converse, tool use (toolChoice
+    # auto), offered only through the us. cross-region inference profile (no on-demand region). The spec gives no
+    # prices: these are AWS's published on-demand prices (US regions, USD per 1M input / output tokens).
+    CatalogModel(
+        model_id="meta.llama4-scout-17b-instruct-v1:0", name="Llama 4 Scout 17B Instruct", family="llama4",
+        parameters_billion=109, context_window=3_500_000, input_modalities=_VISION, output_modalities=_TEXT,
+        capabilities=("image understanding", "long-context reasoning", "multilingual", "tool use"),
+        max_gen_len=2048, max_output_tokens=8192, prompt_format="llama4", instruct=True, tool_use=True,
+        fine_tuning=False, latency_optimized=False, regions=_US4, geo_profiles=("us",), on_demand_regions=(),
+        on_demand_price=Price(0.17, 0.66),
+        dates=Lifecycle(start=_day("2025-04-05")),
+    ),
+    CatalogModel(
+        model_id="meta.llama4-maverick-17b-instruct-v1:0", name="Llama 4 Maverick 17B Instruct", family="llama4",
+        parameters_billion=400, context_window=1_048_576, input_modalities=_VISION, output_modalities=_TEXT,
+        capabilities=("image understanding", "reasoning", "code generation", "multilingual", "tool use"),
+        max_gen_len=2048, max_output_tokens=8192, prompt_format="llama4", instruct=True, tool_use=True,
+        fine_tuning=False, latency_optimized=False, regions=_US4, geo_profiles=("us",), on_demand_regions=(),
+        on_demand_price=Price(0.24, 0.97),
+        dates=Lifecycle(start=_day("2025-04-05")),
     ),
 )
 

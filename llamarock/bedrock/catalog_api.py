@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
 
 from llamarock.bedrock import catalog
@@ -31,12 +32,26 @@ def model_summary(where: Availability, region: str) -> dict[str, Any]:
         "responseStreamingSupported": True,
         "customizationsSupported": ["FINE_TUNING"] if model.fine_tuning else [],
         "inferenceTypesSupported": where.inference_types(region),
-        "modelLifecycle": {"status": model.lifecycle},
+        "modelLifecycle": lifecycle(model.dates),
     }
 
 
-def list_foundation_models(regions: RegionMap, region: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
-    """The models ``region`` offers, narrowed by ListFoundationModels' ``by*`` filters (all of them must match)."""
+def lifecycle(dates: catalog.Lifecycle, now: datetime | None = None) -> dict[str, Any]:
+    """botocore's ``FoundationModelLifecycle``: the status now and the dates known (timestamps)."""
+    shown: dict[str, Any] = {"status": dates.status(now)}
+    for member, moment in (("startOfLifeTime", dates.start), ("endOfLifeTime", dates.end_of_life),
+                           ("legacyTime", dates.legacy), ("publicExtendedAccessTime", dates.public_extended_access)):
+        if moment is not None:
+            shown[member] = moment
+    return shown
+
+
+def list_foundation_models(regions: RegionMap, region: str, filters: dict[str, Any],
+                           hide_ended: bool = False) -> list[dict[str, Any]]:
+    """The models ``region`` offers, narrowed by ListFoundationModels' ``by*`` filters (all of them must match).
+
+    ``hide_ended`` leaves out the models past their end of life, as Bedrock does (``enforce_end_of_life``).
+    """
     provider = filters.get("byProvider")
     modality = filters.get("byOutputModality")
     inference_type = filters.get("byInferenceType")
@@ -44,7 +59,7 @@ def list_foundation_models(regions: RegionMap, region: str, filters: dict[str, A
     found = []
     for model in catalog.MODELS:
         where = regions.of(model)
-        if not where.listed_in(region):
+        if not where.listed_in(region) or (hide_ended and model.dates.ended()):
             continue
         summary = model_summary(where, region)
         if provider is not None and provider.lower() != model.provider.lower():
@@ -59,7 +74,8 @@ def list_foundation_models(regions: RegionMap, region: str, filters: dict[str, A
     return found
 
 
-def get_foundation_model(regions: RegionMap, region: str, identifier: str) -> dict[str, Any]:
+def get_foundation_model(regions: RegionMap, region: str, identifier: str,
+                         hide_ended: bool = False) -> dict[str, Any]:
     """GetFoundationModel's ``modelDetails`` for a model id or foundation-model ARN of ``region``."""
     model_id = identifier
     if identifier.startswith("arn:"):
@@ -72,7 +88,7 @@ def get_foundation_model(regions: RegionMap, region: str, identifier: str) -> di
             )
     model = catalog.get(model_id)
     where = regions.of(model) if model is not None else None
-    if where is None or not where.listed_in(region):
+    if where is None or not where.listed_in(region) or (hide_ended and where.model.dates.ended()):
         raise ValidationException(
             f"Could not find model with identifier {identifier} in {region}. ListFoundationModels lists the models "
             f"{region} offers."

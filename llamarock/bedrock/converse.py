@@ -233,7 +233,7 @@ def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, i
             if not model.supports_images:
                 raise ValidationException(
                     f"This model doesn't support the image content block that you provided at {where}. "
-                    f"{model.model_id} is text-only; use Llama 3.2 11B or 90B Vision."
+                    f"{model.model_id} is text-only; use Llama 3.2 11B or 90B Vision, or a Llama 4 model."
                 )
             data = block["image"].get("source", {}).get("bytes")
             if data is None:

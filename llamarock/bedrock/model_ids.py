@@ -1,5 +1,5 @@
-"""Model identifiers as clients send them: base ids, foundation-model ARNs, inference profiles and their ARNs, and
-provisioned-model ARNs."""
+"""Model identifiers as clients send them: base ids, foundation-model ARNs, inference profiles and their ARNs,
+application inference profile ARNs and provisioned-model ARNs."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ INVALID_MODEL_IDENTIFIER = "The provided model identifier is invalid."
 # llamarock answers in the aws partition only (the ARNs it returns say arn:aws).
 _ARN = re.compile(
     r"^arn:aws:bedrock:(?P<region>[a-z0-9-]*):(?P<account>\d{12})?:"
-    r"(?P<type>foundation-model|inference-profile|provisioned-model)/(?P<rest>.+)$"
+    r"(?P<type>foundation-model|inference-profile|application-inference-profile|provisioned-model)/(?P<rest>.+)$"
 )
 _PROVISIONED_ID = re.compile(r"^[a-z0-9]{12}$")
+# Application inference profiles and provisioned models have 12-character lowercase alphanumeric ids, as on AWS.
+RESOURCE_ID = _PROVISIONED_ID
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,21 @@ class ModelRef:
     ``model_id`` is the base model id the request names (not yet checked against the catalog), ``kind`` the form
     it came in, ``geo`` the cross-region inference profile's geography (``us``, ``eu``, ``apac``) and ``region``
     the region an ARN carried. A provisioned-model ARN names no model by itself: its ``model_id`` is empty and
-    ``provisioned_id`` holds the 12-character id that the provisioning store knows the model by.
+    ``provisioned_id`` holds the 12-character id that the provisioning store knows the model by. An application
+    inference profile's ARN likewise: ``profile_id`` is the id the profile store knows it by.
     """
 
     requested: str
     model_id: str
     kind: Literal[
-        "model-id", "foundation-model-arn", "inference-profile", "inference-profile-arn", "provisioned-model-arn"
+        "model-id", "foundation-model-arn", "inference-profile", "inference-profile-arn", "provisioned-model-arn",
+        "application-inference-profile-arn",
     ]
     geo: str | None = None
     region: str | None = None
     provisioned_id: str | None = None
     account: str | None = None
+    profile_id: str | None = None
 
 
 def _split_profile(identifier: str) -> tuple[str | None, str]:
@@ -53,7 +58,8 @@ def parse_model_ref(identifier: str) -> ModelRef:
     """Parse any identifier form of §1.2 of the wire reference.
 
     Raises ValidationException("The provided model identifier is invalid.") for a form that is not a model id,
-    a foundation-model ARN, an inference-profile id or ARN, or a provisioned-model ARN.
+    a foundation-model ARN, an inference-profile id or ARN, an application inference profile's ARN or a
+    provisioned-model ARN.
     """
     if not identifier or len(identifier) > 2048:
         raise ValidationException(INVALID_MODEL_IDENTIFIER)
@@ -71,6 +77,11 @@ def parse_model_ref(identifier: str) -> ModelRef:
                 raise ValidationException(INVALID_MODEL_IDENTIFIER)
             return ModelRef(identifier, "", "provisioned-model-arn", region=region, provisioned_id=match["rest"],
                             account=match["account"])
+        if match["type"] == "application-inference-profile":
+            if not match["account"] or not region or not _PROVISIONED_ID.match(match["rest"]):
+                raise ValidationException(INVALID_MODEL_IDENTIFIER)
+            return ModelRef(identifier, "", "application-inference-profile-arn", region=region,
+                            account=match["account"], profile_id=match["rest"])
         geo, model_id = _split_profile(match["rest"])
         # An inference profile's ARN names its region and account (the caller's), as AWS writes it.
         if geo is None or not region or not match["account"]:
@@ -93,3 +104,7 @@ def inference_profile_arn(geo: str, model_id: str, region: str, account: str) ->
 
 def provisioned_model_arn(region: str, account: str, provisioned_id: str) -> str:
     return f"arn:aws:bedrock:{region}:{account}:provisioned-model/{provisioned_id}"
+
+
+def application_profile_arn(region: str, account: str, profile_id: str) -> str:
+    return f"arn:aws:bedrock:{region}:{account}:application-inference-profile/{profile_id}"

@@ -51,6 +51,9 @@ class InvocationRecord:
     performance_latency: str | None = None
     service_tier: str | None = None  # serviceTier as the request named it; None: default
     provisioned_model_arn: str | None = None
+    # The application inference profile the caller named, and its tags (cost allocation).
+    inference_profile_arn: str | None = None
+    resource_tags: dict[str, str] = field(default_factory=dict)
     inference_region: str | None = None
     input_body: bytes | None = None
     input_content_type: str = "application/json"
@@ -62,6 +65,15 @@ class InvocationRecord:
     @property
     def throttled(self) -> bool:
         return self.status == 429 and self.error_code == "ThrottlingException"
+
+    def cost_tags(self) -> dict[str, str]:
+        """The tags usage is reported by (``llamarock usage --by tag``): the request's ``requestMetadata``, then the
+        tags of the application inference profile it named (which win on a shared key) and that profile's ARN
+        (``inferenceProfileArn``)."""
+        tags = {**self.request_metadata, **self.resource_tags}
+        if self.inference_profile_arn:
+            tags["inferenceProfileArn"] = self.inference_profile_arn
+        return tags
 
 
 def new_record(context: RequestContext) -> InvocationRecord:

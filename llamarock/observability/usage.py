@@ -498,7 +498,7 @@ class UsageRecorder:
             "service_tier": tier,
             "provisioned_model_arn": record.provisioned_model_arn,
             "cost_picousd": to_picousd(cost),
-            "tags": dict(record.request_metadata),
+            "tags": record.cost_tags(),
         }
 
     def record(self, record: InvocationRecord) -> None:

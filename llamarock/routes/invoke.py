@@ -36,6 +36,8 @@ def note_target(call: Call, target: Target) -> None:
         record.deployment = target.deployment.name
         record.inference_region = target.inference_region
         record.provisioned_model_arn = target.provisioned_arn
+        record.inference_profile_arn = target.profile_arn
+        record.resource_tags = dict(target.profile_tags)
         record.input_body = call.body
 
 

@@ -27,7 +27,17 @@ from llamarock.codec.rest_json import split_model_path
 from llamarock.codec.routing import match
 from llamarock.codec.service_model import service_model
 from llamarock.context import BEDROCK, LLAMAROCK, RUNTIME, Operation
-from llamarock.routes import converse, foundation_models, health, invocation_logging, invoke, metrics, provisioned
+from llamarock.routes import (
+    converse,
+    foundation_models,
+    health,
+    inference_profiles,
+    invocation_logging,
+    invoke,
+    metrics,
+    provisioned,
+    tags,
+)
 from llamarock.routes import openai as openai_route
 from llamarock.routes import quotas as quotas_route
 from llamarock.routes import usage as usage_route
@@ -60,8 +70,19 @@ ROWS: tuple[Operation, ...] = (
     # bedrock (control plane)
     _aws(BEDROCK, foundation_models.list_foundation_models),
     _aws(BEDROCK, foundation_models.get_foundation_model, resource="foundation-model"),
-    _aws(BEDROCK, foundation_models.list_inference_profiles),
-    _aws(BEDROCK, foundation_models.get_inference_profile, resource="inference-profile"),
+    _aws(BEDROCK, foundation_models.get_foundation_model_availability, resource="foundation-model"),
+    _aws(BEDROCK, foundation_models.list_foundation_model_agreement_offers),
+    _aws(BEDROCK, foundation_models.create_foundation_model_agreement),
+    _aws(BEDROCK, foundation_models.delete_foundation_model_agreement),
+    _aws(BEDROCK, foundation_models.get_use_case_for_model_access),
+    _aws(BEDROCK, foundation_models.put_use_case_for_model_access),
+    _aws(BEDROCK, inference_profiles.create_inference_profile),
+    _aws(BEDROCK, inference_profiles.list_inference_profiles),
+    _aws(BEDROCK, inference_profiles.get_inference_profile, resource="inference-profile"),
+    _aws(BEDROCK, inference_profiles.delete_inference_profile, resource="inference-profile"),
+    _aws(BEDROCK, tags.tag_resource, resource="tagged-resource"),
+    _aws(BEDROCK, tags.untag_resource, resource="tagged-resource"),
+    _aws(BEDROCK, tags.list_tags_for_resource, resource="tagged-resource"),
     _aws(BEDROCK, provisioned.create_provisioned_model_throughput, resource="provisioned-model"),
     _aws(BEDROCK, provisioned.get_provisioned_model_throughput, resource="provisioned-model"),
     _aws(BEDROCK, provisioned.list_provisioned_model_throughputs),

@@ -30,12 +30,14 @@ from llamarock.errors import (
     EngineNotReadyError,
     ModelErrorException,
     ModelNotReadyException,
+    ResourceNotFoundException,
     ServiceUnavailableException,
     UnsupportedSchemaError,
     ValidationException,
 )
 from llamarock.scheduler import TIER_PRIORITY, Scheduler
 from llamarock.services.deployments import Deployment, DeploymentRegistry
+from llamarock.services.profiles import ProfileService
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
 from llamarock.types import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
@@ -69,6 +71,9 @@ class Target:
     inference_region: str | None = None
     # Set when the request names a provisioned model: it runs on that model's reserved capacity.
     provisioned_arn: str | None = None
+    # Set when the request names an application inference profile: usage is attributed to it and its tags.
+    profile_arn: str | None = None
+    profile_tags: tuple[tuple[str, str], ...] = ()
 
 
 class InferenceService:
@@ -85,11 +90,18 @@ class InferenceService:
         self.settings = settings
         self.scheduler = scheduler or Scheduler(settings)
         self.provisioning = provisioning
+        # Application inference profiles (set by create_app: the profile service shares this region map).
+        self.profiles: ProfileService | None = None
         try:
             on_demand = compat.on_demand_overrides(settings.compat, catalog.MODELS, settings.on_demand_regions)
             self.regions = RegionMap(settings.model_regions, on_demand)
         except ValueError as exc:
             raise DeploymentConfigError(str(exc)) from exc
+        ended = [m.model_id for m in catalog.MODELS if m.dates.ended() and registry.for_model(m.model_id) is not None]
+        if ended:
+            log.info("%s reached the end of their life on Bedrock; %s", ", ".join(ended),
+                     "they are refused as Bedrock refuses them (enforce_end_of_life)" if settings.enforce_end_of_life
+                     else "they are still served here (set enforce_end_of_life to refuse them as Bedrock does)")
 
     def resolve(self, model: ModelName, region: str | None = None) -> Target:
         """Map any accepted identifier form (or a configured alias) to a catalog model and its deployment.
@@ -105,6 +117,8 @@ class InferenceService:
                     f"but the request was signed for {region}. Sign the request for {ref.region}."
                 )
             return self._provisioned(ref)
+        if ref.kind == "application-inference-profile-arn":
+            return self._application_profile(ref, region)
         placement = self._placement(model, region)
         deployment = self._deployment(placement.model)
         return Target(ref, placement.model, deployment, placement.inference_region)
@@ -112,10 +126,10 @@ class InferenceService:
     def place(self, model: ModelName, region: str | None = None) -> Placement | None:
         """Where a request signed for ``region`` naming ``model`` runs, without needing a deployment here.
 
-        None for a provisioned-model ARN: its reservation is this server's own. Raises Bedrock's refusal for an
-        identifier the region cannot invoke, as :meth:`resolve` does.
+        None for a provisioned-model or application inference profile ARN (this server's own). Raises Bedrock's
+        refusal for an identifier the region cannot invoke, as :meth:`resolve` does.
         """
-        if model.parsed().kind == "provisioned-model-arn":
+        if model.parsed().kind in ("provisioned-model-arn", "application-inference-profile-arn"):
             return None
         return self._placement(model, region or self.settings.region)
 
@@ -124,7 +138,27 @@ class InferenceService:
         model = catalog.get(name.model_id)
         if model is None:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        self._check_life(model)
         return Placement(ref, model, self.regions.inference_region(model, ref, region))
+
+    def _check_life(self, model: CatalogModel) -> None:
+        """Bedrock's refusal of a model past its end of life, when ``enforce_end_of_life`` is on."""
+        if self.settings.enforce_end_of_life and model.dates.ended():
+            raise ResourceNotFoundException(catalog.END_OF_LIFE)
+
+    def _application_profile(self, ref: ModelRef, region: str) -> Target:
+        """An application inference profile runs its source's model where its source would (its region, or its
+        system-defined profile's pick)."""
+        if self.profiles is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        profile, source, tags = self.profiles.for_invocation(ref, region)
+        model = catalog.get(profile.model_id)
+        if model is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        self._check_life(model)
+        inference_region = self.regions.inference_region(model, source, region)
+        return Target(ref, model, self._deployment(model), inference_region, profile_arn=profile.arn,
+                      profile_tags=tags)
 
     def _deployment(self, model: CatalogModel) -> Deployment:
         deployment = self.registry.for_model(model.model_id)
@@ -143,6 +177,7 @@ class InferenceService:
         model = catalog.get(provisioned.model_id)
         if model is None:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        self._check_life(model)
         return Target(ref, model, self._deployment(model), ref.region, provisioned_arn=provisioned.arn)
 
     def check_ready(self, target: Target) -> None:
@@ -165,7 +200,7 @@ class InferenceService:
             raise ValidationException(
                 "Malformed input request: #: extraneous key [images] is not permitted, please reformat your input "
                 f"and try again. {target.model.model_id} does not accept images; only the Llama 3.2 11B and 90B "
-                "Vision models do."
+                "Vision and the Llama 4 models do."
             )
         if not target.deployment.engine.info.supports_images:
             raise ValidationException(

@@ -41,6 +41,7 @@ from llamarock.errors import (
 )
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
+from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import PriceSettings, Settings
 from llamarock.storage.provisioned import ListFilter, ProvisionedModel, ProvisionedStore
 
@@ -130,6 +131,14 @@ class ProvisioningService:
         self._clock = clock
         self._live: dict[str, ProvisionedModel] = {}
         self._changed = asyncio.Event()
+        self.tagging: TaggingService | None = None
+
+    def taggable(self, tagging: TaggingService) -> None:
+        """Make provisioned models taggable (TagResource and friends); their create-time tags go to ``tagging``."""
+        self.tagging = tagging
+        tagging.register("provisioned-model", TaggableKind(
+            lambda region, arn: any(m.arn == arn and m.region == region for m in self._live.values())
+        ))
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -137,6 +146,9 @@ class ProvisioningService:
         """Read the live provisioned models and reserve their capacity (at start-up)."""
         for model in await asyncio.to_thread(self.store.live):
             self._remember(model)
+            if self.tagging is not None and model.tags:
+                # Provisioned models created before the tag store kept their tags in their own row.
+                await self.tagging.seed(model.arn, list(model.tags))
 
     async def run(self) -> None:
         """Move provisioned models to InService (or Failed) when they are due; runs for the app's lifetime."""
@@ -259,7 +271,7 @@ class ProvisioningService:
         client_token: str | None = None,
     ) -> ProvisionedModel:
         """A new provisioned model (Creating), or the one an earlier create with the same token made."""
-        tags = tags or []
+        tags = check_tags(tags or [])
         if len(tags) > MAX_TAGS:
             raise TooManyTagsException(
                 f"A provisioned model can carry at most {MAX_TAGS} tags; this request has {len(tags)}.",
@@ -295,6 +307,8 @@ class ProvisioningService:
             return self._repeat(stored, digest)
         self._remember(model)
         self._changed.set()
+        if self.tagging is not None:
+            await self.tagging.put(model.arn, list(model.tags))
         return model
 
     def _insert(self, model: ProvisionedModel) -> ProvisionedModel:
@@ -388,6 +402,8 @@ class ProvisioningService:
                 f"{current.commitment_expires_at.isoformat().replace('+00:00', 'Z')}."
             )
         await asyncio.to_thread(self.store.delete, current.provisioned_id, now)
+        if self.tagging is not None:
+            await self.tagging.drop(current.arn)
         self._live.pop(current.provisioned_id, None)
         self.scheduler.unreserve(current.arn)
 
