@@ -120,3 +120,13 @@ def test_openai_chat_completions(fake_server: Server, strict_server: Server) -> 
         with pytest.raises(openai.NotFoundError) as info:
             bedrock.chat.completions.create(model=FAKE_MODEL, messages=messages)
         assert "--compat bedrock" in str(info.value) and info.value.code == "model_not_found"
+
+
+def test_end_of_life(fake_runtime: Any, strict: Any, strict_server: Server) -> None:
+    ended = "meta.llama2-13b-chat-v1"
+    assert fake_runtime.converse(modelId=ended, messages=[user("hi")])["output"]["message"]["role"] == "assistant"
+    assert error_of(strict.converse, modelId=ended, messages=[user("hi")]) == (
+        "ResourceNotFoundException", 404,
+        "This model version has reached the end of its life. Please refer to the AWS documentation for more details.")
+    listed = {s["modelId"] for s in strict_server.client("bedrock").list_foundation_models()["modelSummaries"]}
+    assert ended not in listed and FAKE_MODEL in listed

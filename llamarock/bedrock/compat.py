@@ -69,11 +69,18 @@ DIFFERENCES: tuple[Difference, ...] = (
     ),
     Difference(
         "Base model id (or foundation-model ARN) of Llama 3.2, 3.3 and 4 on demand",
-        "Llama 3.2 and 3.3 on demand in us-west-2 (the spec's examples), Llama 4 where the catalog lists it; "
-        "elsewhere through their inference profiles",
+        "Llama 3.2 and 3.3 on demand in us-west-2 (the spec's examples), elsewhere through their inference "
+        "profiles; Llama 4 only through its profiles, as on AWS",
         "ValidationException: Invocation of model ID … with on-demand throughput isn’t supported. Retry your "
         "request with the ID or ARN of an inference profile that contains this model. (in every region)",
         "tests/test_compat.py::test_profile_only_models",
+    ),
+    Difference(
+        "Models past their end of life on Bedrock (Llama 2)",
+        "served, listed as LEGACY with their end-of-life date (unless `enforce_end_of_life` is set)",
+        "404 ResourceNotFoundException: This model version has reached the end of its life. Please refer to the "
+        "AWS documentation for more details. (and left out of ListFoundationModels)",
+        "tests/test_compat.py::test_end_of_life",
     ),
     Difference(
         "OpenAI Chat Completions (`/openai/v1/chat/completions`, `/openai/v1/models`) for Llama ids",
@@ -83,6 +90,12 @@ DIFFERENCES: tuple[Difference, ...] = (
         "tests/test_compat.py::test_openai_chat_completions",
     ),
 )
+
+
+def enforces_end_of_life(compat: Compat, enforce_end_of_life: bool) -> bool:
+    """Whether models past their end of life are refused (and hidden from listings): the ``enforce_end_of_life``
+    setting, and always in ``bedrock`` mode."""
+    return enforce_end_of_life or compat == "bedrock"
 
 
 def serves_openai_chat(compat: Compat, model_id: str) -> bool:

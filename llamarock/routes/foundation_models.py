@@ -21,7 +21,7 @@ def _regions(call: ControlCall) -> RegionMap:
 
 
 def _hide_ended(call: ControlCall) -> bool:
-    return bool(call.state.settings.enforce_end_of_life)
+    return bool(call.state.inference.enforce_end_of_life)
 
 
 async def list_foundation_models(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:

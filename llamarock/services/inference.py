@@ -97,10 +97,11 @@ class InferenceService:
             self.regions = RegionMap(settings.model_regions, on_demand)
         except ValueError as exc:
             raise DeploymentConfigError(str(exc)) from exc
+        self.enforce_end_of_life = compat.enforces_end_of_life(settings.compat, settings.enforce_end_of_life)
         ended = [m.model_id for m in catalog.MODELS if m.dates.ended() and registry.for_model(m.model_id) is not None]
         if ended:
             log.info("%s reached the end of their life on Bedrock; %s", ", ".join(ended),
-                     "they are refused as Bedrock refuses them (enforce_end_of_life)" if settings.enforce_end_of_life
+                     "they are refused as Bedrock refuses them (enforce_end_of_life)" if self.enforce_end_of_life
                      else "they are still served here (set enforce_end_of_life to refuse them as Bedrock does)")
 
     def resolve(self, model: ModelName, region: str | None = None) -> Target:
@@ -143,7 +144,7 @@ class InferenceService:
 
     def _check_life(self, model: CatalogModel) -> None:
         """Bedrock's refusal of a model past its end of life, when ``enforce_end_of_life`` is on."""
-        if self.settings.enforce_end_of_life and model.dates.ended():
+        if self.enforce_end_of_life and model.dates.ended():
             raise ResourceNotFoundException(catalog.END_OF_LIFE)
 
     def _application_profile(self, ref: ModelRef, region: str) -> Target:
