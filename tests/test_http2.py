@@ -18,6 +18,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.events
 import httpx
 import pytest
 from botocore.eventstream import EventStreamBuffer
@@ -98,6 +99,40 @@ def test_concurrent_streams_share_one_http2_connection(fake_server: Server) -> N
         error = client.post(f"{fake_server.url}/model/{SMALL}/invoke", content=b"{", headers={
             "content-type": "application/json"})
     assert error.status_code == 400 and error.headers["x-amzn-errortype"].startswith("ValidationException")
+
+
+def test_a_stream_in_flight_outlives_the_clients_goaway(fake_server: Server) -> None:
+    """The AWS SDK for JavaScript sends GOAWAY(NO_ERROR) once an event stream's response headers are in (it will
+    open no more streams on that connection); the stream must still run to its end (RFC 9113 6.8)."""
+    sock, connection = _h2_socket(fake_server)
+    with sock:
+        connection.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a"),
+                                    (":path", f"/model/{SLOW}/converse-stream"), ("content-type", "application/json")])
+        connection.send_data(1, json.dumps({"messages": [{"role": "user", "content": [{"text": "count"}]}]}).encode(),
+                             end_stream=True)
+        sock.sendall(connection.data_to_send())
+        sock.settimeout(30)
+        frames, ended, went_away = EventStreamBuffer(), False, False
+        kinds: list[str] = []
+        while not ended:
+            data = sock.recv(65536)
+            assert data, f"connection closed after {kinds}"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and not went_away:
+                    # GOAWAY(last_stream_id=0, NO_ERROR), as NodeHttp2Handler sends it (raw: h2 itself would stop
+                    # reading the connection after sending one)
+                    sock.sendall(connection.data_to_send() + bytes.fromhex("000008070000000000") + bytes(8))
+                    went_away = True
+                elif isinstance(event, h2.events.DataReceived):
+                    connection.acknowledge_received_data(event.flow_controlled_length, 1)
+                    frames.add_data(event.data)
+                    kinds += [message.headers[":event-type"] for message in frames]
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+                elif isinstance(event, h2.events.StreamReset):
+                    pytest.fail(f"stream reset after {kinds}")
+            sock.sendall(connection.data_to_send())
+    assert went_away and kinds.count("contentBlockDelta") == SLOW_TOKENS and kinds[-1] == "metadata"
 
 
 # ------------------------------------------------------------------------------------------------------------ TLS

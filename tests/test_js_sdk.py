@@ -55,7 +55,8 @@ def test_javascript_sdk_with_its_default_handlers(engine: str, request: pytest.F
     assert conversed["output"]["message"]["content"][0]["text"]
     assert conversed["stopReason"] in ("end_turn", "max_tokens")
     usage = conversed["usage"]
-    assert usage["inputTokens"] > 0 and usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"]
+    cached = usage.get("cacheReadInputTokens", 0) + usage.get("cacheWriteInputTokens", 0)
+    assert usage["inputTokens"] > 0 and usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"] + cached
 
     events = out["converseStream"]
     kinds = [next(iter(event)) for event in events]

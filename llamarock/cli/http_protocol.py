@@ -15,8 +15,10 @@ Deadlines, the same as under uvicorn before:
 - TLS handshakes get ``header_timeout_s`` too. Bodies have their own deadline, ``body_read_timeout_s``, enforced by
   the edge.
 
-The two deadlines replace ``TCPServer._idle_timeout`` and note the time of each read in ``TCPServer._read_data``:
-hypercorn internals, pinned by requirements/lock.txt and covered by tests/adversarial/test_slow_clients.py.
+The two deadlines replace ``TCPServer._idle_timeout`` and note the time of each read in ``TCPServer._read_data``;
+``GracefulH2Protocol`` keeps streams in flight when a client says GOAWAY. These are hypercorn internals, pinned by
+requirements/lock.txt and covered by tests/adversarial/test_slow_clients.py, tests/test_http2.py and
+tests/test_js_sdk.py.
 
 Proxy headers (X-Forwarded-For/-Proto) are applied by uvicorn's ``ProxyHeadersMiddleware`` (a plain ASGI
 middleware, independent of uvicorn's server), only for connections from ``forwarded_allow_ips``.
@@ -29,6 +31,10 @@ import logging
 from ssl import SSLError
 from typing import Any
 
+import h2.events
+from h2.connection import ConnectionState
+from h2.errors import ErrorCodes
+from hypercorn import protocol as hypercorn_protocol
 from hypercorn.asyncio import run as hypercorn_run
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
@@ -38,6 +44,26 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 
 from llamarock.settings import Settings
+
+
+class GracefulH2Protocol(H2Protocol):
+    """hypercorn's HTTP/2 connection, where a client's GOAWAY(NO_ERROR) ends new streams, not those in flight.
+
+    RFC 9113 6.8: after a GOAWAY the sender opens no new stream, and streams in progress may still complete. The
+    AWS SDK for JavaScript sends one on every event stream (NodeHttp2Handler calls ``session.close()`` once the
+    response headers are in), but the h2 library closes the whole connection on any GOAWAY it receives
+    (python-hyper/h2 issue 1181) and hypercorn then drops it: every stream stopped after its first frame. Here the
+    connection stays open while streams are in flight; the client closes it when they are done (or the idle
+    deadline does).
+    """
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        graceful = [event for event in events if isinstance(event, h2.events.ConnectionTerminated)
+                    and event.error_code == ErrorCodes.NO_ERROR]
+        if graceful and self.streams:
+            self.connection.state_machine.state = ConnectionState.SERVER_OPEN
+            events = [event for event in events if event not in graceful]
+        await super()._handle_events(events)
 
 
 class DeadlineTCPServer(TCPServer):
@@ -118,4 +144,5 @@ def with_proxy_headers(app: Any, settings: Settings) -> Any:
 def serve(app: Any, settings: Settings) -> None:
     """Serve ``app`` until SIGINT or SIGTERM (then requests in flight get ``graceful_timeout`` to finish)."""
     vars(hypercorn_run)["TCPServer"] = tcp_server(settings)  # worker_serve builds each connection from this name
+    vars(hypercorn_protocol)["H2Protocol"] = GracefulH2Protocol  # and ProtocolWrapper each HTTP/2 protocol
     asyncio.run(hypercorn_serve(with_proxy_headers(app, settings), config(settings)))

@@ -15,7 +15,9 @@ const runtime = new BedrockRuntimeClient(config);
 const control = new BedrockClient(config);
 const decoder = new TextDecoder();
 const messages = [{ role: "user", content: [{ text: "Say hello." }] }];
-const body = JSON.stringify({ prompt: "Say hello.", max_gen_len: 32 });
+const prompt = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nSay hello.<|eot_id|>" +
+  "<|start_header_id|>assistant<|end_header_id|>\n\n";
+const body = JSON.stringify({ prompt, max_gen_len: 32, temperature: 0 });
 const out = {
   runtimeHandler: (await runtime.config.requestHandler).constructor.name,
   controlHandler: (await control.config.requestHandler).constructor.name,
@@ -24,7 +26,7 @@ const out = {
 const invoked = await runtime.send(new InvokeModelCommand({ modelId, body, contentType: "application/json" }));
 out.invokeModel = { status: invoked.$metadata.httpStatusCode, body: JSON.parse(decoder.decode(invoked.body)) };
 
-const streamed = await runtime.send(new InvokeModelWithResponseStreamCommand({ modelId, body }));
+const streamed = await runtime.send(new InvokeModelWithResponseStreamCommand({ modelId, body, contentType: "application/json" }));
 out.invokeModelWithResponseStream = [];
 for await (const event of streamed.body) {
   out.invokeModelWithResponseStream.push(
