@@ -1,16 +1,13 @@
 // The AWS SDK for JavaScript v3, unmodified and with its default request handlers (HTTP/2 for bedrock-runtime,
 // HTTP/1.1 for bedrock), against a live llamarock server. Run by tests/test_js_sdk.py:
-//   node sdk.mjs ENDPOINT_URL MODEL_ID
+//   AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... node sdk.mjs ENDPOINT_URL MODEL_ID
 // Prints one JSON object: what each operation returned, for the test to check.
 import { BedrockRuntimeClient, ConverseCommand, ConverseStreamCommand, InvokeModelCommand,
   InvokeModelWithResponseStreamCommand } from "@aws-sdk/client-bedrock-runtime";
 import { BedrockClient, ListFoundationModelsCommand } from "@aws-sdk/client-bedrock";
 
 const [endpoint, modelId] = process.argv.slice(2);
-const config = {
-  endpoint, region: "us-west-2", maxAttempts: 1,
-  credentials: { accessKeyId: "AKIDLLAMAROCKTEST", secretAccessKey: "not-a-secret" },
-};
+const config = { endpoint, region: "us-west-2", maxAttempts: 1 };  // credentials: AWS_ACCESS_KEY_ID/SECRET from env
 const runtime = new BedrockRuntimeClient(config);
 const control = new BedrockClient(config);
 const decoder = new TextDecoder();
