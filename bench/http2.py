@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concurrency import _eventstream_request, _free_port, _prompt, _run_level, _wait_healthy
 
-MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"
+MODEL_ID = "meta.llama2-70b-v1"  # a base model id: the counting prompts are completed as they are
 WAYS = {  # name: (server, httpx protocol)
     "uvicorn_http1": ("uvicorn", "HTTP/1.1"),
     "hypercorn_http1": ("hypercorn", "HTTP/1.1"),
@@ -84,8 +84,10 @@ def _measure(way: str, levels: list[int], args: argparse.Namespace) -> dict[str,
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         with httpx.Client(timeout=httpx.Timeout(600.0), limits=limits, http1=protocol == "HTTP/1.1",
                           http2=protocol == "HTTP/2") as client:
-            version = client.get(url + "/healthz").http_version
-            assert version == protocol, f"{way}: the server answered {version}"
+            health = client.get(url + "/healthz")
+            assert health.http_version == protocol, f"{way}: the server answered {health.http_version}"
+            # uvicorn names itself in a Server header; llamarock's hypercorn sends none
+            assert (health.headers.get("server") == "uvicorn") == (kind == "uvicorn"), health.headers
             request = _eventstream_request(client, f"{url}/model/{MODEL_ID}/invoke-with-response-stream")
             request(_prompt(0), args.tokens)  # warm-up, untimed
             return {str(level): _run_level(request, level, max(args.requests, level), args.tokens)
