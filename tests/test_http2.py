@@ -18,6 +18,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import httpx
 import pytest
@@ -239,7 +240,14 @@ def test_an_idle_http2_connection_is_dropped_after_its_requests(strict: Server) 
             connection.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"),
                                         (":authority", "a")], end_stream=True)
             sock.sendall(connection.data_to_send())
-            assert _closed(sock, 5)  # answered, then closed once idle past idle_timeout_s
+            sock.settimeout(5)
+            events: list[h2.events.Event] = []
+            while data := sock.recv(65536):  # answered, then told GOAWAY and closed once idle past idle_timeout_s
+                events += connection.receive_data(data)
+    assert any(isinstance(event, h2.events.StreamEnded) for event in events)
+    goaway = events[-1]
+    assert isinstance(goaway, h2.events.ConnectionTerminated)
+    assert (goaway.error_code, goaway.last_stream_id) == (h2.errors.ErrorCodes.NO_ERROR, 1)
 
 
 def test_an_http2_body_that_stalls_gets_a_request_timeout(strict: Server) -> None:

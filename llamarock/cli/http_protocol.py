@@ -95,6 +95,11 @@ class DeadlineTCPServer(TCPServer):
         first = min(self.idle_timeout_s, self.header_timeout_s)
         if not await self._terminated_within(first) and self._last_read >= went_idle:
             await self._terminated_within(self.header_timeout_s - first)  # it is sending: the header deadline
+        inner = self.protocol.protocol
+        if isinstance(inner, H2Protocol) and not inner.closed:
+            # GOAWAY first, naming the last stream served: a request the client sent meanwhile is known unprocessed
+            inner.connection.close_connection()
+            await self.protocol_send(RawData(inner.connection.data_to_send()))
         await asyncio.shield(self._initiate_server_close())
 
     async def _terminated_within(self, seconds: float) -> bool:
