@@ -13,6 +13,9 @@ The uvicorn side runs the whole `llamarock serve` command with only `cli/http_pr
 `uvicorn.run` with the settings serve passed it before hypercorn (the header-deadline protocol left out: a
 timer per connection).
 
+The HTTP/2 TTFT at concurrency 8 measures httpx as much as the server: httpcore's synchronous HTTP/2 client serialises
+the threads sharing its one connection (docs/architecture.md has the figures, and Node's HTTP/2 client's).
+
 Usage: .venv/bin/python bench/http2.py [--concurrency 1,8] [--requests 2] [--tokens 32] [--trials 4] [--threads 1]
 Prints one JSON object. Run by hand; never a test.
 """
