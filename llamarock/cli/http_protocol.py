@@ -2,8 +2,9 @@
 
 On a cleartext port a connection may speak HTTP/1.1, HTTP/2 with prior knowledge (h2c: the connection opens with
 the HTTP/2 preface, as the AWS SDK for JavaScript v3 does against an ``http://`` endpoint) or upgrade to h2c; with
-``--tls-cert/--tls-key`` the protocol is chosen by ALPN (``h2`` or ``http/1.1``). docs/architecture.md ("Socket")
-says why hypercorn rather than uvicorn (HTTP/1.1 only) or granian, and docs/security.md lists the limits.
+``--tls-cert/--tls-key`` the protocol is chosen by ALPN (``h2`` or ``http/1.1``). docs/architecture.md ("The socket
+layer: why hypercorn") says why hypercorn rather than uvicorn (HTTP/1.1 only) or granian, with measurements, and
+docs/security.md lists the limits.
 
 Deadlines, the same as under uvicorn before:
 
@@ -11,7 +12,11 @@ Deadlines, the same as under uvicorn before:
   response; on HTTP/2, while no stream is open) is closed once this long has passed without a complete request
   head. hypercorn's own keep-alive timer covers exactly that span (it starts when the connection opens or becomes
   idle and stops when a request's headers are in), so it is the timer this deadline uses.
-- ``idle_timeout_s``: such a connection that has sent no byte at all meanwhile is closed sooner, after this long.
+- ``idle_timeout_s``: such a connection that has sent no byte at all meanwhile is closed sooner, after this long
+  (an HTTP/2 one after a GOAWAY naming the last stream it served).
+- h2c with prior knowledge: hypercorn parses the preface as an HTTP/1.1 request, which stops its timer, and then
+  hands the connection to HTTP/2 with no stream open; the deadline is restarted there (else a connection that sent
+  only the preface was never closed).
 - TLS handshakes get ``header_timeout_s`` too. Bodies have their own deadline, ``body_read_timeout_s``, enforced by
   the edge.
 
