@@ -102,6 +102,29 @@ def test_concurrent_streams_share_one_http2_connection(fake_server: Server) -> N
     assert error.status_code == 400 and error.headers["x-amzn-errortype"].startswith("ValidationException")
 
 
+def test_h2c_upgrade_from_http11(fake_server: Server) -> None:
+    host, port = fake_server.url.removeprefix("http://").split(":")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    settings = connection.initiate_upgrade_connection()  # the HTTP2-Settings value, base64
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                     b"HTTP2-Settings: " + settings + b"\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101")
+        sock.sendall(connection.data_to_send())
+        events = connection.receive_data(rest)
+        while not any(isinstance(event, h2.events.StreamEnded) for event in events):
+            chunk = sock.recv(65536)
+            assert chunk, "closed before the upgraded response ended"
+            events += connection.receive_data(chunk)
+    response = next(event for event in events if isinstance(event, h2.events.ResponseReceived))
+    body = b"".join(event.data for event in events if isinstance(event, h2.events.DataReceived))
+    assert (response.stream_id, dict(response.headers)[b":status"]) == (1, b"200") and json.loads(body)
+
+
 def test_a_stream_in_flight_outlives_the_clients_goaway(fake_server: Server) -> None:
     """The AWS SDK for JavaScript sends GOAWAY(NO_ERROR) once an event stream's response headers are in (it will
     open no more streams on that connection); the stream must still run to its end (RFC 9113 6.8)."""
