@@ -96,7 +96,7 @@ def _signed_header_names(value: str) -> tuple[str, ...]:
     names = tuple(value.split(";"))
     if not value or not all(names) or any(n != n.lower().strip() for n in names):
         raise IncompleteSignatureException("SignedHeaders must be a ';'-separated list of lower-case header names.")
-    if "host" not in names:
+    if "host" not in names and ":authority" not in names:  # HTTP/2 clients (the JS SDK v3) sign :authority
         raise IncompleteSignatureException("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
     return names
 
@@ -252,7 +252,8 @@ def signature_matches(
     """Recompute the signature with botocore over what the client sent, and compare in constant time."""
     header_map = HTTPHeaders()
     for name in signed.signed_headers:
-        values = [v.decode("latin-1") for k, v in headers if k.lower().decode("latin-1") == name]
+        source = "host" if name == ":authority" else name  # ASGI servers hand HTTP/2's :authority over as host
+        values = [v.decode("latin-1") for k, v in headers if k.lower().decode("latin-1") == source]
         if not values:
             return False
         for value in values:

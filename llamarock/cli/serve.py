@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from(args)
     check_serving(settings)
 
-    import uvicorn
-
     from llamarock.app import create_app
     from llamarock.cli import http_protocol
     from llamarock.observability import logs
@@ -67,14 +65,5 @@ def run(args: argparse.Namespace) -> int:
             deployment.weights, ", ".join(deployment.model_ids) or "no catalog model",
         )
     logging.getLogger("llamarock").info("auth mode %s%s", settings.auth, " over HTTPS" if settings.tls_cert else "")
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, log_config=None,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        # Proxy headers only from the proxies the operator names (uvicorn would trust loopback by default).
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=",".join(settings.forwarded_allow_ips) or "",
-        http=http_protocol.protocol(settings.header_timeout_s),
-        timeout_keep_alive=settings.idle_timeout_s,
-    )
+    http_protocol.serve(app, settings)
     return 0
