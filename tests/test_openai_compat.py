@@ -509,35 +509,36 @@ def enforced_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
 
 def test_bearer_key_and_policies_under_enforce(enforced_tls: tuple[Server, Path, Path], tmp_path: Path) -> None:
     server, data, cert = enforced_tls
-    http = httpx.Client(verify=trusting(cert))
-    key = create(data, "olivia", "--bearer")
-    client = sdk(server, key["bearerToken"], http_client=http)
-    assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5).choices[0].message.content
-    assert MODEL in {m.id for m in client.models.list().data}
-    stranger = error_of(sdk(server, "ABSKnotarealtoken", http_client=http).chat.completions.create,
-                        model=MODEL, messages=HELLO)
-    assert isinstance(stranger, openai.AuthenticationError) and stranger.status_code == 401
-    # A policy on one model, without the stream action: the body's model and stream flag are what is authorised.
-    policy = tmp_path / "only-8b.json"
-    policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "bedrock:InvokeModel",
-        "Resource": f"arn:aws:bedrock:*::foundation-model/{MODEL}",
-    }]}))
-    limited = sdk(server, create(data, "peter", "--bearer", "--policy", str(policy))["bearerToken"], http_client=http)
-    assert limited.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5).choices
-    other = error_of(limited.chat.completions.create, model=OTHER, messages=HELLO)
-    assert isinstance(other, openai.PermissionDeniedError) and OTHER in other.message
-    assert "bedrock:InvokeModel" in other.message
-    streamed = error_of(limited.chat.completions.create, model=MODEL, messages=HELLO, stream=True)
-    assert isinstance(streamed, openai.PermissionDeniedError)
-    assert "bedrock:InvokeModelWithResponseStream" in streamed.message
-    audit = (data / "logs" / "audit.jsonl").read_text().splitlines()
-    lines = [json.loads(line) for line in audit if '"CreateChatCompletion"' in line]
-    authenticated = [line for line in lines if line.get("principal")]
-    assert len(authenticated) == 4 and {line["authType"] for line in authenticated} == {"bearer"}
-    assert any(line["action"] == "bedrock:InvokeModelWithResponseStream" for line in authenticated)
-    assert any(line.get("errorCode") == "UnrecognizedClientException" for line in lines)
-    assert key["bearerToken"] not in "\n".join(audit)
+    with httpx.Client(verify=trusting(cert)) as http:  # closed at the end: no TLS socket left to the GC
+        key = create(data, "olivia", "--bearer")
+        client = sdk(server, key["bearerToken"], http_client=http)
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5).choices[0].message.content
+        assert MODEL in {m.id for m in client.models.list().data}
+        stranger = error_of(sdk(server, "ABSKnotarealtoken", http_client=http).chat.completions.create,
+                            model=MODEL, messages=HELLO)
+        assert isinstance(stranger, openai.AuthenticationError) and stranger.status_code == 401
+        # A policy on one model, without the stream action: the body's model and stream flag are what is authorised.
+        policy = tmp_path / "only-8b.json"
+        policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "bedrock:InvokeModel",
+            "Resource": f"arn:aws:bedrock:*::foundation-model/{MODEL}",
+        }]}))
+        token = create(data, "peter", "--bearer", "--policy", str(policy))["bearerToken"]
+        limited = sdk(server, token, http_client=http)
+        assert limited.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5).choices
+        other = error_of(limited.chat.completions.create, model=OTHER, messages=HELLO)
+        assert isinstance(other, openai.PermissionDeniedError) and OTHER in other.message
+        assert "bedrock:InvokeModel" in other.message
+        streamed = error_of(limited.chat.completions.create, model=MODEL, messages=HELLO, stream=True)
+        assert isinstance(streamed, openai.PermissionDeniedError)
+        assert "bedrock:InvokeModelWithResponseStream" in streamed.message
+        audit = (data / "logs" / "audit.jsonl").read_text().splitlines()
+        lines = [json.loads(line) for line in audit if '"CreateChatCompletion"' in line]
+        authenticated = [line for line in lines if line.get("principal")]
+        assert len(authenticated) == 4 and {line["authType"] for line in authenticated} == {"bearer"}
+        assert any(line["action"] == "bedrock:InvokeModelWithResponseStream" for line in authenticated)
+        assert any(line.get("errorCode") == "UnrecognizedClientException" for line in lines)
+        assert key["bearerToken"] not in "\n".join(audit)
 
 
 def test_sigv4_signed_request(enforced_tls: tuple[Server, Path, Path]) -> None:

@@ -89,8 +89,8 @@ def test_a_principal_sees_its_own_quota_use_and_an_admin_sees_everyones(
     enforced: tuple[Server, Path], tmp_path: Path
 ) -> None:
     server, data = enforced
-    alice = create_key(data, "alice", "--rpm", "10", "--tpm", "5000")
-    carol = create_key(data, "carol", "--rpm", "20")
+    alice = create_key(data, "alice", "--rpm", "4", "--tpm", "5000")
+    carol = create_key(data, "carol", "--rpm", "2")  # refills one request per 30 s: still "used" when the CLI reads it
     policy = tmp_path / "admin.json"
     policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["bedrock:*", "llamarock:GetQuotas"], "Resource": "*"}
@@ -102,18 +102,18 @@ def test_a_principal_sees_its_own_quota_use_and_an_admin_sees_everyones(
 
     own = quotas(server, alice)["quotas"]
     assert [(q["principal"], q["model"], q["rpmLimit"], q["rpmUsed"], q["tpmLimit"]) for q in own] == [
-        ("alice", MODEL, 10, 3, 5000)
+        ("alice", MODEL, 4, 3, 5000)
     ]
     assert 0 <= own[0]["tpmUsed"] <= 5000
     everyone = {q["principal"]: q for q in quotas(server, admin)["quotas"]}
     assert set(everyone) == {"alice", "carol"}
-    assert (everyone["carol"]["rpmLimit"], everyone["carol"]["rpmUsed"], everyone["carol"]["tpmLimit"]) == (20, 1, None)
+    assert (everyone["carol"]["rpmLimit"], everyone["carol"]["rpmUsed"], everyone["carol"]["tpmLimit"]) == (2, 1, None)
 
     table = run_cli("quotas", "--endpoint", server.url, key=admin)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert any(line.split()[:3] == ["alice", MODEL, "3/10"] for line in lines), table.stdout
-    assert any(line.split()[:4] == ["carol", MODEL, "1/20", "0/unlimited"] for line in lines), table.stdout
+    assert any(line.split()[:3] == ["alice", MODEL, "3/4"] for line in lines), table.stdout
+    assert any(line.split()[:4] == ["carol", MODEL, "1/2", "0/unlimited"] for line in lines), table.stdout
 
 
 def test_provisioned_reservations_and_their_use_are_shown(enforced: tuple[Server, Path]) -> None:

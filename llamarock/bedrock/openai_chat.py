@@ -16,7 +16,6 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from llamarock.bedrock import catalog
@@ -50,15 +49,6 @@ MAX_STOP = 4
 MAX_METADATA = 16
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|gif|webp);base64,(.*)$", re.DOTALL)
-
-# When each family was released (the ``created`` of the model list; the catalog has no such date).
-_RELEASED = {
-    "llama2": datetime(2023, 7, 18, tzinfo=UTC),
-    "llama3": datetime(2024, 4, 18, tzinfo=UTC),
-    "llama3.1": datetime(2024, 7, 23, tzinfo=UTC),
-    "llama3.2": datetime(2024, 9, 25, tzinfo=UTC),
-    "llama3.3": datetime(2024, 12, 6, tzinfo=UTC),
-}
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -579,7 +569,8 @@ DONE = sse("[DONE]")
 
 
 def _created(model: catalog.CatalogModel) -> int:
-    released = _RELEASED.get(model.family)
+    """The model's ``created``: when Bedrock first offered it (its lifecycle's start)."""
+    released = model.dates.start
     return int(released.timestamp()) if released is not None else 0
 
 

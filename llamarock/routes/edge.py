@@ -18,6 +18,7 @@ It then gives back a quota reservation nothing settled, and writes the audit and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from starlette.requests import ClientDisconnect
@@ -27,7 +28,7 @@ from llamarock.auth.gate import Gate
 from llamarock.bedrock import openai_chat
 from llamarock.codec import eventstream
 from llamarock.codec.errors import as_declared, render_error, status_of
-from llamarock.codec.rest_json import check_body_size
+from llamarock.codec.rest_json import MAX_BODY_BYTES, check_body_size
 from llamarock.context import LLAMAROCK, RUNTIME, ModelName, RequestContext, body_model
 from llamarock.errors import (
     BedrockError,
@@ -103,6 +104,35 @@ class BodyBudget:
         return size
 
 
+class _TrackedReceive:
+    """The ASGI ``receive`` of a request, noting when its body has ended (or the client left)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.done = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+
+# A request refused before its body was read is still read to its end (and discarded), up to these bounds, before
+# the error is sent: the server closes a connection whose request it did not read whole once the response ends, and
+# a client still writing to it (an oversized body, a refused credential) would see a broken pipe, not the error.
+DRAIN_LIMIT_BYTES = MAX_BODY_BYTES + (1 << 20)
+DRAIN_TIMEOUT_S = 10.0
+
+
+async def _drain(receive: _TrackedReceive) -> None:
+    taken = 0
+    with contextlib.suppress(TimeoutError, OSError, ClientDisconnect):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while not receive.done and taken <= DRAIN_LIMIT_BYTES:
+                taken += len((await receive()).get("body", b""))
+
+
 class _Response:
     """What has been sent of the response so far; every response carries the request id."""
 
@@ -170,6 +200,7 @@ class Edge:
                                                 self.settings.account_id)
         public = context.operation is not None and context.operation.public
         status: int | None = None
+        receive = tracked = _TrackedReceive(receive)
         try:
             if not public:
                 # The caller is identified from the head first: a request with no valid credential is refused
@@ -187,6 +218,8 @@ class Edge:
             status = CLIENT_CLOSED
         except BedrockError as error:
             self._throttled(error, context)
+            if not tracked.done and not response.started:
+                await _drain(tracked)
             await self._fail(response, error, context)
         except Exception:
             log.exception("unexpected error in %s (request %s)", context.operation_name or context.path,
