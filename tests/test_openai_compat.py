@@ -532,9 +532,14 @@ def test_bearer_key_and_policies_under_enforce(enforced_tls: tuple[Server, Path,
         streamed = error_of(limited.chat.completions.create, model=MODEL, messages=HELLO, stream=True)
         assert isinstance(streamed, openai.PermissionDeniedError)
         assert "bedrock:InvokeModelWithResponseStream" in streamed.message
-        audit = (data / "logs" / "audit.jsonl").read_text().splitlines()
-        lines = [json.loads(line) for line in audit if '"CreateChatCompletion"' in line]
-        authenticated = [line for line in lines if line.get("principal")]
+        deadline = time.monotonic() + 10  # a request's audit line is written just after its response
+        while True:
+            audit = (data / "logs" / "audit.jsonl").read_text().splitlines()
+            lines = [json.loads(line) for line in audit if '"CreateChatCompletion"' in line]
+            authenticated = [line for line in lines if line.get("principal")]
+            if len(authenticated) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert len(authenticated) == 4 and {line["authType"] for line in authenticated} == {"bearer"}
         assert any(line["action"] == "bedrock:InvokeModelWithResponseStream" for line in authenticated)
         assert any(line.get("errorCode") == "UnrecognizedClientException" for line in lines)

@@ -218,7 +218,7 @@ class Edge:
             status = CLIENT_CLOSED
         except BedrockError as error:
             self._throttled(error, context)
-            if not tracked.done and not response.started:
+            if not tracked.done and not response.started and not isinstance(error, RequestTimeoutException):
                 await _drain(tracked)
             await self._fail(response, error, context)
         except Exception:
