@@ -37,6 +37,7 @@ from llamarock.errors import (
     TooManyTagsException,
     ValidationException,
 )
+from llamarock.services.idempotency import insert_once, same_request
 from llamarock.services.tagging import MAX_TAGS, TaggableKind, TaggingService, check_tags
 from llamarock.storage.profiles import ApplicationProfile, ProfileStore
 from llamarock.storage.tags import Tags
@@ -168,27 +169,17 @@ class ProfileService:
         return profile
 
     def _insert(self, profile: ApplicationProfile) -> ApplicationProfile:
-        with self.store.lock:
-            if profile.client_token is not None:
-                existing = self.store.find_token(profile.region, profile.client_token)
-                if existing is not None:
-                    return existing
-            if self.store.name_taken(profile.region, profile.name):
-                raise ConflictException(
-                    f"An inference profile named {profile.name} already exists in this account and region. Choose "
-                    "another inferenceProfileName, or delete the existing one first."
-                )
-            self.store.insert(profile)
-            return profile
+        return insert_once(self.store, profile, lambda: ConflictException(
+            f"An inference profile named {profile.name} already exists in this account and region. Choose another "
+            "inferenceProfileName, or delete the existing one first."
+        ))
 
     @staticmethod
     def _repeat(existing: ApplicationProfile, digest: str) -> ApplicationProfile:
-        if existing.request_digest != digest:
-            raise ConflictException(
-                "The clientRequestToken was already used for a different CreateInferenceProfile request; use a new "
-                "token for a new request."
-            )
-        return existing
+        return same_request(existing, digest, lambda: ConflictException(
+            "The clientRequestToken was already used for a different CreateInferenceProfile request; use a new "
+            "token for a new request."
+        ))
 
     def is_application(self, identifier: str) -> bool:
         """Whether an inference profile identifier names an application profile (its ARN or its 12-character id)

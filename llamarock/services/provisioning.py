@@ -41,6 +41,7 @@ from llamarock.errors import (
 )
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
+from llamarock.services.idempotency import insert_once, same_request
 from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import PriceSettings, Settings
 from llamarock.storage.provisioned import ListFilter, ProvisionedModel, ProvisionedStore
@@ -312,27 +313,17 @@ class ProvisioningService:
         return model
 
     def _insert(self, model: ProvisionedModel) -> ProvisionedModel:
-        with self.store.lock:
-            if model.client_token is not None:
-                existing = self.store.find_token(model.region, model.client_token)
-                if existing is not None:
-                    return existing
-            if self.store.name_taken(model.region, model.name):
-                raise ValidationException(
-                    f"A provisioned model named {model.name} already exists in this account and region. Choose "
-                    "another provisionedModelName, or delete the existing one first."
-                )
-            self.store.insert(model)
-            return model
+        return insert_once(self.store, model, lambda: ValidationException(
+            f"A provisioned model named {model.name} already exists in this account and region. Choose another "
+            "provisionedModelName, or delete the existing one first."
+        ))
 
     @staticmethod
     def _repeat(existing: ProvisionedModel, digest: str) -> ProvisionedModel:
-        if existing.request_digest != digest:
-            raise ValidationException(
-                "The clientRequestToken was already used for a different CreateProvisionedModelThroughput request; "
-                "use a new token for a new request."
-            )
-        return existing
+        return same_request(existing, digest, lambda: ValidationException(
+            "The clientRequestToken was already used for a different CreateProvisionedModelThroughput request; "
+            "use a new token for a new request."
+        ))
 
     async def get(self, region: str, identifier: str) -> ProvisionedModel:
         """A live provisioned model of ``region`` by ARN, name or id; ResourceNotFoundException otherwise."""
