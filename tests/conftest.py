@@ -6,9 +6,12 @@ deployments that misbehave on purpose (see FAKE_CONFIG).
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +24,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDLLAMAROCKTEST", "AWS_SECRET_ACCESS_KEY": "not-a-secret"}
 
@@ -57,6 +64,19 @@ models = ["*"]
 """
 
 
+def closed_within(sock: socket.socket, within_s: float) -> bool:
+    """Whether the server closes the connection within ``within_s`` (reading what it sends meanwhile)."""
+    sock.settimeout(within_s)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,10 +88,14 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    cert: Path | None = None  # the self-signed certificate of a server started with ``tls=True``
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.cert)) if self.cert is not None else None
 
     def health(self) -> tuple[int, dict]:
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=5, context=self.ssl_context()) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
@@ -88,18 +112,45 @@ class Server:
         )
 
 
-def start_server(tmp: Path, *args: str, config: str | None = None) -> Server:
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files in ``tmp``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    return cert_path, key_path
+
+
+def start_server(tmp: Path, *args: str, config: str | None = None, tls: bool = False) -> Server:
+    """`llamarock serve` on a free loopback port, healthy; with ``tls``, over HTTPS with a self-signed certificate
+    (``Server.cert``, ``Server.ssl_context()``)."""
     port = free_port()
     command = [sys.executable, "-m", "llamarock", "serve", "--port", str(port), "--data-dir", str(tmp / "data")]
     if config is not None:
         (tmp / "config.toml").write_text(config)
         command += ["--config", str(tmp / "config.toml")]
+    cert = None
+    if tls:
+        cert, key = self_signed(tmp)
+        command += ["--tls-cert", str(cert), "--tls-key", str(key)]
     command += list(args)
     log_path = tmp / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAROCK_")}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    server = Server(f"{'https' if tls else 'http'}://127.0.0.1:{port}", process, log_path, cert)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import json
 import os
-import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +19,7 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server
 
 SMALL = "meta.llama3-1-8b-instruct-v1:0"
 LARGE = "meta.llama3-1-70b-instruct-v1:0"
@@ -286,65 +283,16 @@ def test_dev_mode_refuses_a_non_loopback_address(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------ TLS
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
-    return cert_path, key_path
-
-
 def test_bearer_token_over_tls_with_unmodified_boto3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key_file = self_signed(tmp_path)
-    data = tmp_path / "data"
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAROCK_")}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llamarock", "serve", "--port", str(port), "--data-dir", str(data), "--engine",
-             "fake", "--auth", "enforce", "--tls-cert", str(cert), "--tls-key", str(key_file)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
-        )
+    server = start_server(tmp_path, "--engine", "fake", "--auth", "enforce", tls=True)
+    data, cert = tmp_path / "data", server.cert
     try:
-        context = ssl.create_default_context(cafile=str(cert))
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
-            try:
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
         created = create(data, "heidi", "--bearer")
         assert created["bearerToken"].startswith("ABSK")
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", created["bearerToken"])
-        runtime = boto3.client("bedrock-runtime", region_name="us-west-2", endpoint_url=f"https://127.0.0.1:{port}",
+        runtime = boto3.client("bedrock-runtime", region_name="us-west-2", endpoint_url=server.url,
                                verify=str(cert))
         sent: list[str] = []
         runtime.meta.events.register(
@@ -353,7 +301,7 @@ def test_bearer_token_over_tls_with_unmodified_boto3(tmp_path: Path, monkeypatch
         assert runtime.converse(modelId=SMALL, messages=MESSAGES)["output"]["message"]["role"] == "assistant"
         assert sent and "Bearer" in sent[0]
         monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "ABSKnotarealtoken")
-        stranger = boto3.client("bedrock-runtime", region_name="us-west-2", endpoint_url=f"https://127.0.0.1:{port}",
+        stranger = boto3.client("bedrock-runtime", region_name="us-west-2", endpoint_url=server.url,
                                 verify=str(cert), config=Config(retries={"max_attempts": 1}))
         assert error_of(stranger.invoke_model, modelId=SMALL, body=BODY)[:2] == ("UnrecognizedClientException", 403)
         runtime.close()
@@ -361,9 +309,4 @@ def test_bearer_token_over_tls_with_unmodified_boto3(tmp_path: Path, monkeypatch
         audit = (data / "logs" / "audit.jsonl").read_text()
         assert '"authType": "bearer"' in audit and created["bearerToken"] not in audit
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # uvicorn may wait on a TLS keep-alive connection boto3 left open
-            process.kill()
-            process.wait()
+        stop_server(server)

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +21,7 @@ import httpx
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
-from tests.conftest import Server, free_port, start_server, stop_server
-from tests.test_auth_server import self_signed
+from tests.conftest import Server, closed_within, start_server, stop_server
 
 SLOW = "meta.llama3-8b-instruct-v1:0"  # FAKE_CONFIG's fake-slow: 16 tokens, 200 ms apart
 SLOW_TOKENS = 16
@@ -164,30 +160,10 @@ def test_a_stream_in_flight_outlives_the_clients_goaway(fake_server: Server) -> 
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    tmp = tmp_path_factory.mktemp("tls")
-    cert, key = self_signed(tmp)
-    port = free_port()
-    log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAROCK_")}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llamarock", "serve", "--port", str(port), "--data-dir", str(tmp / "data"),
-             "--engine", "fake", "--tls-cert", str(cert), "--tls-key", str(key)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
-        )
-    server = Server(f"https://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            try:
-                if httpx.get(f"{server.url}/healthz", verify=ssl.create_default_context(cafile=str(cert))).is_success:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield server.url, cert
-    finally:
-        stop_server(server)
+    server = start_server(tmp_path_factory.mktemp("tls"), "--engine", "fake", tls=True)
+    assert server.cert is not None
+    yield server.url, server.cert
+    stop_server(server)
 
 
 def test_tls_negotiates_h2_or_http11_by_alpn(tls_server: tuple[str, Path]) -> None:
@@ -226,19 +202,6 @@ def _h2_socket(server: Server) -> tuple[socket.socket, h2.connection.H2Connectio
     return sock, connection
 
 
-def _closed(sock: socket.socket, within_s: float) -> bool:
-    """Whether the server closes the connection within ``within_s`` (reading what it sends meanwhile)."""
-    sock.settimeout(within_s)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        pass
-    return True
-
-
 def test_http2_connections_that_never_send_a_request_head_are_dropped(strict: Server) -> None:
     silent, _ = _h2_socket(strict)  # the preface and SETTINGS, then nothing
     slow, connection = _h2_socket(strict)
@@ -248,7 +211,7 @@ def test_http2_connections_that_never_send_a_request_head_are_dropped(strict: Se
     slow.sendall(len(block).to_bytes(3, "big") + b"\x01\x00" + (1).to_bytes(4, "big") + block)
     started = time.monotonic()
     try:
-        assert _closed(silent, 5) and _closed(slow, 5)
+        assert closed_within(silent, 5) and closed_within(slow, 5)
         assert time.monotonic() - started < 5
     finally:
         silent.close()

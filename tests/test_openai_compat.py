@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 import zlib
@@ -33,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llamarock.storage.blobs import LocalBlobStore
-from tests.conftest import Server, free_port, start_server, stop_server
-from tests.test_auth_server import create, self_signed
+from tests.conftest import Server, start_server, stop_server
+from tests.test_auth_server import create
 from tests.test_invocation_logging import FAKE_LOCAL, data_dir, wait_records
 
 MODEL = "meta.llama3-1-8b-instruct-v1:0"
@@ -466,34 +463,6 @@ def test_a_region_server_relays_chat_completions(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ auth (enforce mode)
 
 
-def start_tls_server(tmp: Path, cert: Path, key: Path) -> Server:
-    """`llamarock serve --auth enforce` over TLS (bearer keys are accepted only over HTTPS) on the fake engine."""
-    port = free_port()
-    log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAROCK_")}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llamarock", "serve", "--port", str(port), "--data-dir", str(tmp / "data"),
-             "--engine", "fake", "--auth", "enforce", "--tls-cert", str(cert), "--tls-key", str(key)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
-        )
-    server = Server(f"https://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(server.url + "/healthz", verify=trusting(cert), timeout=5).status_code == 200:
-                    return server
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
-    except BaseException:
-        stop_server(server)
-        raise
-
-
 def trusting(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
@@ -501,9 +470,9 @@ def trusting(cert: Path) -> ssl.SSLContext:
 @pytest.fixture(scope="module")
 def enforced_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, Path]]:
     tmp = tmp_path_factory.mktemp("openai-enforce")
-    cert, key = self_signed(tmp)
-    server = start_tls_server(tmp, cert, key)
-    yield server, tmp / "data", cert
+    server = start_server(tmp, "--engine", "fake", "--auth", "enforce", tls=True)
+    assert server.cert is not None
+    yield server, tmp / "data", server.cert
     stop_server(server)
 
 

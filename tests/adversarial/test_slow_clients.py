@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, closed_within, start_server, stop_server
 
 SMALL = "meta.llama3-1-8b-instruct-v1:0"
 
@@ -30,19 +30,6 @@ def _address(server: Server) -> tuple[str, int]:
     return host, int(port)
 
 
-def _closed(sock: socket.socket, within_s: float) -> bool:
-    """Whether the server closes the connection within ``within_s`` (reading what it sends meanwhile)."""
-    sock.settimeout(within_s)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        pass
-    return True
-
-
 def _invoke(server: Server) -> float:
     started = time.monotonic()
     response = httpx.post(f"{server.url}/model/{SMALL}/invoke", content=json.dumps({"prompt": "hi"}), timeout=10)
@@ -59,7 +46,7 @@ def test_headers_that_never_finish_are_dropped(strict: Server) -> None:
     try:
         assert _invoke(strict) < 5  # the server keeps serving meanwhile
         started = time.monotonic()
-        assert all(_closed(sock, 5) for sock in connections)
+        assert all(closed_within(sock, 5) for sock in connections)
         assert time.monotonic() - started < 5
     finally:
         for sock in connections:
@@ -68,10 +55,10 @@ def test_headers_that_never_finish_are_dropped(strict: Server) -> None:
 
 def test_a_silent_connection_and_an_idle_keep_alive_are_dropped(strict: Server) -> None:
     with socket.create_connection(_address(strict), timeout=5) as silent:
-        assert _closed(silent, 5)
+        assert closed_within(silent, 5)
     with socket.create_connection(_address(strict), timeout=5) as idle:
         idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert _closed(idle, 5)  # answered, then closed once idle past idle_timeout_s
+        assert closed_within(idle, 5)  # answered, then closed once idle past idle_timeout_s
 
 
 def test_a_body_that_stalls_gets_a_request_timeout(strict: Server) -> None:
