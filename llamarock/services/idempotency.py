@@ -7,6 +7,8 @@ and the write happen under the store's lock, so that two concurrent creates cann
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -43,6 +45,11 @@ class CreateStore(Protocol[T]):
     def name_taken(self, region: str, name: str) -> bool: ...
 
     def insert(self, item: T) -> None: ...
+
+
+def request_digest(*parts: object) -> str:
+    """What a create asked for, as a digest: a repeat of its token must ask for the same."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def insert_once(store: CreateStore[T], item: T, name_taken: Callable[[], BedrockError]) -> T:

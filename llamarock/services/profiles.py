@@ -13,8 +13,6 @@ wait for the database (as provisioned models do).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import secrets
 import string
 from collections.abc import Callable
@@ -37,7 +35,7 @@ from llamarock.errors import (
     TooManyTagsException,
     ValidationException,
 )
-from llamarock.services.idempotency import insert_once, same_request
+from llamarock.services.idempotency import insert_once, request_digest, same_request
 from llamarock.services.tagging import MAX_TAGS, TaggableKind, TaggingService, check_tags
 from llamarock.storage.profiles import ApplicationProfile, ProfileStore
 from llamarock.storage.tags import Tags
@@ -48,10 +46,6 @@ RESOURCE_TYPE = "application-inference-profile"
 # AWS's default quota of application inference profiles per account and region.
 MAX_PROFILES = 1000
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ProfileService:
@@ -139,7 +133,7 @@ class ProfileService:
                 f"An inference profile can carry at most {MAX_TAGS} tags; this request has {len(tags)}.",
                 resourceName=name,
             )
-        digest = _digest(name, copy_from, description, sorted(tags))
+        digest = request_digest(name, copy_from, description, sorted(tags))
         if client_token is not None:
             existing = await asyncio.to_thread(self.store.find_token, region, client_token)
             if existing is not None:

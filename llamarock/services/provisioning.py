@@ -18,8 +18,6 @@ import asyncio
 import calendar
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import re
 import secrets
@@ -41,7 +39,7 @@ from llamarock.errors import (
 )
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
-from llamarock.services.idempotency import insert_once, same_request
+from llamarock.services.idempotency import insert_once, request_digest, same_request
 from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import PriceSettings, Settings
 from llamarock.storage.provisioned import ListFilter, ProvisionedModel, ProvisionedStore
@@ -108,10 +106,6 @@ def add_months(moment: datetime, months: int) -> datetime:
     index = moment.month - 1 + months
     year, month = moment.year + index // 12, index % 12 + 1
     return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ProvisioningService:
@@ -280,7 +274,7 @@ class ProvisioningService:
             )
         model_id, requested = self._catalog_model(model_identifier, region)
         deployment = self._deployment_for(model_id)
-        digest = _digest(name, model_identifier, units, commitment, sorted(tags))
+        digest = request_digest(name, model_identifier, units, commitment, sorted(tags))
         if client_token is not None:
             existing = await asyncio.to_thread(self.store.find_token, region, client_token)
             if existing is not None:
