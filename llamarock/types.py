@@ -36,6 +36,18 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class CacheMark:
+    """A point up to which the prefix cache keeps its own copy of a prompt (a Converse ``cachePoint`` block).
+
+    In a ``messages`` request it is the end of ``messages[message].content[:chars]`` (``chars`` None: the whole
+    message); in a ``prompt`` request ``message`` is None and ``chars`` is an offset into the prompt.
+    """
+
+    message: int | None
+    chars: int | None = None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """What an engine is asked to generate.
 
@@ -45,6 +57,8 @@ class GenerationRequest:
     set, constrains the output to one JSON document valid against it (constrained decoding). ``priority``
     orders admission: a waiting request with a higher priority gets the next free slot first (latency-optimized
     and provisioned-throughput traffic ahead of standard on-demand traffic); equal priorities keep arrival order.
+    ``cache_marks`` are the points where the prompt's prefix should stay cached on its own (an engine without a
+    prefix cache ignores them).
     """
 
     sampling: SamplingParams
@@ -54,6 +68,7 @@ class GenerationRequest:
     request_id: str = ""
     json_schema: dict[str, Any] | None = None
     priority: int = 0
+    cache_marks: tuple[CacheMark, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

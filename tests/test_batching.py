@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ from llamarock.engines import decode_loop
 from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.llamacpp import LlamaCppEngine
 from llamarock.services.deployments import embedded_model_path
-from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams
+from llamarock.types import CacheMark, GenerationChunk, GenerationRequest, SamplingParams
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 PROMPTS = [
@@ -297,3 +298,36 @@ def test_the_host_memory_budget_bounds_the_prefix_cache() -> None:
     finally:
         asyncio.run(small.close())
         asyncio.run(off.close())
+
+
+def test_a_cache_mark_keeps_its_prefix_after_newer_prompts_push_the_rest_out() -> None:
+    """A cachePoint's prefix is its own cache entry, evicted only after entries nobody marked: with room for two
+    or three finished requests, the marked document is still cached after unrelated prompts, the unmarked one is
+    not."""
+    document = "Reference manual. " + " ".join(f"Valve {n} opens at {n * 7} kPa." for n in range(1, 6))
+    others = [f"Counting from {n}: " + ", ".join(str(n + i) for i in range(14)) for n in (100, 200, 300)]
+
+    def marked(prompt: str) -> GenerationRequest:
+        return dataclasses.replace(_request(prompt, max_tokens=4), cache_marks=(CacheMark(None, len(document)),))
+
+    async def run(engine: LlamaCppEngine, mark: bool) -> tuple[int, int]:
+        first = document + " Question: when does valve 3 open?"
+        await _collect(engine, marked(first) if mark else _request(first, max_tokens=4))
+        await _until_idle(engine)
+        for prompt in others:
+            await _collect(engine, _request(prompt, max_tokens=4))
+            await _until_idle(engine)
+        again = await _collect(engine, _request(document + " Question: which valve opens at 49 kPa?", max_tokens=4))
+        return again[0].cached_tokens or 0, len(engine._tokens_of(document))
+
+    with_mark = _engine(slots=2, cache_slots=1, prefix_cache_tokens=200)
+    without = _engine(slots=2, cache_slots=1, prefix_cache_tokens=200)
+    try:
+        cached, document_tokens = asyncio.run(run(with_mark, True))
+        assert document_tokens - 2 <= cached <= document_tokens + 2
+        assert with_mark.stats()["prefix_cached_tokens"] <= 200
+        uncached, _ = asyncio.run(run(without, False))
+        assert uncached < 8
+    finally:
+        asyncio.run(with_mark.close())
+        asyncio.run(without.close())

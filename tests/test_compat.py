@@ -130,3 +130,44 @@ def test_end_of_life(fake_runtime: Any, strict: Any, strict_server: Server) -> N
         "This model version has reached the end of its life. Please refer to the AWS documentation for more details.")
     listed = {s["modelId"] for s in strict_server.client("bedrock").list_foundation_models()["modelSummaries"]}
     assert ended not in listed and FAKE_MODEL in listed
+
+
+SMALL_CACHE_CONFIG = """
+[[deployments]]
+name = "embedded-small-cache"
+models = ["*"]
+prefix_cache_tokens = 200
+"""
+
+
+def test_cache_points(tmp_path_factory: pytest.TempPathFactory, strict: Any) -> None:
+    cache = {"cachePoint": {"type": "default"}}
+
+    def manual(kind: str) -> str:
+        return f"{kind} manual. " + " ".join(f"{kind} {n} opens at {n * 7} kPa." for n in range(1, 6))
+
+    def ask(client: Any, kind: str, question: str, mark: bool) -> dict[str, Any]:
+        system = [{"text": manual(kind)}, *([cache] if mark else [])]
+        return client.converse(modelId=FAKE_MODEL, system=system, messages=[user(question)],  # type: ignore[no-any-return]
+                               inferenceConfig={"maxTokens": 4, "temperature": 0})["usage"]
+
+    # Bedrock accepts cachePoint blocks for Llama and ignores them.
+    assert "cacheReadInputTokens" not in ask(strict, "Valve", "When does valve 3 open?", True)
+
+    # Extended: a marked prefix (the system prompt) outlives newer unrelated requests in a prefix cache with room
+    # for two or three of them; an unmarked one is pushed out.
+    srv = start_server(tmp_path_factory.mktemp("small-cache"), config=SMALL_CACHE_CONFIG)
+    try:
+        client = srv.client()
+        ask(client, "Valve", "When does valve 3 open?", True)
+        ask(client, "Pump", "When does pump 3 open?", False)
+        for n in (100, 200, 300):
+            client.converse(modelId=FAKE_MODEL, system=[{"text": "Answer with numbers only."}],
+                            messages=[user(f"Count on from {n}: " + ", ".join(str(n + i) for i in range(12)))],
+                            inferenceConfig={"maxTokens": 4})
+        marked = ask(client, "Valve", "Which valve opens at 35 kPa?", True)
+        unmarked = ask(client, "Pump", "Which pump opens at 35 kPa?", False)
+    finally:
+        stop_server(srv)
+    assert marked["cacheReadInputTokens"] >= marked["inputTokens"] + marked["cacheReadInputTokens"] - 20
+    assert unmarked["cacheReadInputTokens"] < 10

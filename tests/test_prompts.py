@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 from llamarock.bedrock.prompts import (
@@ -344,3 +345,78 @@ def test_random_strings_never_raise() -> None:
             assert parsed == ParsedPrompt("plain", (), "", False)
         if not parsed.open_assistant:
             assert parsed.assistant_prefix == ""
+
+
+# --- cachePoint blocks -------------------------------------------------------------------------------------------
+
+
+def test_cache_points_become_marks_on_the_messages_and_offsets_in_a_llama3_prompt() -> None:
+    from llamarock.bedrock import catalog
+    from llamarock.bedrock.converse import chat_messages, parse_chat_request, prompt_marks, render_for
+    from llamarock.types import CacheMark
+
+    model = catalog.get("meta.llama3-1-8b-instruct-v1:0")
+    assert model is not None
+    cache = {"cachePoint": {"type": "default"}}
+    manual = "The manual. Valve 3 opens at 21 kPa."
+    chat = parse_chat_request({
+        "system": [{"text": "Be brief."}, cache, {"text": "Cite the manual."}],
+        "messages": [
+            {"role": "user", "content": [{"text": manual}, cache, {"text": "When does valve 3 open?"}]},
+            {"role": "assistant", "content": [{"text": "At 21 kPa."}, cache]},
+            {"role": "user", "content": [{"text": "And valve 4?"}]},
+        ],
+    }, model)
+    messages, prefix, marks = chat_messages(chat)
+    assert prefix == ""
+    # The system prompt up to its cachePoint; the first user message up to the manual; the whole assistant message.
+    assert marks == (CacheMark(0, len("Be brief.")), CacheMark(1, len(manual)), CacheMark(2, None))
+    prompt = render_for("llama3", messages, prefix)
+    offsets = [m.chars for m in prompt_marks("llama3", messages, prompt, marks)]
+    assert offsets[0] == prompt.index("Be brief.") + len("Be brief.")
+    assert offsets[1] == prompt.index(manual) + len(manual)
+    assert prompt[: offsets[2]].endswith("At 21 kPa.<|eot_id|><|start_header_id|>")
+    assert offsets == sorted(offsets) and offsets[2] < len(prompt)
+
+
+def test_a_cache_point_after_the_tools_marks_the_system_prompt_that_holds_them() -> None:
+    from llamarock.bedrock import catalog
+    from llamarock.bedrock.converse import chat_messages, parse_chat_request
+    from llamarock.types import CacheMark
+
+    model = catalog.get("meta.llama3-1-8b-instruct-v1:0")
+    assert model is not None
+    tool = {"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}}
+    request = {"system": [{"text": "Be brief."}], "messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+               "toolConfig": {"tools": [tool, {"cachePoint": {"type": "default"}}]}}
+    messages, _, marks = chat_messages(parse_chat_request(request, model))
+    assert marks == (CacheMark(0, None),) and "weather" in messages[0].content
+    request["outputConfig"] = {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+        "schema": json.dumps({"type": "object"}), "name": "answer"}}}}
+    messages, _, marks = chat_messages(parse_chat_request(request, model))
+    # The schema instruction follows the tools in the system prompt: the mark stops before it.
+    (mark,) = marks
+    assert mark.chars is not None and messages[0].content[: mark.chars].rstrip().endswith("}")
+    assert "JSON schema" in messages[0].content[mark.chars:]
+
+
+def test_a_document_before_the_cache_point_is_cached_with_the_text_before_it() -> None:
+    from llamarock.bedrock import catalog
+    from llamarock.bedrock.converse import parse_chat_request
+
+    model = catalog.get("meta.llama3-1-8b-instruct-v1:0")
+    assert model is not None
+    document = {"document": {"name": "manual", "format": "txt", "source": {"bytes": b"Valve 3 opens at 21 kPa."}}}
+    chat = parse_chat_request({"messages": [{"role": "user", "content": [
+        {"text": "Read this."}, {"cachePoint": {"type": "default"}}, document, {"text": "When does valve 3 open?"},
+    ]}]}, model)
+    turn = chat.turns[0]
+    # Documents come first in the turn's text: what precedes the cachePoint and starts the text is no document.
+    assert turn.cache_at == (0,)
+    chat = parse_chat_request({"messages": [{"role": "user", "content": [
+        document, {"cachePoint": {"type": "default"}}, {"text": "When does valve 3 open?"},
+    ]}]}, model)
+    turn = chat.turns[0]
+    cached = turn.text[: turn.cache_at[0]]
+    assert "Valve 3 opens at 21 kPa." in cached and "When does valve 3 open?" not in cached
+    assert turn.text[turn.cache_at[0]:].strip() == "When does valve 3 open?"

@@ -56,9 +56,15 @@ DIFFERENCES: tuple[Difference, ...] = (
     Difference(
         "Prompt caching counts (`cacheReadInputTokens`, `X-Amzn-Bedrock-Cache-Read-Input-Token-Count`)",
         "reported: prefixes reused from the prefix cache are counted as cache reads",
-        "not reported, as Bedrock reports none for Llama: `inputTokens` is the whole prompt (`cachePoint` blocks "
-        "are accepted and ignored, as on Bedrock)",
+        "not reported, as Bedrock reports none for Llama: `inputTokens` is the whole prompt",
         "tests/test_compat.py::test_cache_counts",
+    ),
+    Difference(
+        "`cachePoint` blocks (system, messages, tools)",
+        "honoured: the prompt up to each (at most 4) stays in the prefix cache as its own entry, evicted after "
+        "entries no cachePoint asked for",
+        "accepted and ignored, as on Bedrock for Llama",
+        "tests/test_compat.py::test_cache_points",
     ),
     Difference(
         "`serviceTier` other than `default`",
@@ -146,6 +152,11 @@ def on_demand_overrides(compat: Compat, models: tuple[CatalogModel, ...],
         return dict(configured)
     overrides: dict[str, list[str]] = {m.model_id: [] for m in models if profile_only(m.model_id)}
     return {**overrides, **configured}
+
+
+def honours_cache_points(compat: Compat) -> bool:
+    """Whether ``cachePoint`` blocks mark what the prefix cache keeps: not in ``bedrock`` mode."""
+    return compat != "bedrock"
 
 
 def reports_cache(compat: Compat) -> bool:

@@ -7,6 +7,7 @@ the service model cannot express (alternation, per-model features, limits) in Be
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from llamarock.bedrock.tools import (
     tools_system_prompt,
 )
 from llamarock.errors import ValidationException
-from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, ChatMessage
+from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, CacheMark, ChatMessage
 
 MAX_IMAGES = 20
 MAX_IMAGE_BYTES = 3_750_000
@@ -50,6 +51,8 @@ class Turn:
     text: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_results: tuple[str, ...] = ()
+    cache_at: tuple[int, ...] = ()  # cachePoint blocks: offsets into ``text`` where the cached prefix ends (-1: the
+    # whole message)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class ChatRequest:
 
     system: str
     turns: tuple[Turn, ...]
+    system_cache_at: tuple[int, ...] = ()  # cachePoint blocks in system: offsets into ``system``
+    tools_cached: bool = False  # a cachePoint block in toolConfig.tools
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: Literal["auto", "any", "tool"] | None = None
     tool_name: str | None = None
@@ -82,16 +87,19 @@ class ChatRequest:
         return ()
 
 
-def _system_text(blocks: list[dict[str, Any]]) -> str:
+def _system_text(blocks: list[dict[str, Any]]) -> tuple[str, tuple[int, ...]]:
     """System text: text and guardContent text blocks (a guardContent block is plain text when no guardrail runs, as
-    on Bedrock); cachePoint blocks only mark a cache boundary."""
-    texts = []
+    on Bedrock); and where its cachePoint blocks fall in it."""
+    texts: list[str] = []
+    marks: list[int] = []
     for position, block in enumerate(blocks):
         if "text" in block:
             texts.append(block["text"])
         elif "guardContent" in block:
             texts.append(_guard_text(block["guardContent"], f"system.{position}"))
-    return "\n".join(t for t in texts if t)
+        elif "cachePoint" in block:
+            marks.append(len("\n".join(t for t in texts if t)))
+    return "\n".join(t for t in texts if t), tuple(marks)
 
 
 def _guard_text(guard: dict[str, Any], where: str) -> str:
@@ -136,7 +144,7 @@ def _tool_specs(tool_config: dict[str, Any] | None, model: CatalogModel) -> tupl
                 "only the tools you define with toolSpec; remove the systemTool and try again."
             )
         spec = tool.get("toolSpec")
-        if spec is None:  # a cachePoint marks a cache boundary after the tools before it
+        if spec is None:  # a cachePoint: the tools' prompt is cached with the system prompt (chat_messages)
             continue
         schema = (spec.get("inputSchema") or {}).get("json") or {"type": "object"}
         if not isinstance(schema, dict):
@@ -220,6 +228,7 @@ def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, i
     texts: list[str] = []
     docs: list[str] = []
     results: list[str] = []
+    marks: list[tuple[int, int]] = []  # (documents, texts) before each cachePoint block
     for position, block in enumerate(content):
         where = f"messages.{index}.content.{position}"
         if "text" in block:
@@ -269,23 +278,31 @@ def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, i
             )
         elif "guardContent" in block:
             texts.append(_guard_text(block["guardContent"], where))
-        else:  # cachePoint marks a cache boundary; anything else is content the model cannot take
+        elif "cachePoint" in block:
+            marks.append((len(docs), len(texts)))
+        else:
             _unsupported_block(block, where, model)
     if docs and not texts:
         raise ValidationException(
             f"The message at messages.{index} contains a document but no text block. Add a text block with your "
             "question about the document and try again."
         )
-    return Turn("user", "\n\n".join([*docs, *texts]), tool_results=tuple(results))
+    # Documents go first in the turn's text, so a cachePoint keeps the longest start of that text made only of
+    # what came before it.
+    cache_at = tuple(len("\n\n".join([*docs, *texts[:t]] if d == len(docs) else docs[:d])) for d, t in marks)
+    return Turn("user", "\n\n".join([*docs, *texts]), tool_results=tuple(results), cache_at=cache_at)
 
 
 def _assistant_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, has_tools: bool) -> Turn:
     texts: list[str] = []
     calls: list[ToolCall] = []
+    marks: list[int] = []
     for position, block in enumerate(content):
         where = f"messages.{index}.content.{position}"
         if "text" in block:
             texts.append(block["text"])
+        elif "cachePoint" in block:
+            marks.append(len("".join(texts)) if not calls else -1)
         elif "toolUse" in block:
             if not has_tools:
                 raise ValidationException(TOOL_CONFIG_REQUIRED)
@@ -301,7 +318,7 @@ def _assistant_turn(index: int, content: list[dict[str, Any]], model: CatalogMod
             texts.append(_guard_text(block["guardContent"], where))
         else:
             _unsupported_block(block, where, model)
-    return Turn("assistant", "".join(texts), tool_calls=tuple(calls))
+    return Turn("assistant", "".join(texts), tool_calls=tuple(calls), cache_at=tuple(marks))
 
 
 def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_missing_inference: bool = False
@@ -351,9 +368,12 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
     stops = tuple(inference.get("stopSequences") or ())
     if any(not s for s in stops):
         raise ValidationException("stopSequences must not contain empty strings.")
+    system, system_cache_at = _system_text(params.get("system") or [])
     chat = ChatRequest(
-        system=_system_text(params.get("system") or []),
+        system=system,
         turns=tuple(turns),
+        system_cache_at=system_cache_at,
+        tools_cached=any("cachePoint" in tool for tool in (tool_config or {}).get("tools", [])),
         tools=tools,
         tool_choice=choice,
         tool_name=tool_name,
@@ -372,11 +392,19 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
     return chat
 
 
-def chat_messages(chat: ChatRequest) -> tuple[tuple[ChatMessage, ...], str]:
-    """The conversation as chat messages, plus the prefilled start of the answer (a final assistant turn)."""
+MAX_CACHE_MARKS = 4  # cachePoint blocks honoured per request (Bedrock's limit of cache checkpoints); later ones pass
+
+
+def chat_messages(chat: ChatRequest) -> tuple[tuple[ChatMessage, ...], str, tuple[CacheMark, ...]]:
+    """The conversation as chat messages, plus the prefilled start of the answer (a final assistant turn), plus
+    where the request's cachePoint blocks ask the prefix cache to keep a copy (at most ``MAX_CACHE_MARKS``; one in
+    the prefilled answer is passed over)."""
     system = chat.system
+    marks: list[CacheMark] = [CacheMark(0, at) for at in chat.system_cache_at] if system else []
     if chat.tools:
         system = "\n\n".join(p for p in (system, tools_system_prompt(chat.tools)) if p)
+        if chat.tools_cached:
+            marks.append(CacheMark(0, len(system)))
     if chat.output_schema is not None:
         system = "\n\n".join(
             p for p in (system, "Answer with one JSON document that matches this JSON schema:\n"
@@ -396,7 +424,12 @@ def chat_messages(chat: ChatRequest) -> tuple[tuple[ChatMessage, ...], str]:
             parts = [turn.text] if turn.text else []
             parts.extend(render_tool_call(call) for call in turn.tool_calls)
             messages.append(ChatMessage("assistant", "\n".join(parts)))
-    return tuple(messages), prefix
+        if messages:
+            marks.extend(CacheMark(len(messages) - 1, at if turn.text and 0 <= at < len(turn.text) else None)
+                         for at in turn.cache_at)
+    whole = [CacheMark(m.message, None if m.chars is not None and m.chars >= len(messages[m.message].content)
+                       else m.chars) for m in marks if m.message is not None and messages]
+    return tuple(messages), prefix, tuple(dict.fromkeys(whole))[:MAX_CACHE_MARKS]
 
 
 def render_for(prompt_format: str, messages: tuple[ChatMessage, ...], prefix: str) -> str:
@@ -404,6 +437,25 @@ def render_for(prompt_format: str, messages: tuple[ChatMessage, ...], prefix: st
     if prompt_format == "llama2":
         return render_llama2(messages) + (" " + prefix if prefix else "")
     return render_llama3(messages) + prefix
+
+
+def prompt_marks(prompt_format: str, messages: tuple[ChatMessage, ...], prompt: str,
+                 marks: tuple[CacheMark, ...]) -> tuple[CacheMark, ...]:
+    """``marks`` on ``messages`` as offsets into ``prompt``, their rendering in a Llama format: where the rendering
+    of the conversation cut at each mark stops agreeing with the whole."""
+    found = []
+    for mark in marks:
+        if mark.message is None:
+            found.append(mark)
+            continue
+        cut = list(messages[: mark.message + 1])
+        if mark.chars is not None:
+            cut[-1] = dataclasses.replace(cut[-1], content=cut[-1].content[: mark.chars])
+        text = render_for(prompt_format, tuple(cut), "")
+        shared = next((i for i, (a, b) in enumerate(zip(text, prompt, strict=False)) if a != b),
+                      min(len(text), len(prompt)))
+        found.append(CacheMark(None, shared))
+    return tuple(found)
 
 
 def usage(prompt_tokens: int, output_tokens: int, cache_read: int | None = None) -> dict[str, int]:

@@ -20,6 +20,12 @@ the highest one in use, masked or not, so cached prefixes left in the KV cache s
 decode leaves holes that llama.cpp fills with later tokens out of position order, which changes the order
 attention adds up and so the results (batching must stay invisible). So cells are only freed when nothing runs,
 or when there is no other room. Host copies are dropped least recently used first beyond ``cache_tokens``.
+
+Cache marks (Converse ``cachePoint`` blocks, as token positions on the ``Job``): when a sequence finishes, the prompt
+up to each mark becomes an entry of its own (``llama_memory_seq_cp`` tags the cells it shares with the sequence), so
+that a document or system prompt asked to be cached outlives the full conversations that contain it. Marked entries
+leave the KV cache and host memory only after every unmarked one, and a request that reuses one copies it rather
+than taking it over.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class Job:
     grammar: str | None = None
     priority: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
+    marks: tuple[int, ...] = ()  # token positions whose prefix stays cached on its own (cachePoint blocks)
 
 
 @dataclass
@@ -108,6 +115,11 @@ class _Cached:
     prompt: int  # prompt length of the request that left it: a repeat of that prompt reuses prompt - 1 tokens
     seq_id: int | None = None  # in the KV cache under this sequence id, or
     state: Any = None  # in host memory: its KV as llama_state_seq_get_data wrote it (a ctypes byte array)
+    marked: bool = False  # a prefix a cachePoint asked to keep: evicted only after the unmarked ones
+
+    def eviction_order(self) -> tuple[bool, float]:
+        """Sort key: the first to leave (the KV cache, or host memory) sorts lowest."""
+        return self.marked, self.used
 
 
 HOST_ENTRIES = 64  # at most this many prefixes in host memory (each admission compares its prompt with every one)
@@ -164,7 +176,8 @@ def check_grammar(grammar: str) -> None:
             )
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two token lists share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -305,7 +318,7 @@ class DecodeLoop:
         in_kv = [c for c in self.cache if c.seq_id is not None and c is not spare]
         if not in_kv:
             return False
-        self._offload(min(in_kv, key=lambda c: c.used))
+        self._offload(min(in_kv, key=_Cached.eviction_order))
         return True
 
     def _snapshot(self, entry: _Cached, state: Any = None) -> None:
@@ -319,7 +332,7 @@ class DecodeLoop:
         hosted = [c for c in self.cache if c.state is not None]
         while hosted and (len(hosted) >= HOST_ENTRIES
                           or sum(len(c.kv_tokens) for c in hosted) + len(entry.kv_tokens) > self.cache_budget):
-            oldest = min(hosted, key=lambda c: c.used)
+            oldest = min(hosted, key=_Cached.eviction_order)
             hosted.remove(oldest)
             oldest.state = None
             if oldest.seq_id is None:
@@ -413,7 +426,7 @@ class DecodeLoop:
         best_len = 0
         candidates: list[_Cached | _Sequence] = [*self.cache, *self.active]
         for candidate in candidates:
-            length = min(_common_prefix(candidate.kv_tokens, job.tokens), limit)
+            length = min(common_prefix(candidate.kv_tokens, job.tokens), limit)
             in_host = isinstance(candidate, _Cached) and candidate.seq_id is None
             if in_host and length < RESTORE_MIN_SHARE * len(candidate.kv_tokens):
                 continue
@@ -423,9 +436,10 @@ class DecodeLoop:
         if isinstance(best, _Cached):
             best.used = time.monotonic()
         if isinstance(best, _Cached) and best.seq_id is not None and (
-            best_len == len(best.kv_tokens) or not (self.free_ids or self._evict_one(spare=best))
+            (best_len == len(best.kv_tokens) and not best.marked) or not (self.free_ids or self._evict_one(spare=best))
         ):
-            # Shared whole (or no id to copy it to): the new sequence takes the cached one over.
+            # Shared whole (or no id to copy it to): the new sequence takes the cached one over. A marked prefix is
+            # copied instead, so that it stays cached.
             self.cache.remove(best)
             seq_id = best.seq_id
             llama_cpp.llama_memory_seq_rm(self.memory, seq_id, best_len, -1)
@@ -455,23 +469,55 @@ class DecodeLoop:
         log.warning("could not restore a cached prefix of %d tokens; prefilling instead", len(entry.kv_tokens))
         return False
 
-    def _retire(self, sequence: _Sequence, *, keep: bool) -> _Cached | None:
-        """Remove a sequence from the running set; keep its KV as prefix cache (the new entry) or free it."""
+    def _retire(self, sequence: _Sequence, *, keep: bool) -> list[_Cached]:
+        """Remove a sequence from the running set; keep its KV as prefix cache (the new entries: the sequence, then
+        the prefixes its cache marks ask for) or free it."""
         self.active.remove(sequence)
         llama_cpp.llama_sampler_free(sequence.sampler)
         tokens = sequence.kv_tokens
         if keep and tokens and self.config.cache_slots > 0 and self.cache_budget > 0:
-            # Cached entries whose prompt this sequence holds too are redundant: a repeat would reuse as much here.
-            for entry in [c for c in self.cache if _common_prefix(c.kv_tokens, tokens) >= c.prompt - 1]:
+            # Cached entries whose prompt this sequence holds too are redundant: a repeat would reuse as much here
+            # (not the marked ones: they are kept for when this sequence has left the cache).
+            for entry in [c for c in self.cache
+                          if not c.marked and common_prefix(c.kv_tokens, tokens) >= c.prompt - 1]:
                 self._drop_cached(entry)
+            marked = self._keep_marks(sequence)
             # The newest prefix is the likeliest to be asked for again: a full cache moves its least recent one out.
-            while sum(1 for c in self.cache if c.seq_id is not None) >= self.config.cache_slots and self._evict_one():
+            while self._in_kv() >= self.config.cache_slots and self._evict_one():
                 pass
             entry = _Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id)
             self.cache.append(entry)
-            return entry
+            return [entry, *marked]
         self._release(sequence.seq_id)
-        return None
+        return []
+
+    def _in_kv(self) -> int:
+        return sum(1 for c in self.cache if c.seq_id is not None)
+
+    def _keep_marks(self, sequence: _Sequence) -> list[_Cached]:
+        """Cache the prompt up to each of the job's marks as a prefix of its own (new entries sharing the sequence's
+        cells: ``llama_memory_seq_cp`` only tags them), or mark and refresh the entry that holds just that prefix."""
+        kept = []
+        now = time.monotonic()
+        for position in sequence.job.marks:
+            prefix = sequence.kv_tokens[:position]
+            if len(prefix) != position or position > self.cache_budget:
+                continue
+            same = next((c for c in self.cache if c.kv_tokens == prefix), None)
+            if same is not None:
+                same.marked, same.used = True, now
+                continue
+            while self._in_kv() >= self.config.cache_slots and self._evict_one():
+                pass
+            if not self.free_ids and not self._evict_one():
+                break
+            seq_id = self.free_ids.pop()
+            llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self.memory, sequence.seq_id, seq_id, 0, position)
+            entry = _Cached(prefix, now, position, seq_id=seq_id, marked=True)
+            self.cache.append(entry)
+            kept.append(entry)
+        return kept
 
     def _drop_cached(self, entry: _Cached) -> None:
         self.cache.remove(entry)
@@ -616,11 +662,13 @@ class DecodeLoop:
         tail = sequence.decoder.decode(b"", final=True)
         sequence.job.emit(self._chunk(sequence, tail, stop))
         with self.lock:
-            entry = self._retire(sequence, keep=True)
-        if entry is not None and len(entry.kv_tokens) <= self.cache_budget:
+            entries = self._retire(sequence, keep=True)
+        for entry in entries:
+            if entry.seq_id is None or len(entry.kv_tokens) > self.cache_budget:
+                continue
             # Copied to host memory now, so that leaving the KV cache later (idle, or room needed) only frees cells,
             # never a copy on a request's way in; copied outside the lock (a millisecond or more), which only this
             # thread's own bookkeeping could race with.
-            state = self._copy_state(sequence.seq_id)
+            state = self._copy_state(entry.seq_id)
             with self.lock:
                 self._snapshot(entry, state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -18,7 +19,7 @@ from typing import Any
 import llama_cpp
 
 from llamarock.engines.base import Engine
-from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig, check_grammar
+from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig, check_grammar, common_prefix
 from llamarock.errors import (
     ContextOverflowError,
     EmptyPromptError,
@@ -142,12 +143,39 @@ class LlamaCppEngine(Engine):
         return text + request.assistant_prefix
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
-        """Tokens of the rendered prompt, special tokens parsed, BOS added once when the model wants it.
+        """Tokens of the rendered prompt, special tokens parsed, BOS added once when the model wants it."""
+        return self._tokens_of(self._render(request))
+
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], tuple[int, ...]]:
+        """The prompt's tokens, and its cache marks as token positions (each where the tokens of the prompt cut at
+        the mark stop agreeing with the whole; marks that cover nothing, or the whole prompt, are dropped)."""
+        tokens = self._tokenize(request)
+        positions = set()
+        for mark in request.cache_marks:
+            if mark.message is None:
+                if request.prompt is None or mark.chars is None:
+                    continue
+                cut = self._tokens_of(request.prompt[: mark.chars])
+            else:
+                if request.messages is None or not 0 <= mark.message < len(request.messages):
+                    continue
+                messages = list(request.messages[: mark.message + 1])
+                if mark.chars is not None:
+                    messages[-1] = dataclasses.replace(messages[-1], content=messages[-1].content[: mark.chars])
+                cut = self._tokens_of(self._render(GenerationRequest(sampling=request.sampling,
+                                                                     messages=tuple(messages))))
+            position = common_prefix(cut, tokens)
+            if 0 < position < len(tokens):
+                positions.add(position)
+        return tokens, tuple(sorted(positions))
+
+    def _tokens_of(self, prompt: str) -> list[int]:
+        """Tokens of a text, special tokens parsed, BOS added once when the model wants it.
 
         Text that is not valid Unicode (an unpaired surrogate, refused by the Bedrock layer) is encoded with ``?`` in
         its place, as Java's UTF-8 encoder does, rather than failing the request.
         """
-        text = self._render(request).encode("utf-8", errors="replace")
+        text = prompt.encode("utf-8", errors="replace")
         capacity = len(text) + 8
         tokens = (llama_cpp.llama_token * capacity)()
         count = llama_cpp.llama_tokenize(self._vocab, text, len(text), tokens, capacity, True, True)
@@ -185,10 +213,10 @@ class LlamaCppEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         if not self._ready or self._loop is None:
             raise EngineNotReadyError(f"{self.name} is not loaded")
-        if request.prompt is not None and len(request.prompt) <= INLINE_TOKENIZE_CHARS:
-            tokens = self._tokenize(request)  # microseconds: cheaper than a hop to a worker thread on busy cores
+        if request.prompt is not None and len(request.prompt) <= INLINE_TOKENIZE_CHARS and not request.cache_marks:
+            tokens, marks = self._prepare(request)  # microseconds: cheaper than a hop to a worker thread on busy cores
         else:
-            tokens = await asyncio.to_thread(self._tokenize, request)
+            tokens, marks = await asyncio.to_thread(self._prepare, request)
         if not tokens:  # e.g. an empty raw prompt on weights without BOS: the decode loop would have nothing to run
             raise EmptyPromptError()
         if len(tokens) >= self.info.context_length:
@@ -202,7 +230,7 @@ class LlamaCppEngine(Engine):
         def emit(item: GenerationChunk | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        job = Job(tokens, request.sampling, emit, grammar, priority=request.priority)
+        job = Job(tokens, request.sampling, emit, grammar, priority=request.priority, marks=marks)
         self._loop.submit(job)
         self._active += 1
         ended = False

@@ -15,7 +15,7 @@ from typing import Any
 
 from llamarock.bedrock import catalog, compat
 from llamarock.bedrock.catalog import CatalogModel
-from llamarock.bedrock.converse import render_for
+from llamarock.bedrock.converse import prompt_marks, render_for
 from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef
 from llamarock.bedrock.native import EMPTY_PROMPT
 from llamarock.bedrock.prompts import parse_prompt
@@ -40,7 +40,7 @@ from llamarock.services.deployments import Deployment, DeploymentRegistry
 from llamarock.services.profiles import ProfileService
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
-from llamarock.types import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
+from llamarock.types import CacheMark, ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,7 @@ class InferenceService:
         messages: Sequence[ChatMessage] = (),
         prefix: str = "",
         json_schema: dict[str, Any] | None = None,
+        cache_marks: tuple[CacheMark, ...] = (),
     ) -> GenerationRequest:
         """The engine request for a native ``prompt`` or for chat ``messages`` (plus the answer's prefilled start).
 
@@ -227,7 +228,7 @@ class InferenceService:
         is plain text or already in the weights' format goes through as written; a prompt in another Llama format
         is parsed back into messages. Messages are rendered by llamarock itself when the weights use a Llama format
         (llama3, llama2: tool calls and results in Llama's own words), and by the engine with the weights' chat
-        template otherwise.
+        template otherwise. ``cache_marks`` (on ``messages``) follow the messages into the prompt.
         """
         engine_format = target.deployment.engine.info.chat_format
         if prompt is not None:
@@ -237,10 +238,12 @@ class InferenceService:
                                          json_schema=json_schema)
             messages, prefix = parsed.messages, parsed.assistant_prefix
         if engine_format in LLAMA_FORMATS:
-            return GenerationRequest(sampling=sampling, prompt=render_for(engine_format, tuple(messages), prefix),
-                                     request_id=request_id, json_schema=json_schema)
+            rendered = render_for(engine_format, tuple(messages), prefix)
+            return GenerationRequest(sampling=sampling, prompt=rendered, request_id=request_id,
+                                     json_schema=json_schema,
+                                     cache_marks=prompt_marks(engine_format, tuple(messages), rendered, cache_marks))
         return GenerationRequest(sampling=sampling, messages=tuple(messages), assistant_prefix=prefix,
-                                 request_id=request_id, json_schema=json_schema)
+                                 request_id=request_id, json_schema=json_schema, cache_marks=cache_marks)
 
     def tiered(self, target: Target, request: GenerationRequest, latency: str | None,
                service_tier: str | None = None) -> GenerationRequest:

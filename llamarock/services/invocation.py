@@ -213,11 +213,12 @@ class InvocationService:
 
     def _chat_request(self, target: Target, chat: ChatRequest, request_id: str,
                       seed: int | None = None) -> GenerationRequest:
-        messages, prefix = chat_messages(chat)
+        messages, prefix, marks = chat_messages(chat)
         sampling = SamplingParams(temperature=chat.temperature, top_p=chat.top_p, max_tokens=chat.max_tokens,
                                   seed=seed)
         return self.inference.engine_request(target, sampling, request_id, messages=messages, prefix=prefix,
-                                             json_schema=output_schema(chat))
+                                             json_schema=output_schema(chat),
+                                             cache_marks=marks if compat.honours_cache_points(self.compat) else ())
 
     async def _converse_events(self, invocation: Invocation, chat: ChatRequest, request: GenerationRequest,
                                started: float) -> AsyncGenerator[Event, None]:
