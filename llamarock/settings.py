@@ -338,6 +338,23 @@ class Settings(BaseSettings):
         "Bedrock price to copy, and the prefix cache is llamarock's own optimization; 0 keeps costs equal to the "
         "reported inputTokens/outputTokens times the spec's prices. 1 prices cache reads as plain input.",
     )
+    knowledge_rds_url: str | None = Field(
+        default=None,
+        pattern=r"^$|^postgres(ql)?(\+[a-z0-9]+)?://",
+        description="SQLAlchemy URL of the PostgreSQL database (with the pgvector extension) where knowledge bases "
+        "whose storageConfiguration.type is RDS keep their vectors, whatever their rdsConfiguration.resourceArn "
+        "(unless `knowledge_rds_urls` names it). Empty: CreateKnowledgeBase with RDS storage is refused.",
+    )
+    knowledge_rds_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="PostgreSQL URLs by rdsConfiguration.resourceArn, for knowledge bases on several databases: "
+        "`[knowledge_rds_urls]` with `\"arn:aws:rds:us-east-1:123456789012:cluster:kb\" = \"postgresql://...\"`.",
+    )
+    knowledge_max_document_bytes: int = Field(
+        default=50_000_000, ge=1,
+        description="Largest source document a knowledge base ingests (Bedrock's quota: 50 MB); a larger file is "
+        "counted as failed in its ingestion job, and an inline document larger than this is refused.",
+    )
 
     @model_validator(mode="after")
     def _default_region_is_served(self) -> Settings:
