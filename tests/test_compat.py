@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from botocore.exceptions import ClientError
 
 from llamarock.bedrock import compat
 from tests.conftest import FAKE_CONFIG, Server, start_server, stop_server
@@ -130,3 +131,25 @@ def test_end_of_life(fake_runtime: Any, strict: Any, strict_server: Server) -> N
         "This model version has reached the end of its life. Please refer to the AWS documentation for more details.")
     listed = {s["modelId"] for s in strict_server.client("bedrock").list_foundation_models()["modelSummaries"]}
     assert ended not in listed and FAKE_MODEL in listed
+
+
+def test_knowledge_base_storage(fake_server: Server, strict_server: Server) -> None:
+    configuration = {"type": "VECTOR", "vectorKnowledgeBaseConfiguration": {
+        "embeddingModelArn": "arn:aws:bedrock:us-west-2::foundation-model/amazon.titan-embed-text-v2:0"}}
+    created = fake_server.client("bedrock-agent").create_knowledge_base(
+        name="compat-kb", roleArn="arn:aws:iam::000000000000:role/kb", knowledgeBaseConfiguration=configuration)
+    assert created["knowledgeBase"]["status"] == "CREATING"
+    assert "storageConfiguration" not in created["knowledgeBase"]
+    strict_agent = strict_server.client("bedrock-agent")
+    with pytest.raises(ClientError) as error:
+        strict_agent.create_knowledge_base(name="compat-kb", roleArn="arn:aws:iam::000000000000:role/kb",
+                                           knowledgeBaseConfiguration=configuration)
+    assert error.value.response["Error"]["Code"] == "ValidationException"
+    assert "storageConfiguration is required" in error.value.response["Error"]["Message"]
+    storage = {"type": "OPENSEARCH_SERVERLESS", "opensearchServerlessConfiguration": {
+        "collectionArn": "arn:aws:aoss:us-west-2:000000000000:collection/abc", "vectorIndexName": "kb",
+        "fieldMapping": {"vectorField": "v", "textField": "t", "metadataField": "m"}}}
+    accepted = strict_agent.create_knowledge_base(name="compat-kb", roleArn="arn:aws:iam::000000000000:role/kb",
+                                                  knowledgeBaseConfiguration=configuration,
+                                                  storageConfiguration=storage)
+    assert accepted["knowledgeBase"]["storageConfiguration"] == storage

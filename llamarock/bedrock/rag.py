@@ -201,7 +201,7 @@ def parts(output: str, marks: Sequence[tuple[int, tuple[int, ...]]], sources: Se
 
 def citations(output: str, parts_: Sequence[Part], sources: Sequence[Source]) -> list[dict[str, object]]:
     """Bedrock's ``citations`` for the parts of ``output`` (whose spans index it exactly)."""
-    cited = []
+    cited: list[dict[str, object]] = []
     for part in parts_:
         assert output[part.start:part.end + 1] == part.text
         cited.append({
@@ -223,7 +223,7 @@ def answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[dict[str, obj
 
 
 # A tail of the raw output that may still become a citation marker (or the whitespace before one): held back.
-_PENDING_TAIL = re.compile(r"\s*(?:%?\[(?:[A-Za-z]{0,6}\s*\d{0,3})?)?$")
+_PENDING_TAIL = re.compile(r"\s*(?:(?<!\d\])%(?:\[(?:[A-Za-z]{0,6}\s*\d{0,3}\]?)?)?|\[(?:[A-Za-z]{0,6}\s*\d{0,3})?)?$")
 
 
 class StreamedAnswer:
@@ -254,3 +254,56 @@ class StreamedAnswer:
         rest = text[len(self.sent):]
         self.sent = text
         return rest, cited
+
+
+# ------------------------------------------------------------------------------------------------------- Rerank
+
+# Rerank's local model: the embedder's cosine similarity and BM25 over the candidates, fused convexly.
+RERANK_ALPHA = 0.5
+_BM25_K1, _BM25_B = 1.2, 0.75
+
+
+def _terms(text: str) -> list[str]:
+    return [word.lower() for word in _WORD.findall(text) if word.lower() not in _STOP]
+
+
+def bm25(query: str, texts: Sequence[str]) -> list[float]:
+    """Okapi BM25 (k1 1.2, b 0.75) of each text for the query, the candidates being the collection."""
+    import math
+
+    documents = [_terms(text) for text in texts]
+    if not documents:
+        return []
+    average = sum(len(d) for d in documents) / len(documents) or 1.0
+    frequency: dict[str, int] = {}
+    for document in documents:
+        for term in set(document):
+            frequency[term] = frequency.get(term, 0) + 1
+    scores = []
+    for document in documents:
+        counts: dict[str, int] = {}
+        for term in document:
+            counts[term] = counts.get(term, 0) + 1
+        score = 0.0
+        for term in set(_terms(query)):
+            if term not in counts:
+                continue
+            idf = math.log(1 + (len(documents) - frequency[term] + 0.5) / (frequency[term] + 0.5))
+            tf = counts[term]
+            score += idf * tf * (_BM25_K1 + 1) / (tf + _BM25_K1 * (1 - _BM25_B + _BM25_B * len(document) / average))
+        scores.append(score)
+    return scores
+
+
+def rerank_scores(query: str, texts: Sequence[str], query_vector: Sequence[float],
+                  vectors: Sequence[Sequence[float]], alpha: float = RERANK_ALPHA) -> list[tuple[int, float]]:
+    """Indexes of ``texts`` best first with a relevance score in 0..1: ``alpha`` × (1 + cosine) / 2 plus
+    (1 − ``alpha``) × bm25 / (1 + bm25). Vectors are L2-normalised, so the cosine is their dot product."""
+    lexical = bm25(query, texts)
+    scored = []
+    for index, vector in enumerate(vectors):
+        cosine = sum(a * b for a, b in zip(query_vector, vector, strict=True))
+        score = alpha * (1 + cosine) / 2 + (1 - alpha) * lexical[index] / (1 + lexical[index])
+        scored.append((index, round(min(1.0, max(0.0, score)), 6)))
+    scored.sort(key=lambda item: (-item[1], item[0]))
+    return scored

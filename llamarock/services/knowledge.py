@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llamarock.bedrock import rag
 from llamarock.context import ModelName
@@ -43,7 +43,7 @@ from llamarock.errors import (
 from llamarock.knowledge import chunking, filters, metadata, parsers
 from llamarock.knowledge.store import Hit, StoredChunk, VectorStore
 from llamarock.services.embeddings import EmbeddingService
-from llamarock.services.idempotency import insert_once, request_digest, same_request
+from llamarock.services.idempotency import insert_once, request_digest
 from llamarock.services.invocation import InvocationService
 from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import Settings
@@ -61,6 +61,8 @@ from llamarock.storage.knowledge import (
 __all__ = ["RERANK_MODELS", "DataSource", "IngestionJob", "KnowledgeBase", "KnowledgeService"]
 
 log = logging.getLogger(__name__)
+
+_Created = TypeVar("_Created", KnowledgeBase, DataSource, IngestionJob)
 
 RESOURCE_TYPE = "knowledge-base"
 _ID = string.ascii_uppercase + string.digits
@@ -257,11 +259,15 @@ class KnowledgeService:
         return kb
 
     @staticmethod
-    def _repeat(existing: Any, digest: str, operation: str) -> Any:
-        return same_request(existing, digest, lambda: ConflictException(
-            f"The clientToken was already used for a different {operation} request; use a new token for a new "
-            "request."
-        ))
+    def _repeat(existing: _Created, digest: str, operation: str) -> _Created:
+        """The resource an earlier create with the same clientToken made (services/idempotency.py's rule: the same
+        request gets it back, a different one is refused)."""
+        if existing.request_digest != digest:
+            raise ConflictException(
+                f"The clientToken was already used for a different {operation} request; use a new token for a new "
+                "request."
+            )
+        return existing
 
     async def _activate(self, kb_id: str) -> None:
         """CREATING (or UPDATING) -> ACTIVE once the embedding model answers with the configured dimensions and
@@ -272,7 +278,7 @@ class KnowledgeService:
         try:
             await self._embed(kb, ["knowledge base probe"])
             await asyncio.to_thread(self._vectors_of, kb)
-            status, reasons = "ACTIVE", ()
+            status, reasons = "ACTIVE", tuple[str, ...]()
         except BedrockError as error:
             status, reasons = "FAILED", (error.message,)
         except Exception as error:  # the vector store could not open: say why, keep the record
@@ -384,7 +390,7 @@ class KnowledgeService:
         if token is not None:
             existing = await asyncio.to_thread(self.store.ds_by_token, kb.kb_id, token)
             if existing is not None:
-                return self._repeat(existing, digest, "CreateDataSource")  # type: ignore[no-any-return]
+                return self._repeat(existing, digest, "CreateDataSource")
         self._check_ds_config(configuration, ingestion)
         now = self._clock()
         ds = DataSource(_new_id(), kb.kb_id, params["name"], params.get("description"), configuration, ingestion,
@@ -411,7 +417,7 @@ class KnowledgeService:
 
         stored = await asyncio.to_thread(insert)
         if stored is not ds:
-            return self._repeat(stored, digest, "CreateDataSource")  # type: ignore[no-any-return]
+            return self._repeat(stored, digest, "CreateDataSource")
         return ds
 
     def _ds(self, region: str, kb_id: str, ds_id: str) -> tuple[KnowledgeBase, DataSource]:
@@ -480,7 +486,7 @@ class KnowledgeService:
         if token is not None:
             existing = await asyncio.to_thread(self.store.job_by_token, ds_id, token)
             if existing is not None:
-                return self._repeat(existing, digest, "StartIngestionJob")  # type: ignore[no-any-return]
+                return self._repeat(existing, digest, "StartIngestionJob")
         if kb.status not in ("ACTIVE", "UPDATING"):
             self._kb(region, kb_id, usable=True)
         if ds.kind != "S3":
@@ -510,7 +516,7 @@ class KnowledgeService:
 
         stored = await asyncio.to_thread(insert)
         if stored is not job:
-            return self._repeat(stored, digest, "StartIngestionJob")  # type: ignore[no-any-return]
+            return self._repeat(stored, digest, "StartIngestionJob")
         self._runners[job.job_id] = asyncio.create_task(self._run_job(job.job_id))
         return job
 
@@ -674,7 +680,7 @@ class KnowledgeService:
             return {}
         try:
             return dict(metadata.parse_sidecar(sidecar))
-        except ValueError as error:
+        except ValueError as error:  # metadata.MetadataError
             raise _DocumentFailed(f"{uri}{METADATA_SUFFIX}: {error}") from error
 
     async def _index(self, kb: KnowledgeBase, ds: DataSource, vectors: VectorStore, document: SourceDocument) -> int:
@@ -908,10 +914,8 @@ class KnowledgeService:
     async def _rerank_scores(self, query: str, texts: Sequence[str]) -> list[tuple[int, float]]:
         """Indexes of ``texts`` by relevance to ``query``, best first, with a score in [0, 1]: the default
         embedder's cosine similarity, fused with BM25 over the candidates (see docs/knowledge-bases.md)."""
-        from llamarock.knowledge.rerank import rerank_scores
-
-        embedded = await self.embeddings.embed(None, [query, *texts])
-        return rerank_scores(query, list(texts), embedded.vectors[0], embedded.vectors[1:])
+        embedded = await self.embeddings.embed(RERANK_EMBEDDER, [query, *texts])
+        return rag.rerank_scores(query, list(texts), embedded.vectors[0], embedded.vectors[1:])
 
     async def rerank(self, queries: list[dict[str, Any]], sources: list[dict[str, Any]],
                      configuration: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1031,6 +1035,8 @@ class KnowledgeService:
 
 
 RERANK_MODELS = ("amazon.rerank-v1:0", "cohere.rerank-v3-5:0")
+# The embedding model whose vectors the local reranker compares (the embedded default serves it).
+RERANK_EMBEDDER = "amazon.titan-embed-text-v2:0"
 
 
 class _DocumentFailed(Exception):
