@@ -20,8 +20,8 @@ from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
-from llamarock.services.inference import InferenceService
 from llamarock.services.embeddings import EmbeddingService
+from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
 from llamarock.services.knowledge import KnowledgeService
 from llamarock.services.model_access import ModelAccessService

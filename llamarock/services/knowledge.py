@@ -690,27 +690,35 @@ class KnowledgeService:
         except parsers.ParseError as error:
             raise _DocumentFailed(f"{document.identifier}: {error}") from error
         counter = await self._token_counter(kb)
-        pieces = await asyncio.to_thread(chunking.chunk, parsed, ds.chunking, counter)
-        texts = [piece.text for piece in pieces]
-        vectors_list: list[list[float]] = []
+
+        async def embed(texts: list[str]) -> list[list[float]]:
+            return await self._embed(kb, texts)
+
         try:
+            pieces = await chunking.achunk(parsed.text, ds.chunking or None, counter, embed=embed)
+            texts = [piece.text for piece in pieces]
+            embedded: list[list[float]] = []
             for start in range(0, len(texts), EMBED_BATCH):
-                vectors_list.extend(await self._embed(kb, texts[start:start + EMBED_BATCH]))
+                embedded.extend(await self._embed(kb, texts[start:start + EMBED_BATCH]))
         except BedrockError as error:
             raise _DocumentFailed(f"{document.identifier}: the embedding model refused it: {error.message}") from error
         attributes = {**document.attributes,
-                      "x-amz-bedrock-kb-source-uri": document.identifier,
-                      "x-amz-bedrock-kb-data-source-id": ds.ds_id}
+                      metadata.SOURCE_URI_KEY: document.identifier,
+                      metadata.DATA_SOURCE_ID_KEY: ds.ds_id}
+        base = f"{ds.ds_id}-{_sha(document.identifier.encode())[:16]}"
+        parent_texts = chunking.parents(pieces, parsed.text)
         stored = []
-        for index, (piece, vector) in enumerate(zip(pieces, vectors_list, strict=True)):
+        for index, (piece, vector) in enumerate(zip(pieces, embedded, strict=True)):
             chunk_metadata = dict(attributes)
-            page = getattr(piece, "page", None)
+            page = parsed.page_at(piece.start)
             if page is not None:
-                chunk_metadata["x-amz-bedrock-kb-document-page-number"] = page
+                chunk_metadata[metadata.PAGE_NUMBER_KEY] = page
+            parent = parent_texts.get(piece.parent_index) if piece.parent_index is not None else None
             stored.append(StoredChunk(
-                chunk_id=f"{ds.ds_id}-{_sha(document.identifier.encode())[:16]}-{index:05d}",
-                text=piece.text, vector=vector, metadata=chunk_metadata,
+                chunk_id=f"{base}-{index:05d}", text=piece.text, vector=vector, metadata=chunk_metadata,
                 location=_location(document.kind, document.identifier),
+                parent_id=f"{base}-p{piece.parent_index:05d}" if parent is not None else None,
+                parent_text=parent[2] if parent is not None else None,
             ))
         key = _doc_key(ds.ds_id, document.identifier)
         await asyncio.to_thread(vectors.upsert, kb.kb_id, key, stored)
@@ -765,12 +773,11 @@ class KnowledgeService:
                 inline = custom.get("inlineContent") or {}
                 if inline.get("type") == "TEXT":
                     data = (inline.get("textContent") or {}).get("data", "").encode()
-                    name = identifier if "." in identifier else identifier + ".txt"
+                    name = "inline.txt"
                 else:
                     byte = inline.get("byteContent") or {}
                     data = byte.get("data") or b""
-                    extension = mimetypes.guess_extension(byte.get("mimeType", "")) or ".txt"
-                    name = identifier + extension
+                    name = "inline" + (mimetypes.guess_extension(byte.get("mimeType", "")) or ".txt")
             elif source_type == "S3_LOCATION":
                 uri = (custom.get("s3Location") or {}).get("uri", "")
                 data = await self._read_uri(uri)
@@ -994,13 +1001,14 @@ class KnowledgeService:
                     raise ValidationException("A BYTE_CONTENT source needs byteContent (identifier, contentType, "
                                               "data).")
                 extension = mimetypes.guess_extension(byte["contentType"]) or ".txt"
-                name, data = byte["identifier"] + ("" if "." in byte["identifier"] else extension), byte["data"]
+                name = byte["identifier"] if parsers.is_supported(byte["identifier"]) else "source" + extension
+                data = byte["data"]
                 location = {"type": "CUSTOM", "customDocumentLocation": {"id": byte["identifier"]}}
             try:
                 parsed = await asyncio.to_thread(parsers.parse, name, data)
             except parsers.ParseError as error:
                 raise ValidationException(f"The external source {name} could not be read: {error}") from error
-            text = getattr(parsed, "text", str(parsed))
+            text = parsed.text
             found.append(rag.Source(text, {"content": {"type": "TEXT", "text": text}, "location": location}))
         return found, external["modelArn"], external.get("generationConfiguration") or {}
 
