@@ -99,6 +99,7 @@ class SourceDocument:
     data: bytes
     attributes: dict[str, Any]
     metadata_hash: str | None
+    embed_keys: tuple[str, ...] = ()  # typed sidecar attributes marked includeForEmbedding
 
 
 class KnowledgeService:
@@ -645,8 +646,9 @@ class KnowledgeService:
             unchanged = previous is not None and previous.status == "INDEXED" \
                 and previous.content_hash == content_hash
             if not (unchanged and previous is not None and previous.metadata_hash == metadata_hash):
-                attributes = self._sidecar(uri, sidecar)
-                document = SourceDocument(uri, "S3", key.rsplit("/", 1)[-1], data, attributes, metadata_hash)
+                attributes, embed_keys = self._sidecar(uri, sidecar)
+                document = SourceDocument(uri, "S3", key.rsplit("/", 1)[-1], data, attributes, metadata_hash,
+                                          embed_keys)
                 chunks = await self._index(kb, ds, vectors, document)
                 if previous is None or previous.status != "INDEXED":
                     stats_delta["numberOfNewDocumentsIndexed"] = 1
@@ -675,11 +677,12 @@ class KnowledgeService:
                                 replace(job, statistics=stats, failure_reasons=reasons, updated_at=self._clock()))
 
     @staticmethod
-    def _sidecar(uri: str, sidecar: bytes | None) -> dict[str, Any]:
+    def _sidecar(uri: str, sidecar: bytes | None) -> tuple[dict[str, Any], tuple[str, ...]]:
         if sidecar is None:
-            return {}
+            return {}, ()
         try:
-            return dict(metadata.parse_sidecar(sidecar))
+            parsed = metadata.parse_sidecar_full(sidecar)
+            return dict(parsed.attributes), parsed.include_for_embedding
         except ValueError as error:  # metadata.MetadataError
             raise _DocumentFailed(f"{uri}{METADATA_SUFFIX}: {error}") from error
 
@@ -696,7 +699,9 @@ class KnowledgeService:
 
         try:
             pieces = await chunking.achunk(parsed.text, ds.chunking or None, counter, embed=embed)
-            texts = [piece.text for piece in pieces]
+            # Attributes marked includeForEmbedding go before each chunk's text in what is embedded (not stored).
+            prefix = metadata.embedding_prefix(document.attributes, document.embed_keys)
+            texts = [prefix + piece.text for piece in pieces]
             embedded: list[list[float]] = []
             for start in range(0, len(texts), EMBED_BATCH):
                 embedded.extend(await self._embed(kb, texts[start:start + EMBED_BATCH]))
