@@ -20,6 +20,7 @@ from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
+from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
 from llamarock.services.model_access import ModelAccessService
@@ -58,10 +59,12 @@ def create_app(settings: Settings) -> Starlette:
     inference.profiles = profiles
     model_access = ModelAccessService(ModelAccessStore(database), inference.regions, settings.prices)
     peers = PeerService(settings, inference)
+    embeddings = EmbeddingService(settings, inference)  # embedding models: InvokeModel, knowledge bases
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(registry.load_all())
+        embedding_loading = asyncio.create_task(embeddings.load_all())
         await asyncio.to_thread(invocation_log.start)
         await provisioning.load()
         await profiles.load()
@@ -72,10 +75,12 @@ def create_app(settings: Settings) -> Starlette:
             provisioned_models.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await provisioned_models
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in (loading, embedding_loading):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await registry.close_all()
+            await embeddings.close_all()
             await peers.close()
             await asyncio.to_thread(usage.close)
             await asyncio.to_thread(invocation_log.close)
@@ -100,4 +105,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.model_access = model_access
     app.state.invocations = InvocationService(inference)
     app.state.peers = peers
+    app.state.embeddings = embeddings
     return app
