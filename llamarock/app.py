@@ -62,14 +62,14 @@ def create_app(settings: Settings) -> Starlette:
     inference.profiles = profiles
     model_access = ModelAccessService(ModelAccessStore(database), inference.regions, settings.prices)
     peers = PeerService(settings, inference)
+    embeddings = EmbeddingService(settings, inference)  # embedding models: InvokeModel, knowledge bases
     invocations = InvocationService(inference)
-    embeddings = EmbeddingService()
-    knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations,
-                                 tagging, settings)
+    knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations, tagging, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(registry.load_all())
+        embedding_loading = asyncio.create_task(embeddings.load_all())
         await asyncio.to_thread(invocation_log.start)
         await provisioning.load()
         await profiles.load()
@@ -82,10 +82,12 @@ def create_app(settings: Settings) -> Starlette:
             provisioned_models.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await provisioned_models
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in (loading, embedding_loading):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await registry.close_all()
+            await embeddings.close_all()
             await peers.close()
             await asyncio.to_thread(usage.close)
             await asyncio.to_thread(invocation_log.close)
@@ -111,4 +113,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.invocations = invocations
     app.state.knowledge = knowledge
     app.state.peers = peers
+    app.state.embeddings = embeddings
     return app

@@ -156,3 +156,27 @@ def test_concurrent_calls_and_empty_input(embedder: Embedder) -> None:
     assert asyncio.run(embedder.embed([])).vectors == []
     with pytest.raises(TypeError):
         asyncio.run(embedder.embed("not a list"))  # type: ignore[arg-type]
+
+
+def test_fit_cuts_at_the_window_from_either_end(embedder: Embedder) -> None:
+    text = "alpha " + "word " * 300 + "omega"
+    head, total = embedder.fit(text, keep="start")
+    tail, same_total = embedder.fit(text, keep="end")
+    assert total == same_total == 304  # [CLS] alpha word x300 omega [SEP]
+    assert head.startswith("alpha") and "omega" not in head and embedder.count_tokens(head) == 256
+    assert tail.endswith("omega") and "alpha" not in tail and embedder.count_tokens(tail) == 256
+    assert embedder.fit("short text") == ("short text", 4)
+
+
+def test_dimensions_other_than_its_own_are_refused(embedder: Embedder) -> None:
+    assert len(asyncio.run(embedder.embed(["x"], dimensions=384)).vectors[0]) == 384
+    with pytest.raises(ValueError, match="gives 384 dimensions, not 256"):
+        asyncio.run(embedder.embed(["x"], dimensions=256))
+
+
+def test_remote_token_counts_are_shared_out_exactly() -> None:
+    from llamarock.engines.embedding_remote import _share
+
+    assert _share(10, [1, 1, 1]) == [4, 3, 3]
+    assert sum(_share(97, [5, 17, 2, 40])) == 97
+    assert _share(None, [2, 3]) == [2, 3]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 import zipfile
 from abc import ABC, abstractmethod
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -63,12 +64,20 @@ class Embedder(ABC):
     """Longer inputs are truncated to this many tokens."""
 
     @abstractmethod
-    async def embed(self, texts: Sequence[str], *, normalize: bool = True) -> Embeddings:
-        """Embed ``texts`` (any number; batched internally)."""
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True,
+                    dimensions: int | None = None) -> Embeddings:
+        """Embed ``texts`` (any number; batched internally). ``dimensions`` (one of :attr:`dimensions`; None: the
+        first) is the size of the vectors; another size raises ValueError."""
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens ``embed`` would read for ``text`` (after truncation). Synchronous and cheap."""
+
+    def fit(self, text: str, *, keep: Literal["start", "end"] = "start") -> tuple[str, int]:
+        """The part of ``text`` that fits :attr:`max_tokens` (its start or its end) and the tokens the whole text
+        has (special tokens included), so that the API layer can refuse or cut long inputs itself. The default
+        knows no more than ``count_tokens`` (which counts after truncation) and cuts nothing."""
+        return text, self.count_tokens(text)
 
     async def load(self) -> None:  # noqa: B027 - optional hook, most embedders load lazily
         """Load weights now rather than at the first ``embed``."""
@@ -80,6 +89,12 @@ class Embedder(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the embedder holds; no ``embed`` may run afterwards."""
+
+
+def _check_dimensions(embedder: Embedder, dimensions: int | None) -> None:
+    if dimensions is not None and dimensions not in embedder.dimensions:
+        given = ", ".join(map(str, embedder.dimensions))
+        raise ValueError(f"{embedder.name} gives {given} dimensions, not {dimensions}")
 
 
 def minilm_zip_path() -> Path:
@@ -128,7 +143,10 @@ class OnnxBertEmbedder(Embedder):
         self._max_batch = max_batch
         self._max_batch_tokens = max_batch_tokens
         self._tokenizer: Any = None
+        self._whole: Any = None  # the same tokenizer without truncation (for fit)
+        self._specials = 2
         self._session: Any = None
+        self._run_options: Any = None
         self._hidden = 384
         self.dimensions = (384,)
         self._load_lock = threading.Lock()
@@ -166,6 +184,10 @@ class OnnxBertEmbedder(Embedder):
             tokenizer = Tokenizer.from_str(archive.read("tokenizer.json").decode())
             config = json.loads(archive.read("config.json"))
         tokenizer.no_padding()
+        whole = Tokenizer.from_str(tokenizer.to_str())
+        whole.no_truncation()
+        self._whole = whole
+        self._specials = len(whole.encode("", add_special_tokens=True).ids)
         tokenizer.enable_truncation(max_length=self.max_tokens)
         self._hidden = int(config["hidden_size"])
         self.dimensions = (self._hidden,)
@@ -180,6 +202,7 @@ class OnnxBertEmbedder(Embedder):
         with self._load_lock:
             if self._session is not None:
                 return
+            import onnx
             import onnxruntime as ort
             from safetensors.numpy import load as load_safetensors
 
@@ -188,24 +211,46 @@ class OnnxBertEmbedder(Embedder):
             with self._zip() as archive:
                 config = json.loads(archive.read("config.json"))
                 weights = load_safetensors(archive.read("model.safetensors"))
-            model_bytes = bert_mean_pooling_model(weights, config)
-            del weights
+            model = bert_mean_pooling_model(weights, config)
             options = ort.SessionOptions()
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
-            self._session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+            # onnxruntime keeps about 100 MB less when it reads the model from a file than from bytes in memory.
+            with tempfile.TemporaryDirectory(prefix="llamarock-embed-") as folder:
+                path = Path(folder) / "model.onnx"
+                onnx.save_model(model, path)
+                del model
+                self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # Give the arena back after each run: batch buffers (batch x length^2 attention scores) are transient.
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     # -- the interface --------------------------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
         return len(self._ensure_tokenizer().encode(text).ids)
 
-    async def embed(self, texts: Sequence[str], *, normalize: bool = True) -> Embeddings:
+    def fit(self, text: str, *, keep: Literal["start", "end"] = "start") -> tuple[str, int]:
+        self._ensure_tokenizer()
+        encoding = self._whole.encode(text, add_special_tokens=False)
+        room = self.max_tokens - self._specials
+        total = len(encoding.ids) + self._specials
+        if len(encoding.ids) <= room:
+            return text, total
+        if room <= 0:
+            return "", total
+        if keep == "start":
+            return text[: encoding.offsets[room - 1][1]], total
+        return text[encoding.offsets[len(encoding.ids) - room][0]:], total
+
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True,
+                    dimensions: int | None = None) -> Embeddings:
         if isinstance(texts, str):
             raise TypeError("embed takes a sequence of texts, not one string")
+        _check_dimensions(self, dimensions)
         texts = list(texts)
         if not texts:
             return Embeddings([], [])
@@ -237,7 +282,9 @@ class OnnxBertEmbedder(Embedder):
                 ids[row, : lengths[i]] = encodings[i].ids
                 mask[row, : lengths[i]] = 1
             try:
-                (pooled,) = self._session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
+                (pooled,) = self._session.run(
+                    ["embedding"], {"input_ids": ids, "attention_mask": mask}, self._run_options
+                )
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise EngineError(f"embedder {self.name} failed: {exc}") from exc
             out[batch] = pooled

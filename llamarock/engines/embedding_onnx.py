@@ -35,10 +35,14 @@ class _Graph:
         return out
 
 
-def bert_mean_pooling_model(weights: dict[str, np.ndarray], config: dict[str, Any]) -> bytes:
-    """The serialised ONNX model of a BERT encoder with mean pooling, from ``weights`` (safetensors names of
-    ``BertModel``, with or without a ``bert.`` prefix) and ``config`` (its ``config.json``)."""
-    weights = {k.removeprefix("bert."): v for k, v in weights.items()}
+def bert_mean_pooling_model(weights: dict[str, np.ndarray], config: dict[str, Any]) -> onnx.ModelProto:
+    """The ONNX model of a BERT encoder with mean pooling, from ``weights`` (safetensors names of ``BertModel``, with
+    or without a ``bert.`` prefix) and ``config`` (its ``config.json``).
+
+    ``weights`` is emptied as its tensors are copied into the model, so that at most one copy of each is alive.
+    """
+    for key in [k for k in weights if k.startswith("bert.")]:
+        weights[key.removeprefix("bert.")] = weights.pop(key)
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     layers = int(config["num_hidden_layers"])
@@ -50,7 +54,7 @@ def bert_mean_pooling_model(weights: dict[str, np.ndarray], config: dict[str, An
     head_dim = hidden // heads
 
     def w(name: str) -> np.ndarray:
-        return weights[name].astype(np.float32, copy=False)
+        return weights.pop(name).astype(np.float32, copy=False)
 
     g = _Graph()
     ids, mask = "input_ids", "attention_mask"
@@ -114,5 +118,4 @@ def bert_mean_pooling_model(weights: dict[str, np.ndarray], config: dict[str, An
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="llamarock")
     model.ir_version = 9
-    data: bytes = model.SerializeToString()
-    return data
+    return model

@@ -730,7 +730,8 @@ class KnowledgeService:
         return len(stored)
 
     async def _token_counter(self, kb: KnowledgeBase) -> Callable[[str], int]:
-        return await self.embeddings.token_counter(kb.embedding_model_arn)
+        embedder = await self.embeddings.embedder_for(kb.embedding_model_arn)
+        return embedder.count_tokens
 
     async def _embed(self, kb: KnowledgeBase, texts: Sequence[str]) -> list[list[float]]:
         embedded = await self.embeddings.embed(kb.embedding_model_arn, texts, dimensions=kb.embedding_dimensions)
