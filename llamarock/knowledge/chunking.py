@@ -5,8 +5,8 @@
 ``chunkingConfiguration`` as a dict; ``None`` is Bedrock's default, FIXED_SIZE with 300 tokens and 20% overlap.
 
 - FIXED_SIZE ``{maxTokens, overlapPercentage}``: windows of at most ``maxTokens`` tokens, the next starting so that
-  about ``overlapPercentage`` of a window's tokens repeat. A window ends at a sentence end when one falls in its last
-  quarter, so chunks rarely cut a sentence.
+  about ``overlapPercentage`` of a window's tokens repeat. A window ends at a paragraph end when one falls in its
+  last half, else at a sentence end in its last quarter, so chunks rarely cut a sentence.
 - HIERARCHICAL ``{levelConfigurations: [{maxTokens: parent}, {maxTokens: child}], overlapTokens}``: parent windows,
   each cut into child windows (``overlapTokens`` repeated between neighbours at both levels). Children are embedded
   and searched; a hit returns its parent (the store does that with ``parent_*``).
@@ -42,6 +42,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 STRATEGIES = ("FIXED_SIZE", "HIERARCHICAL", "SEMANTIC", "NONE")
 _UNIT = re.compile(r"\S{1,64}")
+_PARAGRAPH_END = re.compile(r"[ \t\r\f\v]*\n[ \t\r\f\v]*\n")
 _SENTENCE_END = re.compile(r"[.!?。！？][\"')\]]*$")
 _SENTENCE = re.compile(r"\S.*?(?:[.!?。！？][\"')\]]*(?=\s|$)|\n\s*\n|$)", re.S)
 
@@ -70,7 +71,11 @@ class _Units:
             if n is None:
                 n = cache[word] = max(1, count_tokens(word) - base)
             self.tokens.append(n)
-        self.ends_sentence = [bool(_SENTENCE_END.search(text[s:e])) or text[e : e + 2] == "\n\n" for s, e in self.spans]
+        self.ends_paragraph = [_PARAGRAPH_END.match(text, e) is not None for s, e in self.spans]
+        self.ends_sentence = [
+            para or bool(_SENTENCE_END.search(text[s:e]))
+            for (s, e), para in zip(self.spans, self.ends_paragraph, strict=True)
+        ]
 
 
 def _windows(units: _Units, lo: int, hi: int, max_tokens: int, overlap_tokens: int) -> list[tuple[int, int]]:
@@ -82,12 +87,14 @@ def _windows(units: _Units, lo: int, hi: int, max_tokens: int, overlap_tokens: i
         while j < hi and (j == i or total + units.tokens[j] <= max_tokens):
             total += units.tokens[j]
             j += 1
-        if j < hi:  # prefer to end at a sentence end in the window's last quarter
-            floor = i + max(1, (j - i) * 3 // 4)
-            for k in range(j, floor, -1):
-                if units.ends_sentence[k - 1]:
-                    j = k
-                    break
+        if (
+            j < hi
+        ):  # prefer to end at a paragraph end in the window's last half, else a sentence end in its last quarter
+            size = j - i
+            half, quarter = i + max(1, size // 2), i + max(1, size - size // 4)
+            paragraph = next((k for k in range(j, half - 1, -1) if units.ends_paragraph[k - 1]), None)
+            sentence = next((k for k in range(j, quarter - 1, -1) if units.ends_sentence[k - 1]), None)
+            j = paragraph or sentence or j
         out.append((i, j))
         if j >= hi:
             break
