@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from llamarock.bedrock import rag
 from llamarock.context import ModelName
+from llamarock.engines.embedding import Embeddings
 from llamarock.errors import (
     BedrockError,
     ConflictException,
@@ -40,8 +41,8 @@ from llamarock.errors import (
     ServiceQuotaExceededException,
     ValidationException,
 )
-from llamarock.knowledge import chunking, filters, metadata, parsers
-from llamarock.knowledge.store import Hit, StoredChunk, VectorStore
+from llamarock.knowledge import chunking, filters, metadata, parsers, pipeline
+from llamarock.knowledge.store import Hit, VectorStore
 from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.idempotency import insert_once, request_digest
 from llamarock.services.invocation import InvocationService
@@ -687,47 +688,21 @@ class KnowledgeService:
             raise _DocumentFailed(f"{uri}{METADATA_SUFFIX}: {error}") from error
 
     async def _index(self, kb: KnowledgeBase, ds: DataSource, vectors: VectorStore, document: SourceDocument) -> int:
-        """Parse, chunk, embed and store one document (its earlier chunks replaced); the number of chunks."""
+        """Parse, chunk, embed (kbcore's pipeline) and store one document, its earlier chunks replaced; the number
+        of chunks."""
+        source = pipeline.DocumentSource(
+            _doc_key(ds.ds_id, document.identifier), document.name, document.data, document.identifier, ds.ds_id,
+            document.attributes, document.embed_keys, _location(document.kind, document.identifier),
+        )
+        embedder = _KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb))
         try:
-            parsed = await asyncio.to_thread(parsers.parse, document.name, document.data)
+            prepared = await pipeline.prepare(source, ds.chunking or None, embedder)
         except parsers.ParseError as error:
             raise _DocumentFailed(f"{document.identifier}: {error}") from error
-        counter = await self._token_counter(kb)
-
-        async def embed(texts: list[str]) -> list[list[float]]:
-            return await self._embed(kb, texts)
-
-        try:
-            pieces = await chunking.achunk(parsed.text, ds.chunking or None, counter, embed=embed)
-            # Attributes marked includeForEmbedding go before each chunk's text in what is embedded (not stored).
-            prefix = metadata.embedding_prefix(document.attributes, document.embed_keys)
-            texts = [prefix + piece.text for piece in pieces]
-            embedded: list[list[float]] = []
-            for start in range(0, len(texts), EMBED_BATCH):
-                embedded.extend(await self._embed(kb, texts[start:start + EMBED_BATCH]))
         except BedrockError as error:
             raise _DocumentFailed(f"{document.identifier}: the embedding model refused it: {error.message}") from error
-        attributes = {**document.attributes,
-                      metadata.SOURCE_URI_KEY: document.identifier,
-                      metadata.DATA_SOURCE_ID_KEY: ds.ds_id}
-        base = f"{ds.ds_id}-{_sha(document.identifier.encode())[:16]}"
-        parent_texts = chunking.parents(pieces, parsed.text)
-        stored = []
-        for index, (piece, vector) in enumerate(zip(pieces, embedded, strict=True)):
-            chunk_metadata = dict(attributes)
-            page = parsed.page_at(piece.start)
-            if page is not None:
-                chunk_metadata[metadata.PAGE_NUMBER_KEY] = page
-            parent = parent_texts.get(piece.parent_index) if piece.parent_index is not None else None
-            stored.append(StoredChunk(
-                chunk_id=f"{base}-{index:05d}", text=piece.text, vector=vector, metadata=chunk_metadata,
-                location=_location(document.kind, document.identifier),
-                parent_id=f"{base}-p{piece.parent_index:05d}" if parent is not None else None,
-                parent_text=parent[2] if parent is not None else None,
-            ))
-        key = _doc_key(ds.ds_id, document.identifier)
-        await asyncio.to_thread(vectors.upsert, kb.kb_id, key, stored)
-        return len(stored)
+        await asyncio.to_thread(vectors.upsert, kb.kb_id, source.document_id, prepared.chunks)
+        return len(prepared.chunks)
 
     async def _token_counter(self, kb: KnowledgeBase) -> Callable[[str], int]:
         embedder = await self.embeddings.embedder_for(kb.embedding_model_arn)
@@ -1051,6 +1026,20 @@ class KnowledgeService:
 RERANK_MODELS = ("amazon.rerank-v1:0", "cohere.rerank-v3-5:0")
 # The embedding model whose vectors the local reranker compares (the embedded default serves it).
 RERANK_EMBEDDER = "amazon.titan-embed-text-v2:0"
+
+
+@dataclass
+class _KnowledgeBaseEmbedder:
+    """A knowledge base's embedding model as kbcore's pipeline wants an embedder: through the embedding service,
+    with the knowledge base's dimensions."""
+
+    service: KnowledgeService
+    kb: KnowledgeBase
+    count_tokens: Callable[[str], int]
+
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True) -> Embeddings:
+        return await self.service.embeddings.embed(self.kb.embedding_model_arn, texts,
+                                                   dimensions=self.kb.embedding_dimensions, normalize=normalize)
 
 
 class _DocumentFailed(Exception):
