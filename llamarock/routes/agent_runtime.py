@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from llamarock.bedrock import rag
 from llamarock.codec import eventstream
+from llamarock.errors import ValidationException
 from llamarock.routes.common import Call, event_stream
 from llamarock.routes.control import ControlCall
 from llamarock.services.knowledge import KnowledgeService
@@ -31,11 +32,9 @@ def _service(call: ControlCall) -> KnowledgeService:
 async def retrieve(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     query = params["retrievalQuery"]
     if query.get("type", "TEXT") != "TEXT" or not query.get("text"):
-        from llamarock.errors import ValidationException
-
         raise ValidationException("retrievalQuery needs text (type TEXT); image queries are not supported.")
     results = await _service(call).retrieve(call.region, params["knowledgeBaseId"], query["text"],
-                                            params.get("retrievalConfiguration"))
+                                            params.get("retrievalConfiguration"), params.get("guardrailConfiguration"))
     return {"retrievalResults": results}
 
 

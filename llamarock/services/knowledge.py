@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llamarock.bedrock import rag
+from llamarock.bedrock.guardrails import check_guardrail
 from llamarock.context import ModelName
 from llamarock.engines.embedding import Embeddings
 from llamarock.errors import (
@@ -864,9 +865,10 @@ class KnowledgeService:
 
     # ------------------------------------------------------------------------------------------- Retrieve
 
-    async def retrieve(self, region: str, kb_id: str, query: str,
-                       configuration: dict[str, Any] | None) -> list[dict[str, Any]]:
+    async def retrieve(self, region: str, kb_id: str, query: str, configuration: dict[str, Any] | None,
+                       guardrail: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Retrieve's ``retrievalResults`` for ``query``."""
+        check_guardrail((guardrail or {}).get("guardrailId"), (guardrail or {}).get("guardrailVersion"))
         kb = await asyncio.to_thread(self._kb, region, kb_id, usable=True)
         search = (configuration or {}).get("vectorSearchConfiguration") or {}
         if search.get("implicitFilterConfiguration"):
@@ -948,6 +950,10 @@ class KnowledgeService:
         """The retrieved sources, the model ARN and the generation configuration of a RetrieveAndGenerate call."""
         configuration = params["retrieveAndGenerateConfiguration"]
         kind = configuration["type"]
+        for flavour in ("knowledgeBaseConfiguration", "externalSourcesConfiguration"):
+            guardrail = ((configuration.get(flavour) or {}).get("generationConfiguration") or {}).get(
+                "guardrailConfiguration") or {}
+            check_guardrail(guardrail.get("guardrailId"), guardrail.get("guardrailVersion"))
         if kind == "KNOWLEDGE_BASE":
             kb_config = configuration.get("knowledgeBaseConfiguration")
             if not kb_config:

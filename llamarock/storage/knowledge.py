@@ -24,7 +24,7 @@ from llamarock.storage.db import Base, Database, Store
 STATISTICS = (
     "numberOfDocumentsScanned", "numberOfMetadataDocumentsScanned", "numberOfNewDocumentsIndexed",
     "numberOfModifiedDocumentsIndexed", "numberOfMetadataDocumentsModified", "numberOfDocumentsDeleted",
-    "numberOfDocumentsFailed",
+    "numberOfDocumentsFailed", "numberOfDocumentsSkipped",
 )
 
 
