@@ -400,3 +400,34 @@ def test_misconfigured_deployments_are_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(DeploymentConfigError, match="embedding_deployments"):
         DeploymentRegistry(Settings(data_dir=tmp_path, engine="fake", deployments=[
             {"name": "x", "models": [TITAN_V2]}]))
+
+
+def test_embedding_service_by_id_and_arn(tmp_path: Path) -> None:
+    """The use case knowledge bases call: vectors by catalog id or foundation-model ARN, in process."""
+    import asyncio
+
+    from llamarock.errors import ValidationException
+    from llamarock.services.embeddings import EmbeddingService
+    from llamarock.settings import Settings
+
+    async def scenario() -> None:
+        service = EmbeddingService(Settings(data_dir=tmp_path, engine="fake"))
+        try:
+            arn = f"arn:aws:bedrock:us-east-1::foundation-model/{TITAN_V2}"
+            assert await service.dimensions_for(arn) == (384,)
+            by_arn = await service.embed(arn, ["hello world", "a b c"])
+            by_id = await service.embed(COHERE_ML, ["hello world", "a b c"], dimensions=384)
+            assert by_arn.token_counts == by_id.token_counts == [4, 5]
+            assert np.abs(np.array(by_arn.vectors) - np.array(by_id.vectors)).max() < 1e-6
+            raw = await service.embed(TITAN_V1, ["hello world"], normalize=False)
+            assert abs(np.linalg.norm(raw.vectors[0]) - 1) > 0.01
+            with pytest.raises(ValidationException, match="gives 384 dimensions"):
+                await service.embed(TITAN_V2, ["x"], dimensions=1024)
+            with pytest.raises(ValidationException, match="is not an embedding model"):
+                await service.embed("meta.llama3-8b-instruct-v1:0", ["x"])
+            with pytest.raises(ValidationException, match="not a valid embedding model identifier"):
+                await service.embed("arn:aws:bedrock:nowhere", ["x"])
+        finally:
+            await service.close_all()
+
+    asyncio.run(scenario())

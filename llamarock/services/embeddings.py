@@ -224,10 +224,10 @@ class EmbeddingService:
 
     # ------------------------------------------------------------------------------------------------ use cases
 
-    def dimensions_of(self, model_id: str) -> tuple[int, ...]:
-        """The vector sizes the deployment serving ``model_id`` can give (valid once it has loaded; see
-        :meth:`embed`, which loads it)."""
-        return self._deployment(self.model_for(model_id)).embedder.dimensions
+    async def dimensions_for(self, model_id: str) -> tuple[int, ...]:
+        """The vector sizes the deployment serving ``model_id`` (id or ARN) can give, its default first (loads it:
+        a GGUF's size is known only then). For checking a knowledge base's ``dimensions`` when it is created."""
+        return (await self.embedder_for(model_id)).dimensions
 
     async def embedder_for(self, model_id: str) -> Embedder:
         """The loaded embedder serving an embedding model id or ARN (for callers that embed many batches, such as
