@@ -431,3 +431,25 @@ def test_embedding_service_by_id_and_arn(tmp_path: Path) -> None:
             await service.close_all()
 
     asyncio.run(scenario())
+
+
+def test_application_inference_profile_of_an_embedding_model(server: Server, runtime: Any) -> None:
+    control = server.client("bedrock")
+    arn = control.create_inference_profile(
+        inferenceProfileName="titan-embeddings-team-a",
+        modelSource={"copyFrom": f"arn:aws:bedrock:us-west-2::foundation-model/{TITAN_V2}"},
+        tags=[{"key": "team", "value": "a"}],
+    )["inferenceProfileArn"]
+    by_profile, headers = invoke(runtime, arn, {"inputText": "A man is eating food."})
+    direct, _ = invoke(runtime, TITAN_V2, {"inputText": "A man is eating food."})
+    assert np.abs(np.array(by_profile["embedding"]) - direct["embedding"]).max() < 1e-6
+    assert headers["x-llamarock-served-by"] == "minilm"
+    with pytest.raises(ClientError) as info:
+        runtime.converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert "doesn't support the model" in info.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as info:
+        runtime.invoke_model_with_response_stream(modelId=arn, body=json.dumps({"inputText": "hi"}))
+    assert info.value.response["Error"]["Message"] == "The model is unsupported for streaming."
+    with urllib.request.urlopen(server.url + "/llamarock/usage?by=tag", timeout=10) as response:
+        rows = json.loads(response.read())["rows"]
+    assert any("team" in json.dumps(row) and row["inputTokens"] >= 8 for row in rows), rows
