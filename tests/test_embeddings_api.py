@@ -453,3 +453,11 @@ def test_application_inference_profile_of_an_embedding_model(server: Server, run
     with urllib.request.urlopen(server.url + "/llamarock/usage?by=tag", timeout=10) as response:
         rows = json.loads(response.read())["rows"]
     assert any("team" in json.dumps(row) and row["inputTokens"] >= 8 for row in rows), rows
+
+
+def test_provisioned_throughput_is_not_offered_for_embedding_models(server: Server) -> None:
+    control = server.client("bedrock")
+    with pytest.raises(ClientError) as info:
+        control.create_provisioned_model_throughput(modelUnits=1, provisionedModelName="embed-pt", modelId=TITAN_V2)
+    error = info.value.response["Error"]
+    assert error["Code"] == "ValidationException" and "on demand only" in error["Message"], error
