@@ -400,3 +400,64 @@ def test_misconfigured_deployments_are_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(DeploymentConfigError, match="embedding_deployments"):
         DeploymentRegistry(Settings(data_dir=tmp_path, engine="fake", deployments=[
             {"name": "x", "models": [TITAN_V2]}]))
+
+
+def test_embedding_service_by_id_and_arn(tmp_path: Path) -> None:
+    """The use case knowledge bases call: vectors by catalog id or foundation-model ARN, in process."""
+    import asyncio
+
+    from llamarock.errors import ValidationException
+    from llamarock.services.embeddings import EmbeddingService
+    from llamarock.settings import Settings
+
+    async def scenario() -> None:
+        service = EmbeddingService(Settings(data_dir=tmp_path, engine="fake"))
+        try:
+            arn = f"arn:aws:bedrock:us-east-1::foundation-model/{TITAN_V2}"
+            assert await service.dimensions_for(arn) == (384,)
+            by_arn = await service.embed(arn, ["hello world", "a b c"])
+            by_id = await service.embed(COHERE_ML, ["hello world", "a b c"], dimensions=384)
+            assert by_arn.token_counts == by_id.token_counts == [4, 5]
+            assert np.abs(np.array(by_arn.vectors) - np.array(by_id.vectors)).max() < 1e-6
+            raw = await service.embed(TITAN_V1, ["hello world"], normalize=False)
+            assert abs(np.linalg.norm(raw.vectors[0]) - 1) > 0.01
+            with pytest.raises(ValidationException, match="gives 384 dimensions"):
+                await service.embed(TITAN_V2, ["x"], dimensions=1024)
+            with pytest.raises(ValidationException, match="is not an embedding model"):
+                await service.embed("meta.llama3-8b-instruct-v1:0", ["x"])
+            with pytest.raises(ValidationException, match="not a valid embedding model identifier"):
+                await service.embed("arn:aws:bedrock:nowhere", ["x"])
+        finally:
+            await service.close_all()
+
+    asyncio.run(scenario())
+
+
+def test_application_inference_profile_of_an_embedding_model(server: Server, runtime: Any) -> None:
+    control = server.client("bedrock")
+    arn = control.create_inference_profile(
+        inferenceProfileName="titan-embeddings-team-a",
+        modelSource={"copyFrom": f"arn:aws:bedrock:us-west-2::foundation-model/{TITAN_V2}"},
+        tags=[{"key": "team", "value": "a"}],
+    )["inferenceProfileArn"]
+    by_profile, headers = invoke(runtime, arn, {"inputText": "A man is eating food."})
+    direct, _ = invoke(runtime, TITAN_V2, {"inputText": "A man is eating food."})
+    assert np.abs(np.array(by_profile["embedding"]) - direct["embedding"]).max() < 1e-6
+    assert headers["x-llamarock-served-by"] == "minilm"
+    with pytest.raises(ClientError) as info:
+        runtime.converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert "doesn't support the model" in info.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as info:
+        runtime.invoke_model_with_response_stream(modelId=arn, body=json.dumps({"inputText": "hi"}))
+    assert info.value.response["Error"]["Message"] == "The model is unsupported for streaming."
+    with urllib.request.urlopen(server.url + "/llamarock/usage?by=tag", timeout=10) as response:
+        rows = json.loads(response.read())["rows"]
+    assert any("team" in json.dumps(row) and row["inputTokens"] >= 8 for row in rows), rows
+
+
+def test_provisioned_throughput_is_not_offered_for_embedding_models(server: Server) -> None:
+    control = server.client("bedrock")
+    with pytest.raises(ClientError) as info:
+        control.create_provisioned_model_throughput(modelUnits=1, provisionedModelName="embed-pt", modelId=TITAN_V2)
+    error = info.value.response["Error"]
+    assert error["Code"] == "ValidationException" and "on demand only" in error["Message"], error

@@ -63,7 +63,7 @@ async def invoke_model(call: Call) -> Response:
     """InvokeModel: the native Llama body in, ``{generation, ...counts, stop_reason}`` out; for an embedding model
     (Titan, Cohere) its own body in and its vectors out (``services/embeddings.py``)."""
     embeddings: EmbeddingService = call.state().embeddings
-    if embeddings.is_embedding(call.model):
+    if embeddings.is_embedding(call.model, call.region):
         return await invoke_embedding_model(call, embeddings)
     invocation = _invoke(call)
 
@@ -101,6 +101,8 @@ async def invoke_embedding_model(call: Call, service: EmbeddingService) -> Respo
         record.model_id = target.model.model_id
         record.deployment = target.deployment.name
         record.inference_region = target.inference_region
+        record.inference_profile_arn = target.profile_arn
+        record.resource_tags = dict(target.profile_tags)
         record.input_body = call.body
 
     async def run() -> Response:
@@ -120,7 +122,8 @@ async def invoke_embedding_model(call: Call, service: EmbeddingService) -> Respo
 
 async def invoke_model_with_response_stream(call: Call) -> Response:
     """InvokeModelWithResponseStream: one ``chunk`` event per decoded token group, flushed as produced."""
-    if EmbeddingService.is_embedding(call.model):
+    embeddings: EmbeddingService = call.state().embeddings
+    if embeddings.is_embedding(call.model, call.region):
         raise ValidationException(STREAMING_UNSUPPORTED)
     invocation = _invoke(call)
 

@@ -26,6 +26,7 @@ from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, parse_model_re
 from llamarock.context import ModelName
 from llamarock.engines.embedding import MINILM_NAME, MINILM_PACKAGE, Embedder, Embeddings, OnnxBertEmbedder
 from llamarock.errors import (
+    BedrockError,
     DeploymentConfigError,
     EngineError,
     ModelErrorException,
@@ -104,6 +105,9 @@ class EmbeddingTarget:
     model: CatalogModel
     deployment: EmbeddingDeployment
     inference_region: str | None = None
+    # Set when the request names an application inference profile: usage is attributed to it and its tags.
+    profile_arn: str | None = None
+    profile_tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,18 +179,38 @@ class EmbeddingService:
 
     # ---------------------------------------------------------------------------------------------- resolution
 
-    @staticmethod
-    def is_embedding(model: ModelName) -> bool:
-        """Whether a request's model identifier names an embedding model of the catalog (by id or foundation-model
-        ARN; aliases applied). Unparseable identifiers are not: their own refusal comes from the Llama path."""
-        if model.ref is None or model.ref.kind in ("provisioned-model-arn", "application-inference-profile-arn"):
+    def is_embedding(self, model: ModelName, region: str | None = None) -> bool:
+        """Whether a request's model identifier names an embedding model of the catalog: by id, foundation-model
+        ARN (aliases applied) or an application inference profile copied from one. Identifiers that cannot be
+        resolved are not: their own refusal comes from the Llama path."""
+        if model.ref is None or model.ref.kind == "provisioned-model-arn":
             return False
-        found = catalog.get(model.model_id)
+        if model.ref.kind == "application-inference-profile-arn":
+            profiles = self.inference.profiles if self.inference is not None else None
+            if profiles is None:
+                return False
+            try:
+                profile, _, _ = profiles.for_invocation(model.ref, region or self.settings.region)
+            except BedrockError:
+                return False
+            found = catalog.get(profile.model_id)
+        else:
+            found = catalog.get(model.model_id)
         return found is not None and found.is_embedding
 
     def resolve(self, model: ModelName, region: str | None = None) -> EmbeddingTarget:
-        """The catalog model and deployment of an InvokeModel request naming an embedding model; Bedrock's refusal
-        when ``region`` cannot invoke it."""
+        """The catalog model and deployment of an InvokeModel request naming an embedding model (by id, ARN or
+        application inference profile); Bedrock's refusal when ``region`` cannot invoke it."""
+        region = region or self.settings.region
+        ref = model.parsed()
+        if ref.kind == "application-inference-profile-arn" and self.inference is not None \
+                and self.inference.profiles is not None:
+            profile, source, tags = self.inference.profiles.for_invocation(ref, region)
+            found = catalog.get(profile.model_id)
+            if found is None or not found.is_embedding:
+                raise ValidationException(INVALID_MODEL_IDENTIFIER)
+            where = self.inference.regions.inference_region(found, source, region)
+            return EmbeddingTarget(found, self._deployment(found), where, profile.arn, tags)
         found = catalog.get(model.model_id)
         if found is None or not found.is_embedding:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
@@ -224,10 +248,10 @@ class EmbeddingService:
 
     # ------------------------------------------------------------------------------------------------ use cases
 
-    def dimensions_of(self, model_id: str) -> tuple[int, ...]:
-        """The vector sizes the deployment serving ``model_id`` can give (valid once it has loaded; see
-        :meth:`embed`, which loads it)."""
-        return self._deployment(self.model_for(model_id)).embedder.dimensions
+    async def dimensions_for(self, model_id: str) -> tuple[int, ...]:
+        """The vector sizes the deployment serving ``model_id`` (id or ARN) can give, its default first (loads it:
+        a GGUF's size is known only then). For checking a knowledge base's ``dimensions`` when it is created."""
+        return (await self.embedder_for(model_id)).dimensions
 
     async def embedder_for(self, model_id: str) -> Embedder:
         """The loaded embedder serving an embedding model id or ARN (for callers that embed many batches, such as
