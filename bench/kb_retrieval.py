@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llamarock.engines.embedding import embedded_default
 from llamarock.knowledge.sqlite_store import SqliteVectorStore
-from llamarock.knowledge.store import Fusion, StoredChunk, dense_score, fuse
-
-KB = "beir"
+from llamarock.knowledge.store import Fusion, StoredChunk, VectorStore, dense_score, fuse
 
 
 @dataclass
@@ -118,24 +116,18 @@ def _embed_all(texts: Sequence[str], cache: Path, label: str) -> np.ndarray:
     return array
 
 
-def _index(beir: BeirSet, store: SqliteVectorStore, vectors: np.ndarray) -> None:
+def _index(beir: BeirSet, store: VectorStore, vectors: np.ndarray) -> None:
     for i, (doc_id, text) in enumerate(beir.corpus.items()):
-        store.upsert(KB, doc_id, [StoredChunk(doc_id, text, vectors[i].tolist())])
+        store.upsert(beir.name, doc_id, [StoredChunk(doc_id, text, vectors[i].tolist())])
 
 
 def _rankings(
-    store: SqliteVectorStore, text: str, vector: list[float], depth: int
+    store: VectorStore, kb: str, text: str, vector: list[float], depth: int
 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """The store's own dense and lexical candidate lists (row id, raw score) as HYBRID fuses them."""
-    dense = [(rid, dense_score(d)) for rid, d in store._dense(KB, vector, depth, None)]
-    lexical = store._lexical(KB, text, depth, None)
+    dense = [(rid, dense_score(d)) for rid, d in store._dense(kb, vector, depth, None)]
+    lexical = store._lexical(kb, text, depth, None)
     return dense, lexical
-
-
-def _doc_ids(store: SqliteVectorStore, ranked: Iterable[tuple[int, float]], k: int) -> list[str]:
-    ids = [rid for rid, _ in ranked][:k]
-    rows = store._rows(KB, ids)
-    return [rows[rid].document_id for rid in ids if rid in rows]
 
 
 def candidates() -> list[Fusion]:
@@ -145,7 +137,7 @@ def candidates() -> list[Fusion]:
 
 
 def tune(
-    sets: list[tuple[BeirSet, SqliteVectorStore, dict[str, list[float]]]], split: str = "train", limit: int = 800
+    sets: list[tuple[BeirSet, VectorStore, dict[str, list[float]]]], split: str = "train", limit: int = 800
 ) -> tuple[Fusion, dict[str, Any]]:
     """The fusion with the best mean (over sets) train nDCG@10; each set's train queries capped at ``limit``."""
     per_set: list[list[tuple[dict[str, int], list[tuple[int, float]], list[tuple[int, float]], dict[int, str]]]] = []
@@ -156,9 +148,9 @@ def tune(
         chosen = sorted(qrels)[:limit]
         rows = []
         for qid in chosen:
-            dense, lexical = _rankings(store, beir.queries[qid], qvecs[qid], 200)
+            dense, lexical = _rankings(store, beir.name, beir.queries[qid], qvecs[qid], 200)
             ids = {rid for rid, _ in dense} | {rid for rid, _ in lexical}
-            names = {rid: row.document_id for rid, row in store._rows(KB, list(ids)).items()}
+            names = {rid: row.document_id for rid, row in store._rows(beir.name, list(ids)).items()}
             rows.append((qrels[qid], dense, lexical, names))
         per_set.append(rows)
     table = []
@@ -178,7 +170,7 @@ def tune(
 
 
 def evaluate(
-    beir: BeirSet, store: SqliteVectorStore, qvecs: dict[str, list[float]], split: str, fusion: Fusion
+    beir: BeirSet, store: VectorStore, qvecs: dict[str, list[float]], split: str, fusion: Fusion
 ) -> dict[str, Any]:
     store.fusion = fusion
     qrels = beir.qrels[split]
@@ -187,7 +179,7 @@ def evaluate(
         scores, latencies = [], []
         for qid, grades in qrels.items():
             started = time.perf_counter()
-            hits = store.search(KB, beir.queries[qid], qvecs[qid], 10, search_type)
+            hits = store.search(beir.name, beir.queries[qid], qvecs[qid], 10, search_type)
             latencies.append(time.perf_counter() - started)
             scores.append(ndcg_at([h.document_id for h in hits], grades))
         result[mode] = {
@@ -204,6 +196,12 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--tune", action="store_true", help="choose the fusion on the train split first")
     parser.add_argument("--tune-queries", type=int, default=800)
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="postgres: PgVectorStore on a pgserver started here (pip install pgserver)",
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "llamarock" / "bench")
     args = parser.parse_args()
     folders: list[Path] = args.folders
@@ -213,6 +211,17 @@ def main() -> None:
             parser.error("name BEIR folders, or set LLAMAROCK_BEIR_ROOT to a folder of BEIR folders")
         folders = sorted(p for p in Path(root).iterdir() if (p / "corpus.jsonl").exists())
     work = Path(tempfile.mkdtemp(prefix="kb-retrieval-"))
+    pg_server: Any = None
+    if args.store == "postgres":
+        import warnings
+
+        import pgserver
+
+        from llamarock.knowledge.pg_store import PgVectorStore
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pg_server = pgserver.get_server(work / "pg", cleanup_mode="stop")
     loaded = []
     for folder in folders:
         beir = load_beir(folder)
@@ -229,13 +238,16 @@ def main() -> None:
             f"{beir.name} queries",
         )
         qvecs = {q: qarr[i].tolist() for i, q in enumerate(qids)}
-        store = SqliteVectorStore(work / f"{beir.name}.sqlite")
+        store: VectorStore = (
+            SqliteVectorStore(work / f"{beir.name}.sqlite") if pg_server is None else PgVectorStore(pg_server.get_uri())
+        )
+        store.drop(beir.name)
         started = time.perf_counter()
         _index(beir, store, doc_vecs)
         print(f"{beir.name}: indexed {len(beir.corpus)} docs in {time.perf_counter() - started:.1f}s", file=sys.stderr)
         loaded.append((beir, store, qvecs))
     fusion = Fusion()
-    report: dict[str, Any] = {"store": "SqliteVectorStore", "embedder": "all-MiniLM-L6-v2 (onnxruntime)"}
+    report: dict[str, Any] = {"store": type(loaded[0][1]).__name__, "embedder": "all-MiniLM-L6-v2 (onnxruntime)"}
     if args.tune:
         fusion, report["tuning"] = tune(loaded, limit=args.tune_queries)
     report["fusion"] = fusion.__dict__
@@ -249,6 +261,8 @@ def main() -> None:
             f"{beir.name:10} {res['dense']['ndcg10']:7.2f} {res['bm25']['ndcg10']:7.2f} {res['hybrid']['ndcg10']:7.2f}"
         )
         store.close()
+    if pg_server is not None:
+        pg_server.cleanup()
     print(json.dumps(report))
 
 

@@ -8,12 +8,13 @@ extensions, but lags SQLite's releases and adds its own extension bundle we do n
 Layout per knowledge base (tables named by a per-KB tag from the ``kbs`` table, never by the KB id)::
 
     c<tag>(id, chunk_id UNIQUE, document_id, text, metadata JSON, location JSON, parent_id, parent_text)
-    v<tag>(id, vector float32 BLOB)            dense search: exact cosine scan with sqlite-vec's distance
-    f<tag> FTS5(text) contentless_delete       lexical search: bm25(), porter stemmer over unicode61
+    v<tag> vec0(id, embedding float[dims] cosine)  dense search: sqlite-vec's exact KNN (brute force, in C)
+    f<tag> FTS5(text) contentless_delete           lexical search: bm25(), porter stemmer over unicode61
 
-Search is exact (every vector compared): no approximate index loses recall, and a filter, a SQL expression over the
-metadata JSON, is applied in the same statement before ``ORDER BY ... LIMIT k``. At 10,000 chunks of 384 dims a
-scan takes milliseconds (bench/kb_ingest.py).
+Search is exact (every vector compared): no approximate index loses recall. A filter, a SQL expression over the
+metadata JSON, is applied before the top k: for vectors as ``id IN (SELECT ...)`` inside the vec0 KNN query, which
+sqlite-vec evaluates before ranking, and for BM25 in the same statement before ``ORDER BY ... LIMIT``.
+sqlite-vec's KNN takes at most 4096 neighbours per query (far above Bedrock's 100 results).
 
 Concurrency: one writer connection behind a lock (upserts and deletes are single IMMEDIATE transactions, so a
 re-upserted document replaces its old chunks atomically), and one reader connection per thread; WAL lets readers
@@ -37,6 +38,7 @@ from llamarock.knowledge import filters as filters_mod
 from llamarock.knowledge.lexical import fts5_query
 from llamarock.knowledge.store import Row, StoredChunk, VectorStore, check_vector
 
+MAX_KNN = 4096  # sqlite-vec's limit on k
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kbs (tag INTEGER PRIMARY KEY AUTOINCREMENT, kb_id TEXT NOT NULL UNIQUE, dims INTEGER);
 """
@@ -104,7 +106,10 @@ class SqliteVectorStore(VectorStore):
             " text TEXT NOT NULL, metadata TEXT NOT NULL, location TEXT NOT NULL, parent_id TEXT, parent_text TEXT)"
         )
         conn.execute(f"CREATE INDEX c{tag}_doc ON c{tag} (document_id)")
-        conn.execute(f"CREATE TABLE v{tag} (id INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
+        conn.execute(
+            f"CREATE VIRTUAL TABLE v{tag} USING vec0(id INTEGER PRIMARY KEY,"
+            f" embedding float[{dims}] distance_metric=cosine)"
+        )
         conn.execute(
             f"CREATE VIRTUAL TABLE f{tag} USING fts5(text, content='', contentless_delete=1,"
             " tokenize='porter unicode61 remove_diacritics 2')"
@@ -162,7 +167,7 @@ class SqliteVectorStore(VectorStore):
                         ),
                     )
                     rid = conn.last_insert_rowid()
-                    conn.execute(f"INSERT INTO v{tag} (id, vector) VALUES (?, ?)", (rid, _blob(vector)))
+                    conn.execute(f"INSERT INTO v{tag} (id, embedding) VALUES (?, ?)", (rid, _blob(vector)))
                     conn.execute(f"INSERT INTO f{tag} (rowid, text) VALUES (?, ?)", (rid, chunk.text))
                 conn.execute("COMMIT")
             except apsw.ConstraintError as exc:
@@ -217,18 +222,13 @@ class SqliteVectorStore(VectorStore):
         tag, dims = found
         if dims is not None and len(vector) != dims:
             raise ValueError(f"the query vector has {len(vector)} dimensions; the knowledge base stores {dims}")
-        params: list[Any] = [_blob(vector)]
-        if where is None:
-            sql = f"SELECT id, vec_distance_cosine(vector, ?) AS d FROM v{tag} ORDER BY d LIMIT ?"
-        else:
+        params: list[Any] = [_blob(vector), min(n, MAX_KNN)]
+        sql = f"SELECT id, distance FROM v{tag} WHERE embedding MATCH ? AND k = ?"
+        if where is not None:
             clause, extra = filters_mod.to_sqlite(where)
-            sql = (
-                f"SELECT v.id, vec_distance_cosine(v.vector, ?) AS d FROM v{tag} v JOIN c{tag} c ON c.id = v.id"
-                f" WHERE {clause} ORDER BY d LIMIT ?"
-            )
+            sql += f" AND id IN (SELECT c.id FROM c{tag} c WHERE {clause})"
             params += extra
-        params.append(n)
-        return [(int(rid), float(d)) for rid, d in conn.execute(sql, params)]
+        return [(int(rid), float(d)) for rid, d in conn.execute(sql, params) if d is not None]
 
     def _lexical(self, kb_id: str, text: str, n: int, where: filters_mod.Filter | None) -> list[tuple[int, float]]:
         query = fts5_query(text)
