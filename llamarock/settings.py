@@ -422,8 +422,9 @@ class Settings(BaseSettings):
     )
     knowledge_rds_url: str | None = Field(
         default=None,
-        pattern=r"^$|^postgres(ql)?(\+[a-z0-9]+)?://",
-        description="SQLAlchemy URL of the PostgreSQL database (with the pgvector extension) where knowledge bases "
+        pattern=r"^$|^postgres(ql)?://",
+        description="Connection URI (postgresql://user:password@host:port/database) of the PostgreSQL database, "
+        "with the pgvector extension, where knowledge bases "
         "whose storageConfiguration.type is RDS keep their vectors, whatever their rdsConfiguration.resourceArn "
         "(unless `knowledge_rds_urls` names it). Empty: CreateKnowledgeBase with RDS storage is refused.",
     )

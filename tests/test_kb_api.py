@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,16 @@ METADATA = {
 
 
 class Holder:
-    """The module's server, which the restart test replaces."""
+    """The module's server (which the restart test replaces) and the PostgreSQL its RDS knowledge bases use."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, pg_url: str) -> None:
         self.tmp = tmp
+        self.pg_url = pg_url
         self.server = self._start()
 
     def _start(self) -> Server:
-        return start_server(self.tmp, "--knowledge-max-document-bytes", str(MAX_DOCUMENT_BYTES))
+        return start_server(self.tmp, "--knowledge-max-document-bytes", str(MAX_DOCUMENT_BYTES),
+                            "--knowledge-rds-url", self.pg_url)
 
     def restart(self) -> None:
         stop_server(self.server)
@@ -70,9 +73,19 @@ class Holder:
 
 @pytest.fixture(scope="module")
 def kb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Holder]:
-    holder = Holder(tmp_path_factory.mktemp("kb"))
-    yield holder
-    stop_server(holder.server)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
+        import pgserver  # PostgreSQL with pgvector, from its wheel
+
+        postgres = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    try:
+        holder = Holder(tmp_path_factory.mktemp("kb"), postgres.get_uri())
+        yield holder
+        stop_server(holder.server)
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            postgres.cleanup()
 
 
 def put(holder: Holder, bucket: str, key: str, data: bytes | str) -> None:
@@ -255,6 +268,33 @@ def test_retrieve_finds_the_right_document(kb_server: Holder, corpus: dict[str, 
         assert best["metadata"]["x-amz-bedrock-kb-data-source-id"] == corpus["ds"]
         assert best["metadata"]["x-amz-bedrock-kb-chunk-id"]
         assert 0 < best["score"] <= 1
+
+
+def test_rds_knowledge_base_on_postgresql(kb_server: Holder, corpus: dict[str, str]) -> None:
+    """storageConfiguration RDS: the vectors go to PostgreSQL with pgvector (knowledge_rds_url)."""
+    agent = kb_server.agent()
+    storage = {"type": "RDS", "rdsConfiguration": {
+        "resourceArn": "arn:aws:rds:us-west-2:000000000000:cluster:kb", "databaseName": "postgres",
+        "credentialsSecretArn": "arn:aws:secretsmanager:us-west-2:000000000000:secret:kb",
+        "tableName": "bedrock_kb", "fieldMapping": {"primaryKeyField": "id", "vectorField": "embedding",
+                                                   "textField": "chunks", "metadataField": "metadata"}}}
+    kb_id = create_kb(agent, "on-postgres", storageConfiguration=storage)
+    assert agent.get_knowledge_base(knowledgeBaseId=kb_id)["knowledgeBase"]["storageConfiguration"] == storage
+    ds_id = create_s3_source(agent, kb_id, "kb-docs")
+    assert ingest(agent, kb_id, ds_id)["statistics"]["numberOfNewDocumentsIndexed"] == 3
+    runtime = kb_server.runtime()
+    for search_type in ("HYBRID", "SEMANTIC"):
+        results = runtime.retrieve(
+            knowledgeBaseId=kb_id, retrievalQuery={"text": "pruning apple trees"},
+            retrievalConfiguration={"vectorSearchConfiguration": {
+                "numberOfResults": 3, "overrideSearchType": search_type,
+                "filter": {"orAll": [{"equals": {"key": "genre", "value": "garden"}},
+                                     {"greaterThan": {"key": "year", "value": 2020}}]}}},
+        )["retrievalResults"]
+        found = [r["location"]["s3Location"]["uri"] for r in results]
+        assert found[0] == "s3://kb-docs/docs/orchard.html"
+        assert set(found) == {"s3://kb-docs/docs/orchard.html", "s3://kb-docs/docs/falcon.txt"}
+    agent.delete_knowledge_base(knowledgeBaseId=kb_id)
 
 
 FILTERS: list[tuple[dict[str, Any], set[str]]] = [
