@@ -20,8 +20,10 @@ from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
+from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
+from llamarock.services.knowledge import KnowledgeService
 from llamarock.services.model_access import ModelAccessService
 from llamarock.services.peers import PeerService
 from llamarock.services.profiles import ProfileService
@@ -31,6 +33,7 @@ from llamarock.settings import Settings
 from llamarock.storage.blobs import open_blob_store
 from llamarock.storage.db import Database
 from llamarock.storage.keys import KeyStore
+from llamarock.storage.knowledge import KnowledgeStore
 from llamarock.storage.logging_config import LoggingConfigStore
 from llamarock.storage.model_access import ModelAccessStore
 from llamarock.storage.profiles import ProfileStore
@@ -44,7 +47,8 @@ def create_app(settings: Settings) -> Starlette:
     registry = DeploymentRegistry(settings)
     observers = Observers()
     usage = UsageRecorder(settings, UsageStore(database))
-    invocation_log = InvocationLog(settings, open_blob_store(settings), LoggingConfigStore(database))
+    blobs = open_blob_store(settings)  # one blob store: invocation logs, knowledge-base data sources
+    invocation_log = InvocationLog(settings, blobs, LoggingConfigStore(database))
     invocation_metrics = InvocationMetrics(lambda: registry.deployments, lambda: dict(invocation_log.counts))
     gate = Gate(settings, KeyStore(database, settings.data_dir))
     for observer in (usage, invocation_metrics, invocation_log, gate):
@@ -58,24 +62,32 @@ def create_app(settings: Settings) -> Starlette:
     inference.profiles = profiles
     model_access = ModelAccessService(ModelAccessStore(database), inference.regions, settings.prices)
     peers = PeerService(settings, inference)
+    embeddings = EmbeddingService(settings, inference)  # embedding models: InvokeModel, knowledge bases
+    invocations = InvocationService(inference)
+    knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations, tagging, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(registry.load_all())
+        embedding_loading = asyncio.create_task(embeddings.load_all())
         await asyncio.to_thread(invocation_log.start)
         await provisioning.load()
         await profiles.load()
         provisioned_models = asyncio.create_task(provisioning.run())
+        await knowledge.start()  # resumes the ingestion jobs a stopped server left running
         try:
             yield
         finally:
+            await knowledge.close()
             provisioned_models.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await provisioned_models
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in (loading, embedding_loading):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await registry.close_all()
+            await embeddings.close_all()
             await peers.close()
             await asyncio.to_thread(usage.close)
             await asyncio.to_thread(invocation_log.close)
@@ -98,6 +110,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.tagging = tagging
     app.state.profiles = profiles
     app.state.model_access = model_access
-    app.state.invocations = InvocationService(inference)
+    app.state.invocations = invocations
+    app.state.knowledge = knowledge
     app.state.peers = peers
+    app.state.embeddings = embeddings
     return app

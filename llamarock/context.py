@@ -23,6 +23,8 @@ from llamarock.errors import ValidationException
 # The services of the operation table: botocore's service names, and llamarock's own endpoints.
 RUNTIME = "bedrock-runtime"
 BEDROCK = "bedrock"
+AGENT = "bedrock-agent"  # knowledge bases, data sources, ingestion jobs (the build-time API)
+AGENT_RUNTIME = "bedrock-agent-runtime"  # Retrieve, RetrieveAndGenerate(+Stream), Rerank
 LLAMAROCK = "llamarock"
 
 # The IAM action of an invocation that streams its answer (ConverseStream, a streamed OpenAI chat completion).
@@ -37,7 +39,9 @@ class Operation:
     request gets an error that says so). ``resource`` says what IAM resource the action is on: ``model`` (the
     model ARNs the identifier in the path stands for; such calls also count against the caller's quotas), the ARN
     of the foundation model, inference profile or provisioned model the URI label names, the resource ARN the body's
-    ``resourceARN`` names (``tagged-resource``: TagResource, UntagResource, ListTagsForResource), or ``*``.
+    ``resourceARN`` names (``tagged-resource``: TagResource, UntagResource, ListTagsForResource), the knowledge base
+    the ``knowledgeBaseId`` label names (``knowledge-base``: ``arn:aws:bedrock:<region>:<account>:knowledge-base/<id>``;
+    a ``resourceArn`` label is taken as it is), or ``*``.
     ``invocation`` operations (InvokeModel, Converse and their streams) reserve tokens of the caller's tokens per
     minute and produce one invocation record each. ``public`` operations (health, metrics) skip authentication.
     ``route`` is the method and exact path of an operation that no botocore service model describes.
@@ -52,7 +56,8 @@ class Operation:
     action: str
     handler: Callable[..., Awaitable[Any]] | None
     resource: Literal[
-        "model", "foundation-model", "inference-profile", "provisioned-model", "tagged-resource", "*"
+        "model", "foundation-model", "inference-profile", "provisioned-model", "tagged-resource", "knowledge-base",
+        "*"
     ] = "*"
     streaming: bool = False
     invocation: bool = False

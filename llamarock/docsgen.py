@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from llamarock.bedrock import compat
 from llamarock.codec.service_model import service_model
-from llamarock.context import BEDROCK, RUNTIME
+from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, RUNTIME
 from llamarock.routes.operations import OperationTable
 from llamarock.settings import DeploymentSettings, PriceSettings, Settings
 
@@ -72,7 +72,9 @@ def api_coverage_markdown() -> str:
         "Generated from the operation table (`llamarock/routes/operations.py`) by `python -m llamarock.docsgen`; do "
         "not edit by hand. Operations without a handler answer UnknownOperationException naming the operation.",
     ]
-    for service, heading in ((RUNTIME, "bedrock-runtime"), (BEDROCK, "bedrock (control plane)")):
+    for service, heading in ((RUNTIME, "bedrock-runtime"), (BEDROCK, "bedrock (control plane)"),
+                             (AGENT, "bedrock-agent (knowledge bases; docs/knowledge-bases.md)"),
+                             (AGENT_RUNTIME, "bedrock-agent-runtime (retrieval; docs/knowledge-bases.md)")):
         implemented = table.implemented(service)
         lines += ["", f"## {heading}", "", "| Operation | Status | IAM action | Handler |", "|---|---|---|---|"]
         for operation in service_model(service).operation_names:

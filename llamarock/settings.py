@@ -111,6 +111,83 @@ class DeploymentSettings(BaseModel):
     fake_token_delay_ms: int = Field(default=0, ge=0, description="Fake engine only: delay before each token.")
 
 
+EmbeddingEngineName = Literal["onnx", "llamacpp", "remote"]
+
+
+class EmbeddingDeploymentSettings(BaseModel):
+    """One ``[[embedding_deployments]]`` entry: which embedding model ids (Titan, Cohere) an embedder serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique name of the embedding deployment; sent back in x-llamarock-served-by.")
+    models: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Embedding model ids of the catalog this deployment serves; shell-style patterns allowed ('*' = "
+        "every embedding model id not claimed by an earlier embedding deployment).",
+    )
+    engine: EmbeddingEngineName = Field(
+        default="onnx",
+        description="'onnx': the embedded all-MiniLM-L6-v2 on onnxruntime (or `model_path`, a sentence-transformers "
+        "BERT zip of the same layout); 'llamacpp': a GGUF embedding model at `model_path`; 'remote': an "
+        "OpenAI-compatible embeddings endpoint at `url`.",
+    )
+    model_path: Path | None = Field(
+        default=None,
+        description="onnx: a sentence-transformers model zip (model.safetensors, tokenizer.json, config.json), empty "
+        "means the embedded all-MiniLM-L6-v2; llamacpp: the GGUF file (required).",
+    )
+    url: ServerUrl | None = Field(
+        default=None,
+        description="remote: base URL of the OpenAI-compatible API, the part before /embeddings (e.g. "
+        "http://127.0.0.1:8000/v1).",
+    )
+    remote_model: str | None = Field(
+        default=None, description="remote: the `model` sent to the endpoint; empty means the deployment's name."
+    )
+    api_key: str | None = Field(
+        default=None, description="remote: bearer token for the endpoint (sent as Authorization: Bearer ...)."
+    )
+    dimensions: list[int] = Field(
+        default_factory=list,
+        description="remote: the vector sizes the remote model gives, its default first (required for remote); "
+        "other engines report their own.",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=8,
+        description="Input tokens per text; longer texts are truncated (or refused, per the request's body). Empty "
+        "means 256 for onnx (the model's sentence-transformers limit), 512 for llamacpp, 8192 for remote.",
+    )
+    pooling: Literal["model", "mean", "cls", "last"] = Field(
+        default="model",
+        description="llamacpp: how token vectors become one vector; 'model' uses the GGUF's own pooling.",
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads (onnx, llamacpp); empty means the top-level `threads`."
+    )
+    max_batch: int = Field(default=32, ge=1, le=1024, description="Texts embedded together in one model run.")
+    max_queue: int = Field(
+        default=64, ge=1,
+        description="Embedding requests that may run or wait at once; beyond it callers get ThrottlingException.",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="remote: seconds to wait for the endpoint's answer.")
+    preload: bool = Field(
+        default=False,
+        description="Load the weights at start-up; by default they load on the first request (about 2 s for the "
+        "embedded model), so servers that never embed pay nothing.",
+    )
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> EmbeddingDeploymentSettings:
+        if self.engine == "llamacpp" and self.model_path is None:
+            raise ValueError(f"embedding deployment {self.name!r}: engine llamacpp needs model_path (a GGUF file)")
+        if self.engine == "remote" and (self.url is None or not self.dimensions):
+            raise ValueError(
+                f"embedding deployment {self.name!r}: engine remote needs url and dimensions (the sizes its model "
+                "gives, the default first)"
+            )
+        return self
+
+
 class PriceSettings(BaseModel):
     """One ``[prices."<model-id>"]`` entry: the price of a model the catalog has none for (or a different one)."""
 
@@ -204,6 +281,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Model deployments, first match wins; empty means one deployment of the embedded SmolLM2 "
         "serving every catalog id.",
+    )
+    embedding_deployments: list[EmbeddingDeploymentSettings] = Field(
+        default_factory=list,
+        description="Embedding deployments (Titan and Cohere embedding model ids), first match wins; empty means "
+        "the embedded all-MiniLM-L6-v2 on onnxruntime serving every embedding model id (docs/embeddings.md).",
     )
     compat: Literal["extended", "bedrock"] = Field(
         default="extended",
@@ -338,6 +420,24 @@ class Settings(BaseSettings):
         "Bedrock price to copy, and the prefix cache is llamarock's own optimization; 0 keeps costs equal to the "
         "reported inputTokens/outputTokens times the spec's prices. 1 prices cache reads as plain input.",
     )
+    knowledge_rds_url: str | None = Field(
+        default=None,
+        pattern=r"^$|^postgres(ql)?://",
+        description="Connection URI (postgresql://user:password@host:port/database) of the PostgreSQL database, "
+        "with the pgvector extension, where knowledge bases "
+        "whose storageConfiguration.type is RDS keep their vectors, whatever their rdsConfiguration.resourceArn "
+        "(unless `knowledge_rds_urls` names it). Empty: CreateKnowledgeBase with RDS storage is refused.",
+    )
+    knowledge_rds_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="PostgreSQL URLs by rdsConfiguration.resourceArn, for knowledge bases on several databases: "
+        "`[knowledge_rds_urls]` with `\"arn:aws:rds:us-east-1:123456789012:cluster:kb\" = \"postgresql://...\"`.",
+    )
+    knowledge_max_document_bytes: int = Field(
+        default=50_000_000, ge=1,
+        description="Largest source document a knowledge base ingests (Bedrock's quota: 50 MB); a larger file is "
+        "counted as failed in its ingestion job, and an inline document larger than this is refused.",
+    )
 
     @model_validator(mode="after")
     def _default_region_is_served(self) -> Settings:
@@ -365,9 +465,9 @@ class Settings(BaseSettings):
         merged: dict[ServiceTierName, Decimal] = {**DEFAULT_TIER_PRICE_MULTIPLIERS, **value}
         return merged
 
-    @field_validator("deployments")
+    @field_validator("deployments", "embedding_deployments")
     @classmethod
-    def _unique_names(cls, value: list[DeploymentSettings]) -> list[DeploymentSettings]:
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
         names = [d.name for d in value]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -394,6 +494,12 @@ class Settings(BaseSettings):
         if self.deployments:
             return list(self.deployments)
         return [DeploymentSettings(name="smollm2-135m-embedded", models=["*"])]
+
+    def effective_embedding_deployments(self) -> list[EmbeddingDeploymentSettings]:
+        """The configured embedding deployments, or the embedded all-MiniLM-L6-v2 when none is configured."""
+        if self.embedding_deployments:
+            return list(self.embedding_deployments)
+        return [EmbeddingDeploymentSettings(name="minilm-l6-embedded", models=["*"])]
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

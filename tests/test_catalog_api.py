@@ -27,6 +27,10 @@ SPEC_MODELS = {
 # Llama 4 (the spec's §9): text and image in, only through the us. inference profile.
 LLAMA_4 = {"meta.llama4-scout-17b-instruct-v1:0", "meta.llama4-maverick-17b-instruct-v1:0"}
 ALL_MODELS = SPEC_MODELS | LLAMA_4
+# The embedding models (docs/embeddings.md), on demand only; Titan and Cohere are offered in Europe and Sydney too.
+TITAN = {"amazon.titan-embed-text-v2:0", "amazon.titan-embed-text-v1"}
+COHERE = {"cohere.embed-english-v3", "cohere.embed-multilingual-v3"}
+EMBEDDING = TITAN | COHERE
 VISION = {"meta.llama3-2-90b-instruct-v1:0", "meta.llama3-2-11b-instruct-v1:0"} | LLAMA_4
 LLAMA_32 = {m for m in SPEC_MODELS if m.startswith("meta.llama3-2-")}
 LLAMA_3X = {m for m in SPEC_MODELS if m.startswith(("meta.llama3-1-", "meta.llama3-2-", "meta.llama3-3-"))}
@@ -88,26 +92,30 @@ def test_filters(served: Server) -> None:
         client_ = client if region == "us-west-2" else bedrock(served, region)
         return {s["modelId"] for s in client_.list_foundation_models(**filters)["modelSummaries"]}
 
-    assert ids(byProvider="meta") == ids(byProvider="META") == ids() == ALL_MODELS
-    assert ids(byProvider="Amazon") == set()
+    assert ids(byProvider="meta") == ids(byProvider="META") == ALL_MODELS
+    assert ids() == ALL_MODELS | EMBEDDING
+    assert ids(byProvider="Amazon") == TITAN
     assert ids(byOutputModality="TEXT") == ALL_MODELS
-    assert ids(byOutputModality="IMAGE") == ids(byOutputModality="EMBEDDING") == set()
+    assert ids(byOutputModality="IMAGE") == set()
+    assert ids(byOutputModality="EMBEDDING") == EMBEDDING
     assert ids(byCustomizationType="FINE_TUNING") == LLAMA_32 | {"meta.llama2-70b-v1"}
     assert ids(byCustomizationType="DISTILLATION") == set()
     assert ids(byInferenceType="PROVISIONED") == ALL_MODELS
-    assert ids(byInferenceType="ON_DEMAND") == SPEC_MODELS
+    assert ids(byInferenceType="ON_DEMAND") == SPEC_MODELS | EMBEDDING
     # us-east-1 offers Llama 3 and 2 on demand; Llama 3.1, 3.2, 3.3 and 4 only through the us. inference profiles.
-    assert ids("us-east-1") == ALL_MODELS
-    assert ids("us-east-1", byInferenceType="ON_DEMAND") == SPEC_MODELS - LLAMA_3X
+    assert ids("us-east-1") == ALL_MODELS | EMBEDDING
+    assert ids("us-east-1", byInferenceType="ON_DEMAND") == (SPEC_MODELS - LLAMA_3X) | EMBEDDING
     assert ids("us-east-1", byProvider="Meta", byInferenceType="ON_DEMAND", byOutputModality="TEXT") == (
         SPEC_MODELS - LLAMA_3X
     )
     # eu-west-1 offers Llama 3.2 1B and 3B through the eu. profiles; ap-southeast-2 none of them.
-    europe = bedrock(served, "eu-west-1").list_foundation_models()["modelSummaries"]
+    europe = bedrock(served, "eu-west-1").list_foundation_models(byProvider="Meta")["modelSummaries"]
     assert {s["modelId"] for s in europe} == {"meta.llama3-2-1b-instruct-v1:0", "meta.llama3-2-3b-instruct-v1:0"}
     assert all(s["inferenceTypesSupported"] == ["PROVISIONED", "INFERENCE_PROFILE"] for s in europe)
     assert all(s["modelArn"].startswith("arn:aws:bedrock:eu-west-1::foundation-model/") for s in europe)
-    assert ids("ap-southeast-2") == set()
+    assert ids("ap-southeast-2", byProvider="Meta") == set()
+    assert ids("eu-west-1", byOutputModality="EMBEDDING") == {"amazon.titan-embed-text-v2:0"} | COHERE
+    assert ids("ap-southeast-2") == {"amazon.titan-embed-text-v2:0"} | COHERE
 
 
 @pytest.mark.parametrize("filters, member", [
@@ -326,7 +334,7 @@ def test_end_of_life_is_enforced_when_configured(tmp_path: Path) -> None:
         # Legacy models that have not reached their end of life still serve.
         assert runtime.converse(modelId="meta.llama3-8b-instruct-v1:0", messages=messages)["usage"]["outputTokens"]
         client = bedrock(server)
-        listed = {s["modelId"] for s in client.list_foundation_models()["modelSummaries"]}
+        listed = {s["modelId"] for s in client.list_foundation_models(byProvider="Meta")["modelSummaries"]}
         assert listed == ALL_MODELS - {"meta.llama2-13b-chat-v1", "meta.llama2-70b-v1"}
         code, _, _ = error_of(client.get_foundation_model, modelIdentifier="meta.llama2-70b-v1")
         assert code == "ValidationException"

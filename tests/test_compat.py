@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from botocore.exceptions import ClientError
 
 from llamarock.bedrock import compat
 from tests.conftest import FAKE_CONFIG, Server, start_server, stop_server
@@ -171,3 +172,25 @@ def test_cache_points(tmp_path_factory: pytest.TempPathFactory, strict: Any) -> 
         stop_server(srv)
     assert marked["cacheReadInputTokens"] >= marked["inputTokens"] + marked["cacheReadInputTokens"] - 20
     assert unmarked["cacheReadInputTokens"] < 10
+
+
+def test_knowledge_base_storage(fake_server: Server, strict_server: Server) -> None:
+    configuration = {"type": "VECTOR", "vectorKnowledgeBaseConfiguration": {
+        "embeddingModelArn": "arn:aws:bedrock:us-west-2::foundation-model/amazon.titan-embed-text-v2:0"}}
+    created = fake_server.client("bedrock-agent").create_knowledge_base(
+        name="compat-kb", roleArn="arn:aws:iam::000000000000:role/kb", knowledgeBaseConfiguration=configuration)
+    assert created["knowledgeBase"]["status"] == "CREATING"
+    assert "storageConfiguration" not in created["knowledgeBase"]
+    strict_agent = strict_server.client("bedrock-agent")
+    with pytest.raises(ClientError) as error:
+        strict_agent.create_knowledge_base(name="compat-kb", roleArn="arn:aws:iam::000000000000:role/kb",
+                                           knowledgeBaseConfiguration=configuration)
+    assert error.value.response["Error"]["Code"] == "ValidationException"
+    assert "storageConfiguration is required" in error.value.response["Error"]["Message"]
+    storage = {"type": "OPENSEARCH_SERVERLESS", "opensearchServerlessConfiguration": {
+        "collectionArn": "arn:aws:aoss:us-west-2:000000000000:collection/abc", "vectorIndexName": "kb",
+        "fieldMapping": {"vectorField": "v", "textField": "t", "metadataField": "m"}}}
+    accepted = strict_agent.create_knowledge_base(name="compat-kb", roleArn="arn:aws:iam::000000000000:role/kb",
+                                                  knowledgeBaseConfiguration=configuration,
+                                                  storageConfiguration=storage)
+    assert accepted["knowledgeBase"]["storageConfiguration"] == storage

@@ -23,7 +23,7 @@ from llamarock.app import create_app
 from llamarock.auth.gate import Gate
 from llamarock.codec import eventstream
 from llamarock.codec.service_model import service_model
-from llamarock.context import BEDROCK, LLAMAROCK, RUNTIME, Operation
+from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, LLAMAROCK, RUNTIME, Operation
 from llamarock.errors import ServiceUnavailableException
 from llamarock.observability.records import Observers
 from llamarock.routes.dispatch import dispatch_app
@@ -48,7 +48,11 @@ def _example_path(uri: str) -> tuple[bytes, dict[str, str]]:
     return path.encode(), labels
 
 
-@pytest.mark.parametrize("service", [RUNTIME, BEDROCK])
+# bedrock-agent-runtime operations on the same URIs as bedrock-agent's: the same operation, answered by its row.
+SHARED_AGENT_URIS = {(AGENT_RUNTIME, name) for name in ("TagResource", "UntagResource", "ListTagsForResource")}
+
+
+@pytest.mark.parametrize("service", [RUNTIME, BEDROCK, AGENT, AGENT_RUNTIME])
 def test_every_botocore_operation_resolves_to_its_own_row(service: str) -> None:
     table = OperationTable()
     model = service_model(service)
@@ -56,6 +60,9 @@ def test_every_botocore_operation_resolves_to_its_own_row(service: str) -> None:
         http = model.operation_model(name).http
         path, labels = _example_path(http["requestUri"])
         resolved = table.resolve(http["method"], path)
+        if (service, name) in SHARED_AGENT_URIS:
+            assert resolved is not None and (resolved[0].service, resolved[0].name) == (AGENT, name)
+            continue
         assert resolved is not None, f"{name}: {http['method']} {path!r}"
         row, found = resolved
         assert (row.service, row.name) == (service, name)
@@ -67,7 +74,7 @@ def test_rows_name_real_operations_once() -> None:
     keys = [(row.service, row.name) for row in ROWS]
     assert len(keys) == len(set(keys))
     for row in ROWS:
-        if row.service in (RUNTIME, BEDROCK):
+        if row.service in (RUNTIME, BEDROCK, AGENT, AGENT_RUNTIME):
             assert row.name in service_model(row.service).operation_names
             assert row.action.startswith("bedrock:")
         else:

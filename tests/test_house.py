@@ -56,6 +56,7 @@ ALLOWED = {
     "budget": set(),
     "context": {"bedrock"},
     "storage": {"storage"},
+    "knowledge": {"knowledge", "engines"},
     "scheduler": {"budget"},
     "services": {"services", "bedrock", "context", "engines", "scheduler", "storage", "jobs", "knowledge"},
     "observability": {"observability", "bedrock", "context", "services", "storage"},

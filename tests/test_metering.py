@@ -31,6 +31,11 @@ SPEC_PRICES = {
 AWS_PRICES = {
     "meta.llama4-scout-17b-instruct-v1:0": ("0.17", "0.66"),
     "meta.llama4-maverick-17b-instruct-v1:0": ("0.24", "0.97"),
+    # The embedding models: input tokens only.
+    "amazon.titan-embed-text-v2:0": ("0.02", "0"),
+    "amazon.titan-embed-text-v1": ("0.1", "0"),
+    "cohere.embed-english-v3": ("0.1", "0"),
+    "cohere.embed-multilingual-v3": ("0.1", "0"),
 }
 PRICED = "meta.llama2-13b-chat-v1"
 UNPRICED = "meta.llama3-8b-instruct-v1:0"

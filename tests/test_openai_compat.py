@@ -96,7 +96,8 @@ def test_model_list_is_what_bedrock_lists_for_the_region(fake: openai.OpenAI, fa
     models = fake.models.list()
     listed = {m.id for m in models.data}
     bedrock = fake_server.client("bedrock")
-    on_demand = {s["modelId"] for s in bedrock.list_foundation_models()["modelSummaries"]
+    # Chat models only: the embedding models (Titan, Cohere) answer InvokeModel, not chat completions.
+    on_demand = {s["modelId"] for s in bedrock.list_foundation_models(byOutputModality="TEXT")["modelSummaries"]
                  if "ON_DEMAND" in s["inferenceTypesSupported"]}
     profiles = {p["inferenceProfileId"] for p in bedrock.list_inference_profiles()["inferenceProfileSummaries"]}
     assert listed == on_demand | profiles

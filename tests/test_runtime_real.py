@@ -21,7 +21,7 @@ LLAMA3_PROMPT = (
 )
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
-ALL_IDS = [m.model_id for m in catalog.MODELS]
+ALL_IDS = [m.model_id for m in catalog.LLAMA_MODELS]
 
 
 @pytest.fixture(scope="module")

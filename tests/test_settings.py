@@ -70,8 +70,13 @@ def test_models_command_lists_every_id_and_its_deployment() -> None:
     result = _cli("models")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1 + len(catalog.MODELS) == 15  # the spec's 12 models and Llama 4 Scout and Maverick
-    assert all("smollm2-135m-embedded" in line and "SmolLM2-135M-Instruct.Q4_1.gguf" in line for line in lines[1:])
+    # The spec's 12 models, Llama 4 Scout and Maverick, and the 4 embedding models (Titan V2 and G1, Cohere v3).
+    assert len(lines) == 1 + len(catalog.MODELS) == 19
+    llama = [line for line in lines[1:] if line.startswith("meta.")]
+    assert len(llama) == 14
+    assert all("smollm2-135m-embedded" in line and "SmolLM2-135M-Instruct.Q4_1.gguf" in line for line in llama)
+    embedding = [line for line in lines[1:] if not line.startswith("meta.")]
+    assert all("minilm-l6-embedded" in line and "all-MiniLM-L6-v2" in line for line in embedding), embedding
 
 
 def test_models_command_reports_a_bad_config(tmp_path: Path) -> None:

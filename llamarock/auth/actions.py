@@ -54,9 +54,17 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
     A provisioned model named by its name or id becomes its ARN's form, so that a policy on
     ``arn:aws:bedrock:*:*:provisioned-model/*`` governs Create, Get, Update and Delete alike (Create, whose model
     has no id yet, is on ``provisioned-model/*``). The tagging operations are on the ``resourceARN`` of their body.
+    Knowledge-base operations are on the knowledge base's ARN (CreateKnowledgeBase and ListKnowledgeBases, which name
+    none, are on ``*``, as in IAM).
     """
     if kind == "tagged-resource":
         return (_body_arn(body),)
+    if kind == "knowledge-base":
+        # bedrock-agent's tagging operations name the resource by ARN in the path; every other knowledge-base
+        # operation by its knowledgeBaseId label (a data source or ingestion job is authorised on its knowledge base).
+        if labels.get("resourceArn"):
+            return (labels["resourceArn"],)
+        return (f"arn:aws:bedrock:{region}:{account}:knowledge-base/{labels.get('knowledgeBaseId') or '*'}",)
     label = next(iter(labels.values()), "")
     if kind == "*" or (not label and kind != "provisioned-model"):
         return ("*",)

@@ -1,4 +1,5 @@
-"""The model catalog: the Meta Llama models Bedrock offers, as data.
+"""The model catalog: the Meta Llama models Bedrock offers, and the text embedding models llamarock serves beside
+them (Amazon Titan Text Embeddings, Cohere Embed v3), as data.
 
 Everything that needs a fact about a model (context window, modalities, prices, regions, capabilities, lifecycle)
 reads it here. Figures come from the product spec; where the spec is silent the field is ``None`` (prices) or the
@@ -59,6 +60,23 @@ class Price:
 
 
 @dataclass(frozen=True)
+class EmbeddingFacts:
+    """What an embedding model's Bedrock body and limits are (its model card and InvokeModel reference).
+
+    ``body`` names the request and response shape (``bedrock/embeddings.py``); ``dimensions`` are the sizes Bedrock's
+    own model gives (``default_dimensions`` without a request for one), ``max_input_tokens`` and ``max_input_chars``
+    its input limits, ``max_texts`` how many texts one request may carry.
+    """
+
+    body: Literal["titan-v1", "titan-v2", "cohere-v3"]
+    dimensions: tuple[int, ...]
+    default_dimensions: int
+    max_input_tokens: int
+    max_input_chars: int
+    max_texts: int = 1
+
+
+@dataclass(frozen=True)
 class CatalogModel:
     """One Bedrock foundation model.
 
@@ -90,6 +108,11 @@ class CatalogModel:
     on_demand_price: Price | None = None
     provisioned_hourly_usd: float | None = None
     dates: Lifecycle = field(default_factory=Lifecycle)
+    vendor: str = "Meta"
+    # Set for an embedding model (output modality EMBEDDING): served by an embedding deployment, InvokeModel only.
+    embedding: EmbeddingFacts | None = None
+    # Whether Provisioned Throughput is offered for this model id (inferenceTypesSupported lists PROVISIONED).
+    provisioned: bool = True
 
     @property
     def lifecycle(self) -> LifecycleStatus:
@@ -102,7 +125,11 @@ class CatalogModel:
 
     @property
     def provider(self) -> str:
-        return "Meta"
+        return self.vendor
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.embedding is not None
 
 
 _US = ("us-east-1", "us-east-2", "us-west-2")
@@ -112,7 +139,7 @@ _US4 = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 _TEXT = ("TEXT",)
 _VISION = ("TEXT", "IMAGE")
 
-MODELS: tuple[CatalogModel, ...] = (
+LLAMA_MODELS: tuple[CatalogModel, ...] = (
     CatalogModel(
         model_id="meta.llama3-3-70b-instruct-v1:0", name="Llama 3.3 70B Instruct", family="llama3.3",
         parameters_billion=70, context_window=128_000, input_modalities=_TEXT, output_modalities=_TEXT,
@@ -242,6 +269,54 @@ MODELS: tuple[CatalogModel, ...] = (
         dates=Lifecycle(start=_day("2025-04-05")),
     ),
 )
+
+# Text embedding models (docs/embeddings.md). Served by an embedding deployment (the embedded all-MiniLM-L6-v2 unless
+# the operator maps them elsewhere), never by a Llama deployment; InvokeModel only (Bedrock refuses Converse and
+# streaming for them). Facts from AWS's model cards and InvokeModel reference: Titan Text Embeddings V2 takes up to
+# 8,192 tokens or 50,000 characters and gives 1024 (default), 512 or 256 dimensions; Titan Embeddings G1 - Text up to
+# 8,192 tokens and 1536 dimensions; Cohere Embed v3 up to 96 texts of at most 2,048 characters each (512 tokens) and
+# 1024 dimensions. Regions as AWS's model-support table listed them when this was written (operators can change them
+# with model_regions); on-demand prices in USD per million input tokens.
+_EMBED_TEXT = ("embeddings", "semantic search", "retrieval-augmented generation")
+_TITAN_V2_REGIONS = ("us-east-1", "us-east-2", "us-west-2", "ca-central-1", "eu-central-1", "eu-central-2",
+                     "eu-west-1", "eu-west-2", "eu-west-3", "ap-northeast-1", "ap-northeast-2", "ap-south-1",
+                     "ap-southeast-2", "sa-east-1")
+_TITAN_V1_REGIONS = ("us-east-1", "us-west-2", "ap-northeast-1", "eu-central-1")
+_COHERE_REGIONS = ("us-east-1", "us-west-2", "ap-northeast-1", "ap-south-1", "ap-southeast-1", "ap-southeast-2",
+                   "ca-central-1", "eu-central-1", "eu-west-1", "eu-west-2", "eu-west-3", "sa-east-1")
+
+
+def _embedding_model(model_id: str, name: str, vendor: str, family: str, regions: tuple[str, ...],
+                     facts: EmbeddingFacts, price: float, start: str) -> CatalogModel:
+    return CatalogModel(
+        model_id=model_id, name=name, family=family, parameters_billion=0, context_window=facts.max_input_tokens,
+        input_modalities=_TEXT, output_modalities=("EMBEDDING",), capabilities=_EMBED_TEXT,
+        max_gen_len=0, max_output_tokens=0, prompt_format="none", instruct=False, tool_use=False, fine_tuning=False,
+        latency_optimized=False, regions=regions, geo_profiles=(), on_demand_regions=regions,
+        on_demand_price=Price(price, 0.0), dates=Lifecycle(start=_day(start)), vendor=vendor, embedding=facts,
+        provisioned=False,
+    )
+
+
+EMBEDDING_MODELS: tuple[CatalogModel, ...] = (
+    _embedding_model(
+        "amazon.titan-embed-text-v2:0", "Titan Text Embeddings V2", "Amazon", "titan-embed", _TITAN_V2_REGIONS,
+        EmbeddingFacts("titan-v2", (1024, 512, 256), 1024, 8192, 50_000), 0.02, "2024-04-30",
+    ),
+    _embedding_model(
+        "amazon.titan-embed-text-v1", "Titan Embeddings G1 - Text", "Amazon", "titan-embed", _TITAN_V1_REGIONS,
+        EmbeddingFacts("titan-v1", (1536,), 1536, 8192, 50_000), 0.10, "2023-09-28",
+    ),
+    _embedding_model(
+        "cohere.embed-english-v3", "Embed English", "Cohere", "cohere-embed", _COHERE_REGIONS,
+        EmbeddingFacts("cohere-v3", (1024,), 1024, 512, 2048, max_texts=96), 0.10, "2023-11-13",
+    ),
+    _embedding_model(
+        "cohere.embed-multilingual-v3", "Embed Multilingual", "Cohere", "cohere-embed", _COHERE_REGIONS,
+        EmbeddingFacts("cohere-v3", (1024,), 1024, 512, 2048, max_texts=96), 0.10, "2023-11-13",
+    ),
+)
+MODELS: tuple[CatalogModel, ...] = (*LLAMA_MODELS, *EMBEDDING_MODELS)
 
 BY_ID: dict[str, CatalogModel] = {m.model_id: m for m in MODELS}
 

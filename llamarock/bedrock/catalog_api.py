@@ -29,7 +29,7 @@ def model_summary(where: Availability, region: str) -> dict[str, Any]:
         "providerName": model.provider,
         "inputModalities": list(model.input_modalities),
         "outputModalities": list(model.output_modalities),
-        "responseStreamingSupported": True,
+        "responseStreamingSupported": not model.is_embedding,
         "customizationsSupported": ["FINE_TUNING"] if model.fine_tuning else [],
         "inferenceTypesSupported": where.inference_types(region),
         "modelLifecycle": lifecycle(model.dates),

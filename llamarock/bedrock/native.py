@@ -34,8 +34,11 @@ __all__ = [
     "NATIVE_REQUEST_SCHEMA",
     "InvocationMetrics",
     "NativeRequest",
+    "decode_body",
     "native_response",
     "parse_native_request",
+    "raise_malformed",
+    "schema_violations",
     "stream_chunk",
 ]
 
@@ -170,7 +173,20 @@ def _violations(error: ValidationError) -> Iterator[str]:
         yield f"{where}: {_render(instance)} is not greater or equal to {_render(limit)}"
     elif kind == "maximum":
         yield f"{where}: {_render(instance)} is not less or equal to {_render(limit)}"
-    else:  # pragma: no cover - the schema uses no other keywords
+    elif kind == "enum":
+        shown = instance if isinstance(instance, str) else _render(instance)
+        yield f"{where}: {shown} is not a valid enum value"
+    elif kind == "minLength":
+        yield f"{where}: expected minLength: {limit}, actual: {len(instance)}"
+    elif kind == "maxLength":
+        yield f"{where}: expected maxLength: {limit}, actual: {len(instance)}"
+    elif kind == "minItems":
+        yield f"{where}: expected minimum item count: {limit}, found: {len(instance)}"
+    elif kind == "maxItems":
+        yield f"{where}: expected maximum item count: {limit}, found: {len(instance)}"
+    elif kind == "uniqueItems":
+        yield f"{where}: array items are not unique"
+    else:  # pragma: no cover - the schemas use no other keywords
         yield f"{where}: {error.message}"
 
 
@@ -188,7 +204,24 @@ _FIELDS_VALIDATOR: Final = Draft7Validator(_FIELDS_SCHEMA)
 def check_native_fields(fields: Any) -> None:
     """Validate native sampling fields given outside a native body (Converse's additionalModelRequestFields) with
     the native body's rules and Bedrock's wording: types, ranges and unknown keys."""
-    messages = _schema_messages(fields, _FIELDS_VALIDATOR)
+    raise_malformed(_schema_messages(fields, _FIELDS_VALIDATOR))
+
+
+def schema_violations(document: Any, validator: Draft7Validator) -> list[str]:
+    """Every violation of a model's request schema by ``document``, in Bedrock's (everit's) words."""
+    return _schema_messages(document, validator)
+
+
+def decode_body(body: bytes) -> Any:
+    """An InvokeModel body as JSON; Bedrock's "Malformed input request" for an empty, non-JSON or non-UTF-8 one."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValidationException(_MALFORMED) from None
+
+
+def raise_malformed(messages: list[str]) -> None:
+    """Bedrock's ValidationException for schema violations: one is quoted, several are counted; none: nothing."""
     if len(messages) == 1:
         raise ValidationException(f"Malformed input request: {messages[0]}{_SUFFIX}")
     if messages:
@@ -232,17 +265,8 @@ def parse_native_request(body: bytes) -> NativeRequest:
     Raises :class:`ValidationException` with Bedrock's wording for an empty or non-JSON body and for every schema
     violation (one violation is quoted; several are counted).
     """
-    try:
-        text = body.decode("utf-8")
-        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ValidationException(_MALFORMED) from None
-
-    messages = _schema_messages(document) + _surrogate_messages(document)
-    if len(messages) == 1:
-        raise ValidationException(f"Malformed input request: {messages[0]}{_SUFFIX}")
-    if messages:
-        raise ValidationException(f"Malformed input request: {len(messages)} schema violations found{_SUFFIX}")
+    document = decode_body(body)
+    raise_malformed(_schema_messages(document) + _surrogate_messages(document))
 
     return NativeRequest(
         prompt=document["prompt"],

@@ -78,9 +78,11 @@ class Availability:
         return region in self.regions or region in self.on_demand_regions or self.profile_from(region) is not None
 
     def inference_types(self, region: str) -> list[str]:
-        """``inferenceTypesSupported`` in ``region``. Provisioned throughput is offered for every catalog model."""
+        """``inferenceTypesSupported`` in ``region``. Provisioned throughput is offered for every catalog model that
+        offers it (not the embedding model ids: Bedrock provisions those under other ids)."""
         types = ["ON_DEMAND"] if self.on_demand_in(region) else []
-        types.append("PROVISIONED")
+        if self.model.provisioned:
+            types.append("PROVISIONED")
         if self.profile_from(region) is not None:
             types.append("INFERENCE_PROFILE")
         return types

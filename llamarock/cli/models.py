@@ -1,4 +1,5 @@
-"""``llamarock models [--json]``: the catalog's model ids and the deployment that serves each."""
+"""``llamarock models [--json]``: the catalog's model ids and the deployment that serves each (embedding model ids:
+their embedding deployment)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from llamarock.bedrock import catalog
 from llamarock.cli import flags
 from llamarock.services.deployments import DeploymentRegistry
+from llamarock.services.embeddings import EmbeddingService
 
 SUMMARY = "list catalog model ids and the deployment serving each"
 
@@ -21,9 +23,11 @@ def register(commands: flags.Commands) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from(args)
     registry = DeploymentRegistry(settings)
+    embeddings = EmbeddingService(settings)
     rows = []
     for model in catalog.MODELS:
-        deployment = registry.for_model(model.model_id)
+        deployment = (embeddings.for_model(model.model_id) if model.is_embedding
+                      else registry.for_model(model.model_id))
         rows.append({
             "modelId": model.model_id,
             "name": model.name,

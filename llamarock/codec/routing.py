@@ -18,6 +18,7 @@ class _Route:
     method: str
     pattern: re.Pattern[bytes]
     labels: tuple[str, ...]
+    slash: bool  # whether the model's requestUri ends in '/'
 
 
 @cache
@@ -38,15 +39,13 @@ def _routes(service: str) -> tuple[_Route, ...]:
             else:
                 parts.append(re.escape(piece))
         pattern = re.compile(("^" + "".join(parts).rstrip("/") + "/?$").encode())
-        routes.append(_Route(name, http["method"], pattern, tuple(labels)))
+        routes.append(_Route(name, http["method"], pattern, tuple(labels), uri.endswith("/")))
     # Literal segments beat labels: '/inference-profiles/x' must not match a route of labels only.
     routes.sort(key=lambda r: (len(r.labels), -len(r.pattern.pattern)))
     return tuple(routes)
 
 
-def match(service: str, method: str, raw_path: bytes) -> tuple[str, dict[str, str]] | None:
-    """The operation a method and raw path name, with its URI labels decoded; None if none matches."""
-    path = raw_path.split(b"?", 1)[0]
+def _match(service: str, method: str, path: bytes) -> tuple[_Route, dict[str, str]] | None:
     for route in _routes(service):
         if route.method != method:
             continue
@@ -54,5 +53,33 @@ def match(service: str, method: str, raw_path: bytes) -> tuple[str, dict[str, st
         if found is not None:
             values = {label: unquote(found.group(i + 1).decode("utf-8", "replace"))
                       for i, label in enumerate(route.labels)}
-            return route.operation, values
+            return route, values
     return None
+
+
+def match(service: str, method: str, raw_path: bytes) -> tuple[str, dict[str, str]] | None:
+    """The operation a method and raw path name, with its URI labels decoded; None if none matches."""
+    found = _match(service, method, raw_path.split(b"?", 1)[0])
+    return (found[0].operation, found[1]) if found is not None else None
+
+
+def match_first(services: tuple[str, ...], method: str, raw_path: bytes) -> tuple[str, str, dict[str, str]] | None:
+    """The service and operation a method and raw path name among several services served on one port (they share
+    the signing name ``bedrock``, so the path alone tells them apart), with its URI labels decoded.
+
+    Where two services' URIs match the same path (bedrock-agent's ``POST /agents/{agentId}/``, PrepareAgent, and
+    bedrock-agent-runtime's ``POST /agents/{sessionId}``, InvokeInlineAgent), the one whose trailing ``/`` agrees
+    with the path's wins, as SDKs send each URI exactly; otherwise the first service listed.
+    """
+    path = raw_path.split(b"?", 1)[0]
+    first: tuple[str, str, dict[str, str]] | None = None
+    for service in services:
+        found = _match(service, method, path)
+        if found is None:
+            continue
+        route, values = found
+        if route.slash == path.endswith(b"/"):
+            return service, route.operation, values
+        if first is None:
+            first = (service, route.operation, values)
+    return first

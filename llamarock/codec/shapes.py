@@ -388,6 +388,9 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 _LONG_REPEAT = re.compile(r"\{(\d+),(\d{4,})\}")
+# bedrock-agent's TaggableResourcesArn (and others) write the digit class as "/d" ("arn:...:/d{12}:..."), which no
+# real ARN matches; AWS evidently does not apply it. Read "/d" before a quantifier as "\d", as intended.
+_SLASH_DIGIT = re.compile(r"/d(?=[{+*])")
 
 
 @cache
@@ -396,6 +399,7 @@ def _compiled(pattern: str) -> Any:
     options = re2.Options()
     options.log_errors = False
     loosened = _LONG_REPEAT.sub(lambda m: "{" + m.group(1) + ",}" if int(m.group(2)) > 1000 else m.group(0), pattern)
+    loosened = _SLASH_DIGIT.sub(r"\\d", loosened)
     try:
         return re2.compile(loosened, options)
     except re2.error:

@@ -1,4 +1,5 @@
-"""The ``bedrock`` control plane: every rest-json operation of botocore's ``bedrock`` model, routed by its own URI.
+"""The rest-json operations that are not invocations: botocore's ``bedrock`` control plane, and ``bedrock-agent`` and
+``bedrock-agent-runtime`` (knowledge bases), each routed by its own URI.
 
 Each operation's ``requestUri`` is compiled from the service model and matched on the raw path, so labels holding
 ARNs (``%2F`` for ``/``) and ids with ``:`` come through intact. Input members are taken from the URI, the query
@@ -22,7 +23,6 @@ from starlette.responses import Response
 
 from llamarock.codec.service_model import operation_model
 from llamarock.codec.shapes import parse_json_body
-from llamarock.context import BEDROCK as SERVICE
 from llamarock.context import RequestContext
 
 
@@ -33,6 +33,7 @@ class ControlCall:
     request: Request
     request_id: str
     operation: str
+    service: str
     principal_arn: str
     region: str
     account_id: str
@@ -44,12 +45,13 @@ class ControlCall:
         return self.request.app.state
 
 
-ControlHandler = Callable[[ControlCall, dict[str, Any]], Awaitable[dict[str, Any]]]
+# A handler returns the output members, or a whole Response (an event stream: RetrieveAndGenerateStream).
+ControlHandler = Callable[[ControlCall, dict[str, Any]], Awaitable[dict[str, Any] | Response]]
 
 
 
-def _location_values(operation: str, labels: dict[str, str], request: Request) -> dict[str, Any]:
-    shape = operation_model(operation, SERVICE).input_shape
+def _location_values(service: str, operation: str, labels: dict[str, str], request: Request) -> dict[str, Any]:
+    shape = operation_model(operation, service).input_shape
     if shape is None:
         return {}
     query: dict[str, list[str]] = {}
@@ -80,16 +82,19 @@ async def serve(request: Request, handler: ControlHandler) -> Response:
     context: RequestContext = request.state.context
     assert context.operation is not None
     operation = context.operation.name
+    service = context.operation.service
     body = context.body if request.method in ("POST", "PUT", "PATCH") else b""
-    params = parse_json_body(operation, body, service=SERVICE,
-                             location_values=_location_values(operation, context.labels, request))
+    params = parse_json_body(operation, body, service=service,
+                             location_values=_location_values(service, operation, context.labels, request))
     settings = request.app.state.settings
     call = ControlCall(
-        request, context.request_id, operation,
+        request, context.request_id, operation, service,
         context.principal_arn or f"arn:aws:iam::{settings.account_id}:root",
         context.region, settings.account_id, context.started,
     )
     output = await handler(call, params)
-    status = operation_model(operation, SERVICE).http.get("responseCode", 200)
+    if isinstance(output, Response):
+        return output
+    status = operation_model(operation, service).http.get("responseCode", 200)
     return Response(json.dumps(output, default=_json_default, ensure_ascii=False), status_code=status,
                     media_type="application/json", headers={"x-amzn-RequestId": context.request_id})

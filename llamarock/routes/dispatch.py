@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from llamarock.context import BEDROCK, RUNTIME, RequestContext
+from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, RUNTIME, RequestContext
 from llamarock.routes import control, runtime
 
 
@@ -21,7 +21,7 @@ async def dispatch(request: Request) -> Response:
     assert operation is not None and operation.handler is not None
     if operation.service == RUNTIME:
         return await runtime.serve(request, operation.handler)
-    if operation.service == BEDROCK:
+    if operation.service in (BEDROCK, AGENT, AGENT_RUNTIME):
         return await control.serve(request, operation.handler)
     response: Response = await operation.handler(request)
     return response

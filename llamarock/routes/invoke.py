@@ -11,7 +11,9 @@ from starlette.responses import Response
 
 from llamarock.codec import eventstream
 from llamarock.codec.rest_json import check_json_media_type, header_values
+from llamarock.errors import ValidationException
 from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
+from llamarock.services.embeddings import STREAMING_UNSUPPORTED, EmbeddingService
 from llamarock.services.inference import Target
 from llamarock.services.invocation import Invocation, InvocationService
 
@@ -58,7 +60,11 @@ def note_usage(call: Call, invocation: Invocation) -> None:
 
 
 async def invoke_model(call: Call) -> Response:
-    """InvokeModel: the native Llama body in, ``{generation, ...counts, stop_reason}`` out."""
+    """InvokeModel: the native Llama body in, ``{generation, ...counts, stop_reason}`` out; for an embedding model
+    (Titan, Cohere) its own body in and its vectors out (``services/embeddings.py``)."""
+    embeddings: EmbeddingService = call.state().embeddings
+    if embeddings.is_embedding(call.model, call.region):
+        return await invoke_embedding_model(call, embeddings)
     invocation = _invoke(call)
 
     async def run() -> Response:
@@ -83,8 +89,42 @@ async def invoke_model(call: Call) -> Response:
     return await until_disconnect(call.request, run())
 
 
+async def invoke_embedding_model(call: Call, service: EmbeddingService) -> Response:
+    """InvokeModel on an embedding model: Titan V2 / G1 or Cohere Embed v3 body in, that model's answer out. The
+    input tokens are the vectors' tokens (the header, the record, usage and metrics); there are no output tokens."""
+    headers = header_values(call.operation, call.request.headers)
+    check_json_media_type(headers.get("contentType"), "contentType")
+    check_json_media_type(headers.get("accept"), "accept")
+    target = service.resolve(call.model, call.region)
+    record = call.record
+    if record is not None:
+        record.model_id = target.model.model_id
+        record.deployment = target.deployment.name
+        record.inference_region = target.inference_region
+        record.inference_profile_arn = target.profile_arn
+        record.resource_tags = dict(target.profile_tags)
+        record.input_body = call.body
+
+    async def run() -> Response:
+        answer = await service.invoke(target, call.body, call.request_id)
+        call.usage(answer.input_tokens, 0, None)
+        call.answered(answer.body)
+        return json_response(answer.body, {
+            "x-amzn-RequestId": call.request_id,
+            "X-Amzn-Bedrock-Invocation-Latency": str(call.elapsed_ms()),
+            "X-Amzn-Bedrock-Input-Token-Count": str(answer.input_tokens),
+            "X-Amzn-Bedrock-Output-Token-Count": "0",
+            "x-llamarock-served-by": target.deployment.name,
+        })
+
+    return await until_disconnect(call.request, run())
+
+
 async def invoke_model_with_response_stream(call: Call) -> Response:
     """InvokeModelWithResponseStream: one ``chunk`` event per decoded token group, flushed as produced."""
+    embeddings: EmbeddingService = call.state().embeddings
+    if embeddings.is_embedding(call.model, call.region):
+        raise ValidationException(STREAMING_UNSUPPORTED)
     invocation = _invoke(call)
 
     async def frames() -> AsyncIterator[tuple[bytes, Any]]:

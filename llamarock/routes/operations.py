@@ -9,7 +9,11 @@ How a method and raw path find their row:
 1. llamarock's own endpoints (``/healthz``, ``/metrics``, ``/llamarock/...``) by exact method and path;
 2. ``POST /model/{modelId}/{action}``: the action (the last path segment, so an ARN whose ``/`` arrives unencoded
    still works) against the bedrock-runtime operations whose ``requestUri`` is ``/model/{modelId}/<action>``;
-3. every other ``requestUri`` of botocore's ``bedrock-runtime`` and ``bedrock`` models, matched on the raw path.
+3. every other ``requestUri`` of botocore's ``bedrock-runtime``, ``bedrock``, ``bedrock-agent-runtime`` and
+   ``bedrock-agent`` models, matched on the raw path. The four share one port and the signing name ``bedrock``; no
+   two of their URIs collide except bedrock-agent's and bedrock-agent-runtime's tagging operations (``/tags/{arn}``:
+   the same operation on the same ARNs, answered by bedrock-agent's rows) and ``POST /agents/{id}/`` (PrepareAgent)
+   against ``POST /agents/{id}`` (InvokeInlineAgent), told apart by the trailing ``/`` (``codec/routing.py``).
 
 An operation a service model defines but no row implements resolves to a row without a handler: the caller is
 authenticated and authorised as for any operation, then told that llamarock does not implement it yet.
@@ -24,16 +28,18 @@ from functools import cache
 from typing import Any
 
 from llamarock.codec.rest_json import split_model_path
-from llamarock.codec.routing import match
+from llamarock.codec.routing import match_first
 from llamarock.codec.service_model import service_model
-from llamarock.context import BEDROCK, LLAMAROCK, RUNTIME, Operation
+from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, LLAMAROCK, RUNTIME, Operation
 from llamarock.routes import (
+    agent_runtime,
     converse,
     foundation_models,
     health,
     inference_profiles,
     invocation_logging,
     invoke,
+    knowledge_bases,
     metrics,
     provisioned,
     tags,
@@ -91,6 +97,37 @@ ROWS: tuple[Operation, ...] = (
     _aws(BEDROCK, invocation_logging.put_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.get_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.delete_model_invocation_logging_configuration),
+    # bedrock-agent: knowledge bases (docs/knowledge-bases.md). Data sources, ingestion jobs and documents are
+    # authorised on their knowledge base's ARN; the tagging operations on the ARN in their path.
+    _aws(AGENT, knowledge_bases.create_knowledge_base),
+    _aws(AGENT, knowledge_bases.list_knowledge_bases),
+    *(_aws(AGENT, handler, resource="knowledge-base") for handler in (
+        knowledge_bases.get_knowledge_base,
+        knowledge_bases.update_knowledge_base,
+        knowledge_bases.delete_knowledge_base,
+        knowledge_bases.create_data_source,
+        knowledge_bases.get_data_source,
+        knowledge_bases.list_data_sources,
+        knowledge_bases.update_data_source,
+        knowledge_bases.delete_data_source,
+        knowledge_bases.start_ingestion_job,
+        knowledge_bases.get_ingestion_job,
+        knowledge_bases.list_ingestion_jobs,
+        knowledge_bases.stop_ingestion_job,
+        knowledge_bases.ingest_knowledge_base_documents,
+        knowledge_bases.delete_knowledge_base_documents,
+        knowledge_bases.get_knowledge_base_documents,
+        knowledge_bases.list_knowledge_base_documents,
+        knowledge_bases.tag_resource,
+        knowledge_bases.untag_resource,
+        knowledge_bases.list_tags_for_resource,
+    )),
+    # bedrock-agent-runtime. Retrieve is on the knowledge base; RetrieveAndGenerate names its knowledge base and
+    # model in the body, and is authorised as bedrock:RetrieveAndGenerate on * (as in IAM).
+    _aws(AGENT_RUNTIME, agent_runtime.retrieve, resource="knowledge-base"),
+    _aws(AGENT_RUNTIME, agent_runtime.retrieve_and_generate),
+    _aws(AGENT_RUNTIME, agent_runtime.retrieve_and_generate_stream, streaming=True),
+    _aws(AGENT_RUNTIME, agent_runtime.rerank),
     # llamarock's own endpoints
     # llamarock's own endpoints. GetQuotas has no IAM action of its own: every caller may see its own quotas (the
     # handler shows everyone's to callers allowed llamarock:GetQuotas).
@@ -104,6 +141,10 @@ ROWS: tuple[Operation, ...] = (
     _own("POST", "/openai/v1/chat/completions", openai_route.create_chat_completion, "bedrock:InvokeModel",
          resource="model", invocation=True, model_in_body=True, error_shape="openai"),
 )
+
+
+# The services whose botocore URIs the table resolves, in order of precedence (see the module docstring).
+SERVICES = (RUNTIME, BEDROCK, AGENT, AGENT_RUNTIME)
 
 
 @cache
@@ -147,10 +188,9 @@ class OperationTable:
             if method != "POST" or name is None or not identifier:
                 return None
             return self.row(RUNTIME, name), {"modelId": identifier}
-        for service in (RUNTIME, BEDROCK):
-            found = match(service, method, raw_path)
-            if found is not None:
-                return self.row(service, found[0]), found[1]
+        found = match_first(SERVICES, method, raw_path)
+        if found is not None:
+            return self.row(found[0], found[1]), found[2]
         return None
 
     def runtime_actions(self) -> list[str]:

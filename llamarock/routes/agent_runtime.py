@@ -1,0 +1,99 @@
+"""Retrieval (``bedrock-agent-runtime``): Retrieve, RetrieveAndGenerate, RetrieveAndGenerateStream and Rerank.
+
+RetrieveAndGenerate retrieves from the knowledge base (or reads the external sources), renders the prompt
+(``bedrock/rag.py``), generates with the Llama model ``modelArn`` names through the runtime's Converse use case, and
+answers the text with citations whose spans index it exactly. The stream sends the text as ``output`` events as it is
+generated (citation markers taken out), then one ``citation`` event per cited part; the session id goes in the
+``x-amzn-bedrock-knowledge-base-session-id`` header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.responses import Response
+
+from llamarock.bedrock import rag
+from llamarock.codec import eventstream
+from llamarock.errors import ValidationException
+from llamarock.routes.common import Call, event_stream
+from llamarock.routes.control import ControlCall
+from llamarock.services.knowledge import KnowledgeService
+
+SESSION_HEADER = "x-amzn-bedrock-knowledge-base-session-id"
+
+
+def _service(call: ControlCall) -> KnowledgeService:
+    service: KnowledgeService = call.state.knowledge
+    return service
+
+
+async def retrieve(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    query = params["retrievalQuery"]
+    if query.get("type", "TEXT") != "TEXT" or not query.get("text"):
+        raise ValidationException("retrievalQuery needs text (type TEXT); image queries are not supported.")
+    results = await _service(call).retrieve(call.region, params["knowledgeBaseId"], query["text"],
+                                            params.get("retrievalConfiguration"), params.get("guardrailConfiguration"))
+    return {"retrievalResults": results}
+
+
+async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str, list[rag.Source], rag.Prompt,
+                                                                       str, dict[str, Any]]:
+    service = _service(call)
+    session = await service.session(params.get("sessionId"))
+    query = params["input"]["text"]
+    sources, model_arn, generation = await service.sources(call.region, params, query, session.turns)
+    template = (generation.get("promptTemplate") or {}).get("textPromptTemplate")
+    prompt = rag.render(template, query, sources, session.turns)
+    return session, query, sources, prompt, model_arn, generation
+
+
+async def retrieve_and_generate(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    service = _service(call)
+    session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
+    raw = "".join([delta async for delta in service.generate(call.region, model_arn, prompt, generation,
+                                                                 call.request_id)])
+    text, citations = rag.answer(raw, sources)
+    await service.remember(session, query, text)
+    return {"output": {"text": text}, "sessionId": session.session_id, "citations": citations}
+
+
+async def retrieve_and_generate_stream(call: ControlCall, params: dict[str, Any]) -> Response:
+    service = _service(call)
+    session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
+    deltas = service.generate(call.region, model_arn, prompt, generation, call.request_id)
+
+    async def frames() -> AsyncIterator[tuple[bytes, Any]]:
+        answer = rag.StreamedAnswer()
+        async for delta in deltas:
+            fresh = answer.feed(delta)
+            if fresh:
+                yield eventstream.event("output", {"text": fresh}), {"output": {"text": fresh}}
+        rest, citations = answer.finish(sources)
+        if rest:
+            yield eventstream.event("output", {"text": rest}), {"output": {"text": rest}}
+        for citation in citations:
+            event = {"citation": citation, **citation}
+            yield eventstream.event("citation", event), {"citation": event}
+        await service.remember(session, query, answer.sent)
+
+    async def started() -> AsyncIterator[tuple[bytes, Any]]:
+        # The first frame is awaited before the response starts (a refusal is then a plain JSON error); an answer
+        # with no text at all still sends its (empty) output event.
+        produced = False
+        async for item in frames():
+            produced = True
+            yield item
+        if not produced:
+            yield eventstream.event("output", {"text": ""}), {"output": {"text": ""}}
+
+    context = call.request.state.context
+    return await event_stream(Call(call.request, context), started(),
+                              {SESSION_HEADER: session.session_id, "x-amzn-RequestId": call.request_id},
+                              lambda: None)
+
+
+async def rerank(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+    results = await _service(call).rerank(params["queries"], params["sources"], params["rerankingConfiguration"])
+    return {"results": results}

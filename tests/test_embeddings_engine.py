@@ -1,0 +1,182 @@
+"""The embedded embedder (all-MiniLM-L6-v2 on onnxruntime): numerics against an independent numpy forward pass,
+similarity, normalisation, batching, truncation and token counts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zipfile
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from safetensors.numpy import load as load_safetensors
+from tokenizers import Tokenizer
+
+from llamarock.engines.embedding import Embedder, OnnxBertEmbedder, embedded_default, minilm_zip_path
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[Embedder]:
+    e = embedded_default(threads=2)
+    yield e
+    asyncio.run(e.close())
+
+
+def embed(e: Embedder, texts: list[str], normalize: bool = True) -> tuple[np.ndarray, list[int]]:
+    result = asyncio.run(e.embed(texts, normalize=normalize))
+    return np.array(result.vectors), result.token_counts
+
+
+def numpy_bert(texts: list[str]) -> np.ndarray:
+    """A straightforward numpy forward pass of BertModel + mean pooling, one text at a time (no padding)."""
+    with zipfile.ZipFile(minilm_zip_path()) as archive:
+        w = load_safetensors(archive.read("model.safetensors"))
+        config = json.loads(archive.read("config.json"))
+        tokenizer = Tokenizer.from_str(archive.read("tokenizer.json").decode())
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=256)
+    heads, eps = config["num_attention_heads"], config["layer_norm_eps"]
+
+    def ln(x: np.ndarray, p: str) -> np.ndarray:
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * w[p + ".weight"] + w[p + ".bias"]
+
+    def dense(x: np.ndarray, p: str) -> np.ndarray:
+        return x @ w[p + ".weight"].T + w[p + ".bias"]
+
+    from math import erf, sqrt
+    gelu = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / sqrt(2))))
+    out = []
+    for text in texts:
+        ids = np.array(tokenizer.encode(text).ids)
+        n = len(ids)
+        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
+        x = ln(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
+        for i in range(config["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+            split = [dense(x, p + f"attention.self.{m}").reshape(n, heads, -1).transpose(1, 0, 2)
+                     for m in ("query", "key", "value")]
+            q, k, v = split
+            s = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
+            a = np.exp(s - s.max(-1, keepdims=True))
+            a /= a.sum(-1, keepdims=True)
+            ctx = (a @ v).transpose(1, 0, 2).reshape(n, -1)
+            x = ln(dense(ctx, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+            h = gelu(dense(x, p + "intermediate.dense"))
+            x = ln(dense(h, p + "output.dense") + x, p + "output.LayerNorm")
+        out.append(x.mean(0))
+    return np.array(out)
+
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+]
+
+
+def test_matches_a_numpy_forward_pass(embedder: Embedder) -> None:
+    texts = [*SENTENCES[:3], "word " * 300]  # the last one is truncated at 256 tokens
+    got, _ = embed(embedder, texts, normalize=False)
+    want = numpy_bert(texts)
+    assert got.shape == want.shape == (4, 384)
+    assert np.abs(got - want).max() < 1e-4
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.99999
+
+
+def test_similar_sentences_are_closer_than_unrelated(embedder: Embedder) -> None:
+    v, _ = embed(embedder, SENTENCES)
+    sim = v @ v.T
+    assert sim[0, 1] > 0.6 and sim[0, 1] > sim[0, 2] + 0.4  # eating food / eating bread vs carrying a baby
+    assert sim[3, 6] > sim[3, 4] + 0.3  # riding a horse / riding a white horse vs playing violin
+    assert sim[7, 8] > sim[7, 5] + 0.3  # monkey drums / gorilla costume drums vs men pushing carts
+
+
+def test_normalisation(embedder: Embedder) -> None:
+    normalized, _ = embed(embedder, SENTENCES[:3])
+    raw, _ = embed(embedder, SENTENCES[:3], normalize=False)
+    assert np.allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
+    assert np.allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), normalized, atol=1e-6)
+
+
+def test_batch_equals_single(embedder: Embedder) -> None:
+    texts = [*SENTENCES, "short", "a much longer sentence " * 20, ""]
+    batch, counts = embed(embedder, texts)
+    singles = [embed(embedder, [t]) for t in texts]
+    for i, (vector, count) in enumerate(singles):
+        assert np.abs(batch[i] - vector[0]).max() < 1e-5, texts[i]
+        assert counts[i] == count[0]
+
+
+def test_token_counts_and_truncation(embedder: Embedder) -> None:
+    assert embedder.name == "all-MiniLM-L6-v2"
+    assert embedder.dimensions == (384,)
+    assert embedder.max_tokens == 256
+    _, counts = embed(embedder, ["hello world", "", "word " * 1000])
+    assert counts == [4, 2, 256]  # [CLS] hello world [SEP]; [CLS] [SEP]; truncated
+    assert [embedder.count_tokens(t) for t in ["hello world", "", "word " * 1000]] == counts
+    long_a, _ = embed(embedder, ["word " * 254 + "apple"])
+    long_b, _ = embed(embedder, ["word " * 254 + "zebra " * 50])  # differs only past the 256th token
+    assert np.abs(long_a - long_b).max() < 1e-6
+
+
+def test_many_texts_in_small_batches() -> None:
+    e = OnnxBertEmbedder(minilm_zip_path(), max_batch=3, max_batch_tokens=64)
+    try:
+        texts = [f"sentence number {i} " * (1 + i % 7) for i in range(20)]
+        small, _ = embed(e, texts)
+    finally:
+        asyncio.run(e.close())
+    e2 = embedded_default()
+    try:
+        big, _ = embed(e2, texts)
+    finally:
+        asyncio.run(e2.close())
+    assert np.abs(small - big).max() < 1e-5
+
+
+def test_concurrent_calls_and_empty_input(embedder: Embedder) -> None:
+    async def many() -> list[list[list[float]]]:
+        results = await asyncio.gather(*(embedder.embed([s]) for s in SENTENCES))
+        return [r.vectors for r in results]
+
+    together = asyncio.run(many())
+    alone, _ = embed(embedder, SENTENCES)
+    assert np.abs(np.array([v[0] for v in together]) - alone).max() < 1e-5
+    assert asyncio.run(embedder.embed([])).vectors == []
+    with pytest.raises(TypeError):
+        asyncio.run(embedder.embed("not a list"))  # type: ignore[arg-type]
+
+
+def test_fit_cuts_at_the_window_from_either_end(embedder: Embedder) -> None:
+    text = "alpha " + "word " * 300 + "omega"
+    head, total = embedder.fit(text, keep="start")
+    tail, same_total = embedder.fit(text, keep="end")
+    assert total == same_total == 304  # [CLS] alpha word x300 omega [SEP]
+    assert head.startswith("alpha") and "omega" not in head and embedder.count_tokens(head) == 256
+    assert tail.endswith("omega") and "alpha" not in tail and embedder.count_tokens(tail) == 256
+    assert embedder.fit("short text") == ("short text", 4)
+
+
+def test_dimensions_other_than_its_own_are_refused(embedder: Embedder) -> None:
+    assert len(asyncio.run(embedder.embed(["x"], dimensions=384)).vectors[0]) == 384
+    with pytest.raises(ValueError, match="gives 384 dimensions, not 256"):
+        asyncio.run(embedder.embed(["x"], dimensions=256))
+
+
+def test_remote_token_counts_are_shared_out_exactly() -> None:
+    from llamarock.engines.embedding_remote import _share
+
+    assert _share(10, [1, 1, 1]) == [4, 3, 3]
+    assert sum(_share(97, [5, 17, 2, 40])) == 97
+    assert _share(None, [2, 3]) == [2, 3]
