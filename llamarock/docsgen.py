@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from llamarock.bedrock import compat
 from llamarock.codec.service_model import service_model
-from llamarock.context import BEDROCK, RUNTIME
+from llamarock.context import BEDROCK, RUNTIME, S3
 from llamarock.routes.operations import OperationTable
 from llamarock.settings import DeploymentSettings, PriceSettings, Settings
 
@@ -81,6 +81,11 @@ def api_coverage_markdown() -> str:
                 lines.append(f"| {operation} | not implemented | - | - |")
             else:
                 lines.append(f"| {operation} | implemented | `{row.action}` | `{_handler_name(row)}` |")
+    lines += ["", "## s3 (the local blob store, docs/s3.md)", "",
+              "The other operations of botocore's `s3` model answer S3's NotImplemented (501).", "",
+              "| Operation | IAM action | Handler |", "|---|---|---|"]
+    for operation, row in sorted(table.implemented(S3).items()):
+        lines.append(f"| {operation} | `{row.action}` | `{_handler_name(row)}` |")
     lines += ["", "## llamarock's own endpoints", "", "| Operation | Route | IAM action | Handler |",
               "|---|---|---|---|"]
     for row in table.rows:

@@ -57,6 +57,9 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
     """
     if kind == "tagged-resource":
         return (_body_arn(body),)
+    if kind in ("s3-bucket", "s3-object"):  # S3's ARNs have no region or account
+        bucket = labels.get("Bucket", "")
+        return (f"arn:aws:s3:::{bucket}/{labels.get('Key', '')}" if kind == "s3-object" else f"arn:aws:s3:::{bucket}",)
     label = next(iter(labels.values()), "")
     if kind == "*" or (not label and kind != "provisioned-model"):
         return ("*",)
