@@ -21,11 +21,18 @@ from typing import Any
 
 import anycrc
 
-from llamarock.errors import ContentSHA256Mismatch, IncompleteBody, InvalidArgument, InvalidDigest, InvalidRequest
+from llamarock.errors import (
+    IncompleteBody,
+    InvalidArgument,
+    InvalidDigest,
+    InvalidRequest,
+    InvalidSignatureException,
+)
 
 ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _MAX_LINE = 4096
+BAD_CHUNK = "check the signing key and the chained chunk signatures (each chunk's signs the one before it)."
 
 
 class Checksum:
@@ -194,7 +201,9 @@ class ChunkedDecoder:
         if self.signing is not None and self._hash is not None:
             expected = self.signing.sign("PAYLOAD", self._previous, self._hash.hexdigest())
             if not hmac.compare_digest(expected, self._claimed):
-                raise ContentSHA256Mismatch("The chunk signature of an aws-chunked chunk does not match.")
+                raise InvalidSignatureException(
+                    f"The chunk signature of an aws-chunked chunk does not match: {BAD_CHUNK}"
+                )
             self._previous = expected
         self._hash = None
 
@@ -206,7 +215,9 @@ class ChunkedDecoder:
                 expected = self.signing.sign("TRAILER", self._previous,
                                              hashlib.sha256(canonical.encode()).hexdigest())
                 if claimed is None or not hmac.compare_digest(expected, claimed):
-                    raise ContentSHA256Mismatch("The trailer signature of the aws-chunked body does not match.")
+                    raise InvalidSignatureException(
+                        f"The trailer signature of the aws-chunked body does not match: {BAD_CHUNK}"
+                    )
             self.done = True
             return
         name, sep, value = line.partition(":")

@@ -29,6 +29,7 @@ class _Route:
     labels: tuple[str, ...]
     query: tuple[tuple[str, str | None], ...] = ()  # (name, value or None for any) the query string must have
     headers: tuple[bytes, ...] = ()  # header names the request must have
+    deprecated: bool = False  # loses to an operation with the same wire form (S3's GetBucketLifecycle, ...)
 
 
 @cache
@@ -64,10 +65,12 @@ def _routes(service: str) -> tuple[_Route, ...]:
                     query.append((serialization["name"], None))
                 elif serialization.get("location") == "header":
                     headers.append(serialization["name"].lower().encode())
-        routes.append(_Route(name, http["method"], pattern, tuple(labels), tuple(query), tuple(headers)))
+        routes.append(_Route(name, http["method"], pattern, tuple(labels), tuple(query), tuple(headers),
+                             bool(operation.deprecated)))
     # The route that needs most of the query and headers first; then literal segments beat labels:
     # '/inference-profiles/x' must not match a route of labels only.
-    routes.sort(key=lambda r: (-len(r.query) - len(r.headers), len(r.labels), -len(r.pattern.pattern)))
+    routes.sort(key=lambda r: (-len(r.query) - len(r.headers), len(r.labels), -len(r.pattern.pattern),
+                               r.deprecated))
     return tuple(routes)
 
 

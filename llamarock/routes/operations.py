@@ -22,6 +22,7 @@ New capabilities add rows (and services), never a second router.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import cache
@@ -63,7 +64,8 @@ def _aws(service: str, handler: Callable[..., Awaitable[Any]], action: str | Non
 def _s3(handler: Callable[..., Awaitable[Any]], action: str, resource: str = "s3-bucket", **facts: Any) -> Operation:
     """An S3 row: its errors are S3's XML, its action one of IAM's ``s3:*`` (AWS's names: HeadBucket and the
     listings are ``s3:ListBucket``, HeadObject is ``s3:GetObject``, the multipart steps are ``s3:PutObject``)."""
-    return _aws(S3, handler, action, resource=resource, error_shape="s3", **facts)
+    operation = _aws(S3, handler, action or "-", resource=resource, error_shape="s3", **facts)
+    return dataclasses.replace(operation, action=action)
 
 
 def _own(method: str, path: str, handler: Callable[..., Awaitable[Any]], action: str = "", **facts: Any) -> Operation:
@@ -102,8 +104,8 @@ ROWS: tuple[Operation, ...] = (
     _aws(BEDROCK, invocation_logging.put_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.get_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.delete_model_invocation_logging_configuration),
-    # S3 on the local blob store (docs/s3.md). DeleteObjects is authorised as s3:DeleteObject on the bucket's
-    # objects (arn:aws:s3:::bucket/), then per key; CopyObject also needs s3:GetObject on its source.
+    # S3 on the local blob store (docs/s3.md). DeleteObjects has no action of its own: as on AWS, each of its keys
+    # is authorised as s3:DeleteObject by the handler. CopyObject also needs s3:GetObject on its source.
     _s3(s3.list_buckets, "s3:ListAllMyBuckets", resource="*"),
     _s3(s3.create_bucket, "s3:CreateBucket"),
     _s3(s3.head_bucket, "s3:ListBucket"),
@@ -115,7 +117,7 @@ ROWS: tuple[Operation, ...] = (
     _s3(s3.get_object, "s3:GetObject", "s3-object"),
     _s3(s3.head_object, "s3:GetObject", "s3-object"),
     _s3(s3.delete_object, "s3:DeleteObject", "s3-object"),
-    _s3(s3.delete_objects, "s3:DeleteObject", "s3-object"),
+    _s3(s3.delete_objects, ""),
     _s3(s3.copy_object, "s3:PutObject", "s3-object"),
     _s3(s3.create_multipart_upload, "s3:PutObject", "s3-object"),
     _s3(s3.upload_part, "s3:PutObject", "s3-object", streams_body=True),

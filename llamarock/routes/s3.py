@@ -55,12 +55,13 @@ from llamarock.services.s3 import (
     MAX_KEYS,
     MAX_OBJECT_BYTES,
     Listing,
+    ObjectInfo,
+    PartInfo,
     S3Service,
     check_key,
     decode_token,
     encode_token,
 )
-from llamarock.storage.s3_objects import ObjectInfo, PartInfo
 
 _STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -41,6 +41,8 @@ from llamarock.settings import Settings
 from llamarock.storage.blobs import BlobStoreError, BucketMissingError, bucket_name_problem
 from llamarock.storage.s3_objects import BucketNotEmptyError, Incoming, ObjectInfo, ObjectStore, PartInfo
 
+__all__ = ["Incoming", "Listing", "ObjectInfo", "PartInfo", "S3Service"]  # the route's vocabulary
+
 MAX_OBJECT_BYTES = 5 * 1024**3  # S3's most in one PutObject or UploadPart
 MIN_PART_BYTES = 5 * 1024**2  # every part but the last
 MAX_PARTS = 10_000

@@ -273,13 +273,14 @@ class ObjectStore:
             return info
 
     def _fits(self, bucket: str, path: Path) -> bool:
-        """Whether ``path`` can be a file: it is not a folder, and nothing above it (in the bucket) is a file."""
-        if path.is_dir():
+        """Whether ``path`` can be a file: it is not a folder, nothing above it (in the bucket) is a file, and nothing
+        on the way is a symbolic link (which could lead out of the bucket folder)."""
+        if path.is_dir() or path.is_symlink():
             return False
         base = self.root / bucket
         parent = path.parent
         while parent != base:
-            if parent.exists() and not parent.is_dir():
+            if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
                 return False
             parent = parent.parent
         return True
