@@ -85,7 +85,8 @@ def api_coverage_markdown() -> str:
               "The other operations of botocore's `s3` model answer S3's NotImplemented (501).", "",
               "| Operation | IAM action | Handler |", "|---|---|---|"]
     for operation, row in sorted(table.implemented(S3).items()):
-        lines.append(f"| {operation} | `{row.action}` | `{_handler_name(row)}` |")
+        action = f"`{row.action}`" if row.action else "per object, by the handler (docs/s3.md)"
+        lines.append(f"| {operation} | {action} | `{_handler_name(row)}` |")
     lines += ["", "## llamarock's own endpoints", "", "| Operation | Route | IAM action | Handler |",
               "|---|---|---|---|"]
     for row in table.rows:
