@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -389,6 +390,31 @@ def test_unsigned_requests_that_match_no_bedrock_route_are_s3_with_xml_errors(sr
     assert srv.client("bedrock").list_foundation_models()["modelSummaries"]
     invoke = httpx.get(srv.url + "/model/x/invoke")
     assert invoke.status_code == 404 and invoke.json()["message"].startswith("No operation matches")
+
+
+def test_method_not_allowed_and_entity_too_large(srv: Server, bucket: str) -> None:
+    status, body = signed_request(srv, "POST", f"/{bucket}/key", b"")
+    assert status == 405 and xml_error(body)["Code"] == "MethodNotAllowed"
+    # A PutObject whose declared length is past S3's 5 GiB is refused before anything is read.
+    host, port = srv.url.split("://", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"PUT /{bucket}/huge HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Content-Length: {6 * 1024**3}\r\n\r\n".encode() + b"x" * 1000)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and xml_error(body)["Code"] == "EntityTooLarge"
+
+
+def signed_request(srv: Server, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    request = AWSRequest(method=method, url=srv.url + path, data=body,
+                         headers={"x-amz-content-sha256": hashlib.sha256(body).hexdigest()})
+    S3SigV4Auth(Credentials(DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"], DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]),
+                "s3", "us-west-2").add_auth(request)
+    response = httpx.request(method, srv.url + path, content=body, headers=dict(request.headers.items()))
+    return response.status_code, response.content
 
 
 def test_presigned_urls(s3: Any, bucket: str) -> None:

@@ -85,6 +85,10 @@ def test_s3_or_bedrock() -> None:
     # Signed for s3: S3 even where Bedrock has a route.
     found = table.resolve("GET", b"/foundation-models", b"", [], "s3")
     assert found is not None and (found[0].service, found[0].name) == ("s3", "ListObjects")
+    # Signed for s3 and no S3 operation: S3's MethodNotAllowed.
+    found = table.resolve("POST", b"/b/k", b"", [], "s3")
+    assert found is not None and (found[0].service, found[0].name, found[0].error_shape) == (
+        "s3", "MethodNotAllowed", "s3")
     # Signed for bedrock, or a bearer token: Bedrock only.
     found = table.resolve("GET", b"/foundation-models", b"", [], "bedrock")
     assert found is not None and found[0].service == "bedrock"

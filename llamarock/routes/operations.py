@@ -138,6 +138,10 @@ ROWS: tuple[Operation, ...] = (
 )
 
 
+# What a request signed for S3 that names no S3 operation resolves to (it is authenticated, then refused).
+S3_UNMATCHED = Operation(S3, "MethodNotAllowed", "", s3.method_not_allowed, error_shape="s3")
+
+
 @cache
 def _model_actions() -> dict[str, str]:
     """Path action -> bedrock-runtime operation, for every ``/model/{modelId}/<action>`` URI of the model."""
@@ -178,7 +182,7 @@ class OperationTable:
         is the service of the request's SigV4 credential scope (None: no credential at all); see the module
         docstring for how S3 requests are told apart."""
         if signing_service == S3:
-            return self._s3(method, raw_path, query, headers)
+            return self._s3_signed(method, raw_path, query, headers)
         found = self._bedrock(method, raw_path)
         if found is None and signing_service is None and not raw_path.startswith(b"/model/"):
             return self._s3(method, raw_path, query, headers)
@@ -196,7 +200,17 @@ class OperationTable:
                 path = b"/" + bucket + (path if path != b"/" else b"")
                 break
         found = match(S3, method, path, query, headers)
-        return (self.row(S3, found[0]), found[1]) if found is not None else None
+        if found is not None:
+            return self.row(S3, found[0]), found[1]
+        return None
+
+    def _s3_signed(self, method: str, raw_path: bytes, query: bytes,
+                   headers: Sequence[tuple[bytes, bytes]]) -> tuple[Operation, dict[str, str]]:
+        """A request signed for S3 always gets an S3 answer: MethodNotAllowed where no S3 operation matches."""
+        found = self._s3(method, raw_path, query, headers)
+        if found is not None:
+            return found
+        return S3_UNMATCHED, {}
 
     def _bedrock(self, method: str, raw_path: bytes) -> tuple[Operation, dict[str, str]] | None:
         path = raw_path.split(b"?", 1)[0].decode("latin-1")

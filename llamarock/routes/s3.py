@@ -48,6 +48,7 @@ from llamarock.errors import (
     InvalidRange,
     InvalidRequest,
     MalformedXML,
+    MethodNotAllowed,
     PreconditionFailed,
     RequestTimeoutException,
 )
@@ -103,6 +104,13 @@ def _arn(bucket: str, key: str | None = None) -> str:
 def _authorize(request: Request, action: str, resource: str) -> None:
     gate: Gate = request.app.state.gate
     gate.authorize(_context(request), action, resource)
+
+
+async def method_not_allowed(request: Request) -> Response:
+    """A request signed for S3 that no S3 operation has (e.g. POST to an object with neither ``?uploads`` nor
+    ``uploadId``)."""
+    raise MethodNotAllowed("The specified method is not allowed against this resource.", Method=request.method,
+                           ResourceType="OBJECT" if _labels(request)[1] else "BUCKET")
 
 
 # ---------------------------------------------------------------------------------------------------- buckets

@@ -213,12 +213,18 @@ class S3Service:
     async def list_objects(self, bucket: str, *, prefix: str, delimiter: str, max_keys: int, after: str) -> Listing:
         """One page of ``bucket``'s keys under ``prefix`` after ``after`` (a key, or a common prefix: then nothing
         under it), keys with ``delimiter`` past the prefix rolled up into common prefixes."""
-        keys: list[str] = await self._run(self.store.keys, bucket, prefix)
+        listing: Listing = await self._run(self._list, bucket, prefix, delimiter, max_keys, after)
+        return listing
+
+    def _list(self, bucket: str, prefix: str, delimiter: str, max_keys: int, after: str) -> Listing:
+        """:meth:`list_objects`, in one thread."""
+        keys = self.store.keys(bucket, prefix)
         listing = Listing()
         skip_under = after if delimiter and after.endswith(delimiter) and after.startswith(prefix) else None
+        after_bytes = after.encode("utf-8", "surrogatepass")
         count = 0
         for key in keys:
-            if after and key.encode("utf-8", "surrogatepass") <= after.encode("utf-8", "surrogatepass"):
+            if after and key.encode("utf-8", "surrogatepass") <= after_bytes:
                 continue
             if skip_under is not None and key.startswith(skip_under):
                 continue
@@ -229,7 +235,7 @@ class S3Service:
                     continue
                 entry = common
             else:
-                found = await self._run(self.store.head, bucket, key)
+                found = self.store.head(bucket, key)
                 if found is None:  # deleted meanwhile
                     continue
                 entry = found
