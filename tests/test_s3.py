@@ -592,11 +592,14 @@ def test_boto3_over_https_sends_aws_chunked_trailers_that_are_verified(enforced:
     assert error_of(s3.head_object, Bucket="chunked", Key="bad")[:2] == ("404", 404)
 
 
+SIGNERS: dict[Path, dict[str, str]] = {}  # one signing key per server's data folder (keys take a process to make)
+
+
 def sign_headers(server: Server, data: Path, path: str, payload: str,
                  extra: dict[str, str]) -> tuple[dict[str, str], str]:
-    """The signed headers (and the secret) of a new key with full access for a PUT of ``path`` whose payload hash is
+    """The signed headers (and the secret) of a key with full access for a PUT of ``path`` whose payload hash is
     ``payload``."""
-    key = make_key(data, unique("signer"))
+    key = SIGNERS.get(data) or SIGNERS.setdefault(data, make_key(data, "signer"))
 
     class Signer(S3SigV4Auth):  # type: ignore[misc]
         def payload(self, request: Any) -> str:
