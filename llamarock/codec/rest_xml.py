@@ -155,7 +155,7 @@ def render_error(error: BedrockError, request_id: str, *, head: bool = False,
                  resource: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of S3's XML error; a HEAD request's error has no body (as on S3)."""
     code, status = s3_code(error)
-    headers = {"x-amz-request-id": request_id, "x-amz-id-2": request_id}
+    headers = {"x-amz-id-2": request_id}  # (the edge adds x-amz-request-id to every S3 response)
     if head:
         return status, headers, b""
     members: dict[str, Any] = {**(resource or {}), **{k: v for k, v in error.extra.items() if v is not None}}

@@ -145,6 +145,7 @@ class _Response:
         self.streaming = False
         self.server_sent_events = False
         self.ended = False
+        self.s3 = False  # an S3 row's response: S3 clients read the request id from x-amz-request-id
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -153,8 +154,12 @@ class _Response:
             headers = list(message.get("headers", []))
             names = {name.lower() for name, _ in headers}
             if b"x-amzn-requestid" not in names:
-                message = {**message, "headers": [*headers, (b"x-amzn-requestid", self._request_id)]}
-            content_type = dict(headers).get(b"content-type", b"")
+                headers.append((b"x-amzn-requestid", self._request_id))
+            if self.s3 and b"x-amz-request-id" not in names:
+                headers.append((b"x-amz-request-id", self._request_id))
+            message = {**message, "headers": headers}
+            # (an S3 object's Content-Type is the uploader's: it never makes the response an event stream)
+            content_type = dict(headers).get(b"content-type", b"") if not self.s3 else b""
             self.streaming = content_type.startswith(eventstream.CONTENT_TYPE.encode())
             self.server_sent_events = content_type.startswith(b"text/event-stream")
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -199,6 +204,7 @@ class Edge:
                                       credential_service(headers, context.query))
         if resolved is not None:
             context.operation, context.labels = resolved
+            response.s3 = context.operation.error_shape == "s3"
             if context.operation.resource == "model" and not context.operation.model_in_body:
                 context.model = ModelName.parse(context.labels.get("modelId", ""), self.settings.aliases,
                                                 self.settings.account_id)
