@@ -157,8 +157,7 @@ class S3Service:
     async def receive(self, chunks: AsyncIterator[bytes], limit: int = MAX_OBJECT_BYTES) -> Incoming:
         """A body received into the store's ``tmp/`` (finished: on disk), EntityTooLarge past ``limit``. The
         iterator raises when the body fails its checks; the partial file is then removed."""
-        self.check_enabled()
-        body = await asyncio.to_thread(self.store.incoming)
+        body: Incoming = await self._run(self.store.incoming)
         try:
             async for chunk in chunks:
                 if body.size + len(chunk) > limit:
@@ -168,6 +167,10 @@ class S3Service:
                     )
                 body.write(chunk)
             await asyncio.to_thread(body.finish)
+        except OSError as error:  # the disk is full, or the folder went away: S3's InternalError, no server path
+            await asyncio.to_thread(body.discard)
+            raise InternalServerException(f"The local blob store could not store the body: {_reason(error)}") \
+                from error
         except BaseException:
             await asyncio.to_thread(body.discard)
             raise
