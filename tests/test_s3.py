@@ -181,6 +181,9 @@ def test_a_symbolic_link_in_a_bucket_folder_leads_nowhere(s3: Any, bucket: str, 
     assert not (outside / "new.txt").exists()
     assert s3.get_object(Bucket=bucket, Key="link/new.txt")["Body"].read() == b"kept inside"
     assert error_of(s3.get_object, Bucket=bucket, Key="link/secret.txt")[:2] == ("NoSuchKey", 404)
+    for prefix in ("", "link/"):
+        listed = [c["Key"] for c in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+        assert listed == ["link/new.txt"], prefix
     s3.delete_object(Bucket=bucket, Key="link/secret.txt")
     assert (outside / "secret.txt").exists()
 

@@ -314,7 +314,9 @@ class ObjectStore:
         directory = prefix.rpartition("/")[0]
         direct = self._direct_path(bucket, directory) if directory else None
         if direct is not None:
-            start = direct
+            # (never through a symbolic link: it could lead out of the bucket folder)
+            links = [p for p in (direct, *direct.parents) if p.is_relative_to(base) and p != base and p.is_symlink()]
+            start = direct if not links else base
         if start.is_dir():
             for path in _files(start):
                 if path.name.startswith(".") and path.name.endswith(".part"):
