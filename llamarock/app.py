@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -28,6 +29,7 @@ from llamarock.services.model_access import ModelAccessService
 from llamarock.services.peers import PeerService
 from llamarock.services.profiles import ProfileService
 from llamarock.services.provisioning import ProvisioningService
+from llamarock.services.s3 import S3Service
 from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
 from llamarock.storage.blobs import open_blob_store
@@ -94,7 +96,8 @@ def create_app(settings: Settings) -> Starlette:
             database.close()
 
     app = Starlette(
-        middleware=[Middleware(Edge, table=OperationTable(), gate=gate, observers=observers, settings=settings)],
+        middleware=[Middleware(Edge, table=OperationTable(s3_hosts=s3_hosts(settings)), gate=gate,
+                               observers=observers, settings=settings)],
         lifespan=lifespan,
     )
     app.router.default = dispatch_app  # every request the edge lets through, whatever its path
@@ -114,4 +117,16 @@ def create_app(settings: Settings) -> Starlette:
     app.state.knowledge = knowledge
     app.state.peers = peers
     app.state.embeddings = embeddings
+    app.state.s3 = S3Service(settings)
     return app
+
+
+def s3_hosts(settings: Settings) -> list[str]:
+    """The host names S3 virtual-hosted-style requests may put a bucket in front of: ``s3_virtual_hosts``, and
+    ``host`` when it is a name rather than an address."""
+    hosts = list(settings.s3_virtual_hosts)
+    try:
+        ipaddress.ip_address(settings.host.strip("[]"))
+    except ValueError:
+        hosts.append(settings.host)
+    return hosts

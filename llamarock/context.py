@@ -26,6 +26,7 @@ BEDROCK = "bedrock"
 AGENT = "bedrock-agent"  # knowledge bases, data sources, ingestion jobs (the build-time API)
 AGENT_RUNTIME = "bedrock-agent-runtime"  # Retrieve, RetrieveAndGenerate(+Stream), Rerank
 LLAMAROCK = "llamarock"
+S3 = "s3"  # the S3 endpoint of the local blob store (docs/s3.md)
 
 # The IAM action of an invocation that streams its answer (ConverseStream, a streamed OpenAI chat completion).
 STREAM_ACTION = "bedrock:InvokeModelWithResponseStream"
@@ -47,8 +48,11 @@ class Operation:
     ``route`` is the method and exact path of an operation that no botocore service model describes.
     ``model_in_body`` operations (OpenAI Chat Completions) name their model in the JSON body's ``model`` member
     rather than the path, and stream when its ``stream`` member is true: the edge then authorises and records the
-    call as streaming (:meth:`streamed`). ``error_shape`` is how the edge renders their errors: AWS's JSON error, or
-    OpenAI's ``{"error": {...}}`` (``openai``).
+    call as streaming (:meth:`streamed`). ``error_shape`` is how the edge renders their errors: AWS's JSON error,
+    OpenAI's ``{"error": {...}}`` (``openai``), or S3's XML ``<Error>`` (``s3``). S3 rows are on the bucket
+    (``s3-bucket``: ``arn:aws:s3:::bucket``) or object (``s3-object``: ``arn:aws:s3:::bucket/key``) their URI labels
+    name. ``streams_body`` rows (S3's PutObject, UploadPart) are not read whole by the edge: their handler streams
+    the body to disk and checks it against what was signed, under S3's own size limit instead of the edge's.
     """
 
     service: str
@@ -57,14 +61,15 @@ class Operation:
     handler: Callable[..., Awaitable[Any]] | None
     resource: Literal[
         "model", "foundation-model", "inference-profile", "provisioned-model", "tagged-resource", "knowledge-base",
-        "*"
+        "s3-bucket", "s3-object", "*"
     ] = "*"
     streaming: bool = False
     invocation: bool = False
     public: bool = False
     route: tuple[str, str] | None = None
     model_in_body: bool = False
-    error_shape: Literal["aws", "openai"] = "aws"
+    error_shape: Literal["aws", "openai", "s3"] = "aws"
+    streams_body: bool = False
 
     def streamed(self) -> Operation:
         """This operation as a call whose body asked for a stream: authorised and recorded as streaming."""
@@ -165,6 +170,8 @@ class RequestContext:
     # the IAM condition context its policy was evaluated with.
     principal: Any = None
     policy_context: dict[str, str] | None = None
+    # A streamed S3 body's chunk-signature material (auth's StreamSigning), when the request was signed.
+    signing: Any = None
 
     @property
     def operation_name(self) -> str | None:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from llamarock.bedrock import compat
 from llamarock.codec.service_model import service_model
-from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, RUNTIME
+from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, RUNTIME, S3
 from llamarock.routes.operations import OperationTable
 from llamarock.settings import DeploymentSettings, PriceSettings, Settings
 
@@ -83,6 +83,12 @@ def api_coverage_markdown() -> str:
                 lines.append(f"| {operation} | not implemented | - | - |")
             else:
                 lines.append(f"| {operation} | implemented | `{row.action}` | `{_handler_name(row)}` |")
+    lines += ["", "## s3 (the local blob store, docs/s3.md)", "",
+              "The other operations of botocore's `s3` model answer S3's NotImplemented (501).", "",
+              "| Operation | IAM action | Handler |", "|---|---|---|"]
+    for operation, row in sorted(table.implemented(S3).items()):
+        action = f"`{row.action}`" if row.action else "per object, by the handler (docs/s3.md)"
+        lines.append(f"| {operation} | {action} | `{_handler_name(row)}` |")
     lines += ["", "## llamarock's own endpoints", "", "| Operation | Route | IAM action | Handler |",
               "|---|---|---|---|"]
     for row in table.rows:

@@ -34,7 +34,9 @@ no service model defines, such as the front end's authentication errors)::
     ├── ConflictException                400  (bedrock) the resource's state forbids it, e.g. a commitment term
     ├── TooManyTagsException             400  (bedrock) more tags than a resource may carry
     ├── InternalServerException          500  anything unexpected; logged with the request id
-    └── ServiceUnavailableException      503
+    ├── ServiceUnavailableException      503
+    └── S3Error                               S3's own codes (NoSuchKey 404, BucketNotEmpty 409, ...), rendered as
+                                              S3's XML error on the S3 endpoint's rows (docs/s3.md)
 
 Engines raise :class:`EngineError` (not a BedrockError): the service layer translates it once. The edge
 (``routes/edge.py``) renders every BedrockError, and turns any other exception into a logged InternalServerException
@@ -190,6 +192,46 @@ class InternalServerException(BedrockError):
 class ServiceUnavailableException(BedrockError):
     code = "ServiceUnavailableException"
     fallback_status = 503
+
+
+class ContentSHA256Mismatch(InvalidSignatureException):
+    """The body does not hash to the ``x-amz-content-sha256`` the client signed (S3: XAmzContentSHA256Mismatch)."""
+
+
+class S3Error(BedrockError):
+    """An error of the S3 endpoint, with S3's code and status; ``extra`` members (``Key``, ``BucketName``...) become
+    elements of S3's XML error."""
+
+    code = "InternalError"
+    fallback_status = 500
+
+
+def _s3(code: str, status: int, doc: str) -> type[S3Error]:
+    return type(code if code != "NotImplemented" else "S3NotImplemented", (S3Error,),
+                {"code": code, "fallback_status": status, "__doc__": doc})
+
+
+NoSuchBucket = _s3("NoSuchBucket", 404, "The bucket does not exist.")
+NoSuchKey = _s3("NoSuchKey", 404, "The object does not exist.")
+NoSuchUpload = _s3("NoSuchUpload", 404, "The multipart upload does not exist (completed, aborted or never begun).")
+BucketAlreadyOwnedByYou = _s3("BucketAlreadyOwnedByYou", 409, "The bucket exists already.")
+BucketNotEmpty = _s3("BucketNotEmpty", 409, "A bucket that still holds objects cannot be deleted.")
+InvalidBucketName = _s3("InvalidBucketName", 400, "The bucket name breaks S3's naming rules.")
+InvalidRange = _s3("InvalidRange", 416, "The Range asks for no byte the object has.")
+InvalidPart = _s3("InvalidPart", 400, "A part of CompleteMultipartUpload was not uploaded, or its ETag differs.")
+InvalidPartOrder = _s3("InvalidPartOrder", 400, "CompleteMultipartUpload's parts are not in ascending order.")
+EntityTooSmall = _s3("EntityTooSmall", 400, "A part other than the last is smaller than 5 MiB.")
+EntityTooLarge = _s3("EntityTooLarge", 400, "The body is larger than S3 takes in one request (5 GiB).")
+BadDigest = _s3("BadDigest", 400, "The Content-MD5 or x-amz-checksum-* does not match the body.")
+InvalidDigest = _s3("InvalidDigest", 400, "The Content-MD5 or x-amz-checksum-* is not a valid digest.")
+IncompleteBody = _s3("IncompleteBody", 400, "The body ended before the length it declared.")
+InvalidArgument = _s3("InvalidArgument", 400, "A parameter's value is invalid.")
+InvalidRequest = _s3("InvalidRequest", 400, "The request is not one S3 accepts (e.g. copying an object onto itself).")
+MalformedXML = _s3("MalformedXML", 400, "The XML body is not well formed or not the operation's shape.")
+KeyTooLongError = _s3("KeyTooLongError", 400, "The key is longer than 1024 bytes.")
+PreconditionFailed = _s3("PreconditionFailed", 412, "An If-Match or If-Unmodified-Since condition does not hold.")
+MethodNotAllowed = _s3("MethodNotAllowed", 405, "The method is not allowed against this resource.")
+S3NotImplemented = _s3("NotImplemented", 501, "The S3 endpoint does not implement this operation or header.")
 
 
 class EngineError(LlamarockError):

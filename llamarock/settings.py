@@ -375,7 +375,15 @@ class Settings(BaseSettings):
         pattern=r"^$|^(file|https?)://",
         description="Where buckets (e.g. model invocation logging's s3Config.bucketName) live: empty means a local "
         "folder, <data_dir>/blobs/<bucket>/<key> (create a bucket with mkdir); file:///path means that folder; "
-        "http://host:port or https://... means an S3-compatible endpoint (MinIO, Ceph, moto, AWS S3) via boto3.",
+        "http://host:port or https://... means an S3-compatible endpoint (MinIO, Ceph, moto, AWS S3) via boto3. "
+        "With a local folder, the server's own S3 endpoint serves it on the same port (docs/s3.md); with an "
+        "S3-compatible endpoint that one is off.",
+    )
+    s3_virtual_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost"],
+        description="Host names of this server for S3 virtual-hosted-style requests: a request whose Host is "
+        "`<bucket>.<name>[:port]` addresses bucket <bucket> (docs/s3.md). `host`, when it is a name, counts too; "
+        "other requests use path-style addressing (`/<bucket>/<key>`).",
     )
     blob_store_access_key_id: str | None = Field(
         default=None,

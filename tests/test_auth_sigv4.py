@@ -117,7 +117,7 @@ def test_clock_skew_messages_are_aws_words() -> None:
          "requires 'SignedHeaders' parameter. Authorization header requires 'Signature'"),
         ("AWS4-HMAC-SHA256 Credential=a/b, SignedHeaders=host, Signature=x", IncompleteSignatureException,
          "5 slash-delimited"),
-        ("AWS4-HMAC-SHA256 Credential=a/20250101/us-west-2/s3/aws4_request, SignedHeaders=host, Signature=x",
+        ("AWS4-HMAC-SHA256 Credential=a/20250101/us-west-2/sts/aws4_request, SignedHeaders=host, Signature=x",
          InvalidSignatureException, "scoped to correct service: 'bedrock'"),
         ("AWS4-HMAC-SHA256 Credential=a/20250101/us-west-2/bedrock/aws4_request, SignedHeaders=x-amz-date, "
          "Signature=x", IncompleteSignatureException, "'Host'"),

@@ -237,8 +237,18 @@ def test_control_plane_errors_take_the_bedrock_models_status(cls: type[errors.Be
 
 
 def test_every_error_class_is_covered() -> None:
-    covered = {cls for cls, _ in MODELLED + UNMODELLED + CONTROL}
+    covered = {cls for cls, _ in MODELLED + UNMODELLED + CONTROL} | {errors.S3Error}  # S3's: below
     assert set(errors.BedrockError.__subclasses__()) == covered
+
+
+def test_s3_errors_take_the_s3_models_status() -> None:
+    """S3's codes (rendered as XML by codec/rest_xml.py): the status botocore's s3 model gives, where it gives one."""
+    s3 = botocore.session.get_session().get_service_model("s3")
+    classes = errors.S3Error.__subclasses__()
+    assert len(classes) >= 20
+    for cls in classes:
+        if cls.code in s3.shape_names:
+            assert s3.shape_for(cls.code).metadata["error"]["httpStatusCode"] == cls.fallback_status, cls.code
 
 
 def test_render_error_extra_members() -> None:

@@ -77,6 +77,9 @@ def test_rows_name_real_operations_once() -> None:
         if row.service in (RUNTIME, BEDROCK, AGENT, AGENT_RUNTIME):
             assert row.name in service_model(row.service).operation_names
             assert row.action.startswith("bedrock:")
+        elif row.service == "s3":  # tests/test_s3_routing.py
+            assert row.name in service_model("s3").operation_names and row.error_shape == "s3"
+            assert row.action.startswith("s3:") or row.name == "DeleteObjects"  # authorised per key
         else:
             assert row.service == LLAMAROCK and row.route is not None
     table = OperationTable()

@@ -278,7 +278,8 @@ NO_OP = (
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code", "message"),
     [
-        ("GET", "/foo", b"", 404, "UnknownOperationException", "No operation matches GET /foo."),
+        # (an unsigned GET /foo is S3's ListObjects of bucket foo: tests/test_s3.py)
+        ("DELETE", "/", b"", 404, "UnknownOperationException", "No operation matches DELETE /."),
         ("POST", "/foo/bar", b"{}", 404, "UnknownOperationException", "No operation matches POST /foo/bar."),
         ("GET", "/model/x/invoke", b"", 404, "UnknownOperationException", "No operation matches GET /model/x/invoke."),
         ("POST", f"/model/{MODEL}/frobnicate", b"{}", 404, "UnknownOperationException", NO_OP),

@@ -65,6 +65,9 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
         if labels.get("resourceArn"):
             return (labels["resourceArn"],)
         return (f"arn:aws:bedrock:{region}:{account}:knowledge-base/{labels.get('knowledgeBaseId') or '*'}",)
+    if kind in ("s3-bucket", "s3-object"):  # S3's ARNs have no region or account
+        bucket = labels.get("Bucket", "")
+        return (f"arn:aws:s3:::{bucket}/{labels.get('Key', '')}" if kind == "s3-object" else f"arn:aws:s3:::{bucket}",)
     label = next(iter(labels.values()), "")
     if kind == "*" or (not label and kind != "provisioned-model"):
         return ("*",)

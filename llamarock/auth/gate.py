@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from llamarock.auth import sigv4
 from llamarock.auth.actions import UNKNOWN_MODEL, label_resources, model_resources
 from llamarock.auth.audit import AuditLog
 from llamarock.auth.identity import Authenticator, Identity, Pending, RequestParts
 from llamarock.auth.quotas import Quotas, Reservation, request_estimate
 from llamarock.bedrock import catalog
-from llamarock.context import RequestContext
-from llamarock.errors import AccessDeniedException
+from llamarock.context import S3, Operation, RequestContext
+from llamarock.errors import AccessDeniedException, InvalidSignatureException
 from llamarock.observability.logs import log_access
 from llamarock.observability.records import InvocationRecord
 from llamarock.settings import Settings
@@ -37,6 +38,11 @@ def denial(principal_arn: str, action: str, resource: str, explicit: bool) -> Ac
     return AccessDeniedException(
         f"User: {principal_arn} is not authorized to perform: {action} on resource: {resource} {reason}"
     )
+
+
+def signing_service(operation: Operation) -> str:
+    """The SigV4 service name a row's requests are signed for: ``s3`` for the S3 endpoint, else ``bedrock``."""
+    return sigv4.S3 if operation.service == S3 else sigv4.SERVICE
 
 
 def _parts(context: RequestContext, scope: Mapping[str, Any]) -> RequestParts:
@@ -82,14 +88,22 @@ class Gate:
     async def admit(self, context: RequestContext, scope: Mapping[str, Any], pending: Pending) -> None:
         """Let the request through, or raise the AWS error that refuses it (signature, policy, quota)."""
         now = datetime.now(UTC)
-        identity = self.authenticator.verify(pending, _parts(context, scope), context.body)
+        operation = context.operation
+        streamed = operation is not None and operation.streams_body
+        signed = pending.signed
+        if signed is not None and operation is not None and signed.service != signing_service(operation):
+            raise InvalidSignatureException(
+                f"Credential should be scoped to correct service: '{signing_service(operation)}'."
+            )
+        identity = self.authenticator.verify(pending, _parts(context, scope), None if streamed else context.body)
+        if streamed and signed is not None:
+            context.signing = sigv4.stream_signing(signed, pending.secret)
         principal = identity.principal
         context.principal = principal
         context.principal_arn, context.principal_name = principal.arn, principal.name
         context.access_key_id, context.auth_type, context.region = (
             identity.access_key_id, identity.auth_type, identity.region
         )
-        operation = context.operation
         if operation is None:
             context.decision = "allow"  # no such operation: the edge answers UnknownOperationException
             return
@@ -126,6 +140,15 @@ class Gate:
             )
             return resources, quota_model if known else UNKNOWN_MODEL
         return label_resources(operation.resource, context.labels, region, account, context.body), ""
+
+    def authorize(self, context: RequestContext, action: str, resource: str) -> None:
+        """Raise AccessDeniedException unless the caller's policy allows ``action`` on ``resource`` too (an
+        operation that touches more than its row's resource: CopyObject's source, each key of DeleteObjects)."""
+        if context.principal is None:
+            return
+        decision = context.principal.policy.evaluate(action, resource, context.policy_context or {})
+        if decision != "Allow":
+            raise denial(context.principal.arn, action, resource, decision == "Deny")
 
     def allowed(self, context: RequestContext, action: str) -> bool:
         """Whether the caller's policy allows a llamarock action on ``*``, with the request's own policy context

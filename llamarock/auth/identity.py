@@ -133,9 +133,9 @@ class Authenticator:
         self._check_region(signed.region)
         return await self._sigv4(signed, now)
 
-    def verify(self, pending: Pending, request: RequestParts, body: bytes) -> Identity:
-        """The caller, once the signature matches the whole request, body included; InvalidSignatureException
-        otherwise."""
+    def verify(self, pending: Pending, request: RequestParts, body: bytes | None) -> Identity:
+        """The caller, once the signature matches the whole request, body included (``body`` None: an S3 body
+        streamed to disk, which the S3 route checks as it arrives); InvalidSignatureException otherwise."""
         signed = pending.signed
         if signed is not None and not sigv4.signature_matches(
             signed, pending.secret, method=request.method, raw_path=request.raw_path,

@@ -22,12 +22,12 @@ Decision = Literal["Allow", "Deny", "ImplicitDeny"]
 
 FULL_ACCESS: dict[str, Any] = {
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": "bedrock:*", "Resource": "*"}],
+    "Statement": [{"Effect": "Allow", "Action": ["bedrock:*", "s3:*"], "Resource": "*"}],
 }
 # The ``dev`` principal of ``--auth dev`` may do anything, llamarock's own operations (usage, quotas) included.
 DEV_ACCESS: dict[str, Any] = {
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["bedrock:*", "llamarock:*"], "Resource": "*"}],
+    "Statement": [{"Effect": "Allow", "Action": ["bedrock:*", "s3:*", "llamarock:*"], "Resource": "*"}],
 }
 
 

@@ -3,7 +3,13 @@
 The canonical request is built by ``botocore.auth.SigV4Auth`` (``SigV4QueryAuth`` for presigned query strings) over
 a reconstructed ``AWSRequest`` carrying exactly the headers the client signed, the raw (still percent-encoded) path
 as sent, and the query parameters as sent. The path is therefore encoded again, as botocore does when it signs
-``/model/meta.llama3-8b-instruct-v1%3A0/invoke``; the comparison is constant-time.
+``/model/meta.llama3-8b-instruct-v1%3A0/invoke``, except for service ``s3``, whose canonical URI is the path as sent
+(``S3SigV4Auth``: S3 signs its paths without normalising or encoding them again); the comparison is constant-time.
+
+S3 bodies that are streamed to disk (PutObject, UploadPart) are not in hand when the signature is checked: the
+canonical request then carries the ``x-amz-content-sha256`` the client declared (a hash, ``UNSIGNED-PAYLOAD`` or a
+``STREAMING-...`` value), and the S3 route checks the body against it as it arrives (:class:`StreamSigning` carries
+what chunk signatures are checked with).
 """
 
 from __future__ import annotations
@@ -18,16 +24,24 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote
 
-from botocore.auth import SigV4Auth, SigV4QueryAuth
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
-from llamarock.errors import IncompleteSignatureException, InvalidSignatureException
+from llamarock.errors import ContentSHA256Mismatch, IncompleteSignatureException, InvalidSignatureException
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "bedrock"
+S3 = "s3"
+SERVICES = (SERVICE, S3)  # the signing names of the services this server answers
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+# The x-amz-content-sha256 values of S3's aws-chunked bodies (the ECDSA/SigV4a variant is not accepted).
+STREAMING_PAYLOADS = (
+    "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+)
 TIMESTAMP = "%Y%m%dT%H%M%SZ"
 MAX_PRESIGN_EXPIRES = 604800
 _TIMESTAMP_RE = re.compile(r"^\d{8}T\d{6}Z$")
@@ -83,13 +97,35 @@ def _credential(value: str) -> tuple[str, str, str, str]:
         raise InvalidSignatureException(
             f"Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."
         )
-    if service != SERVICE:
+    if service not in SERVICES:
         raise InvalidSignatureException(f"Credential should be scoped to correct service: '{SERVICE}'.")
     if not re.fullmatch(r"[a-z0-9-]{1,64}", region):
         raise InvalidSignatureException("Credential should be scoped to a valid region.")
     if not re.fullmatch(r"\d{8}", date):
         raise InvalidSignatureException("Credential should be scoped to a valid date.")
     return key_id, date, region, service
+
+
+def credential_service(headers: Headers, query_string: bytes) -> str | None:
+    """The service of a SigV4 credential scope (``Authorization`` header or presigned ``X-Amz-Credential``), read
+    before anything is verified, to tell S3 requests from Bedrock ones; None when the request carries no credential
+    at all, ``""`` when it carries one that names no service (a bearer token, a malformed signature)."""
+    authorization = _header(headers, b"authorization")
+    credential = ""
+    if authorization is not None:
+        scheme, _, rest = authorization.strip().partition(" ")
+        if scheme != ALGORITHM:
+            return ""
+        for part in rest.split(","):
+            name, _, value = part.strip().partition("=")
+            if name == "Credential":
+                credential = value
+    elif b"X-Amz-Credential" in query_string:
+        credential = dict(query_pairs(query_string)).get("X-Amz-Credential", "")
+    else:
+        return None
+    parts = credential.split("/")
+    return parts[3] if len(parts) == 5 else ""
 
 
 def _signed_header_names(value: str) -> tuple[str, ...]:
@@ -225,17 +261,56 @@ class _QueryVerifier(_Verifier, SigV4QueryAuth):  # type: ignore[misc]
     pass
 
 
-def payload_hash(declared: str | None, body: bytes) -> str:
-    """The payload hash the client signed: its ``x-amz-content-sha256`` (checked against the body) or the body's."""
-    actual = hashlib.sha256(body).hexdigest()
+class _S3HeaderVerifier(_Verifier, S3SigV4Auth):  # type: ignore[misc]
+    pass
+
+
+class _S3QueryVerifier(_Verifier, S3SigV4QueryAuth):  # type: ignore[misc]
+    pass
+
+
+@dataclass(frozen=True)
+class StreamSigning:
+    """What the chunk signatures of a streamed S3 body are checked with: the request's signing key, timestamp,
+    credential scope and signature (the seed of the chain)."""
+
+    key: bytes
+    timestamp: str
+    scope: str
+    seed: str
+
+
+def stream_signing(signed: SignedRequest, secret: str) -> StreamSigning:
+    """The signing key of ``signed`` (SigV4's HMAC chain over date, region, service), for chunk signatures."""
+    key = ("AWS4" + secret).encode()
+    for part in (signed.scope_date, signed.region, signed.service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    scope = f"{signed.scope_date}/{signed.region}/{signed.service}/aws4_request"
+    return StreamSigning(key, signed.timestamp, scope, signed.signature)
+
+
+def payload_hash(declared: str | None, body: bytes | None) -> str:
+    """The payload hash the client signed: its ``x-amz-content-sha256`` (checked against the body) or the body's.
+    With ``body`` None (an S3 body streamed to disk) the declared value is taken as it is; the S3 route checks the
+    body against it as it arrives."""
+    if body is None:
+        if declared is None or not (declared == UNSIGNED_PAYLOAD or declared in STREAMING_PAYLOADS
+                                    or _HEX64.match(declared)):
+            raise InvalidSignatureException(
+                "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, a STREAMING-... value of aws-chunked bodies, or the "
+                "lower-case hex SHA-256 of the body."
+            )
+        return declared
     if declared is None or declared == UNSIGNED_PAYLOAD:
-        return declared or actual
+        return declared or hashlib.sha256(body).hexdigest()
     if not _HEX64.match(declared):
         raise InvalidSignatureException(
             "x-amz-content-sha256 must be UNSIGNED-PAYLOAD or the lower-case hex SHA-256 of the body."
         )
-    if declared != actual:
-        raise InvalidSignatureException("The provided 'x-amz-content-sha256' header does not match what was computed.")
+    if declared != hashlib.sha256(body).hexdigest():
+        raise ContentSHA256Mismatch(
+            "The provided 'x-amz-content-sha256' header does not match what was computed."
+        )
     return declared
 
 
@@ -247,7 +322,7 @@ def signature_matches(
     raw_path: bytes,
     query_string: bytes,
     headers: Headers,
-    body: bytes,
+    body: bytes | None,
 ) -> bool:
     """Recompute the signature with botocore over what the client sent, and compare in constant time."""
     header_map = HTTPHeaders()
@@ -260,16 +335,27 @@ def signature_matches(
             header_map[name] = value
     pairs = query_pairs(query_string)
     declared = None
+    s3 = signed.service == S3
     if signed.presigned:
         pairs = [(k, v) for k, v in pairs if k != "X-Amz-Signature"]
+        if s3:  # presigned S3 URLs never sign the payload
+            declared = dict(pairs).get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
     elif "x-amz-content-sha256" in signed.signed_headers:
         declared = header_map["x-amz-content-sha256"]
+    elif s3:
+        declared = _header(headers, b"x-amz-content-sha256")
+        if declared is None:
+            raise InvalidSignatureException("S3 requests signed with SigV4 must carry x-amz-content-sha256.")
     digest = payload_hash(declared, body)
     path = raw_path.decode("utf-8", errors="replace") or "/"
-    request = AWSRequest(method=method, url="http://localhost" + path, headers=dict(header_map.items()), data=body)
+    request = AWSRequest(method=method, url="http://localhost" + path, headers=dict(header_map.items()),
+                         data=body or b"")
     request.context["timestamp"] = signed.timestamp
     credentials = Credentials(signed.access_key_id, secret)
-    kind = _QueryVerifier if signed.presigned else _HeaderVerifier
+    if s3:
+        kind = _S3QueryVerifier if signed.presigned else _S3HeaderVerifier
+    else:
+        kind = _QueryVerifier if signed.presigned else _HeaderVerifier
     signer = kind(header_map, pairs, digest, credentials=credentials, service_name=signed.service,
                   region_name=signed.region)
     canonical = signer.canonical_request(request)

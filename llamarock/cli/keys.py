@@ -25,7 +25,8 @@ def register(commands: flags.Commands) -> None:
     actions = flags.subcommands(keys, "keys_command", "keys commands")
     create = flags.add_command(actions, "create", "create an access key (and optionally a bearer API key)", run=run)
     create.add_argument("--principal", required=True, help="principal (user) name the key belongs to")
-    create.add_argument("--policy", type=Path, help="IAM policy JSON file for the principal (default: bedrock:*)")
+    create.add_argument("--policy", type=Path,
+                        help="IAM policy JSON file for the principal (default: bedrock:*, s3:*)")
     create.add_argument("--rpm", type=int, help="requests per minute per model for the principal")
     create.add_argument("--tpm", type=int, help="tokens per minute per model for the principal")
     create.add_argument("--bearer", action="store_true", help="also issue a Bedrock API key (bearer token)")

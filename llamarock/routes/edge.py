@@ -6,8 +6,8 @@ identifier, reads and size-checks the body (once: handlers read ``context.body``
 app (which dispatches to the row's handler). Whatever fails is answered here:
 
 * a :class:`~llamarock.errors.BedrockError` before the first byte: the AWS JSON error (status from the operation's
-  service model, ``x-amzn-ErrorType``, the request id), or OpenAI's error object for rows whose ``error_shape`` is
-  ``openai``;
+  service model, ``x-amzn-ErrorType``, the request id), OpenAI's error object for rows whose ``error_shape`` is
+  ``openai``, or S3's XML ``<Error>`` for S3 rows (``s3``; no body on HEAD);
 * one after the first byte of an event stream: the stream's exception frame (an ``error`` event for server-sent
   events), and the stream ends;
 * anything else: logged with the request id and answered as InternalServerException (never a traceback).
@@ -25,8 +25,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarock.auth.gate import Gate
+from llamarock.auth.sigv4 import credential_service
 from llamarock.bedrock import openai_chat
-from llamarock.codec import eventstream
+from llamarock.codec import eventstream, rest_xml
 from llamarock.codec.errors import as_declared, render_error, status_of
 from llamarock.codec.rest_json import MAX_BODY_BYTES, check_body_size
 from llamarock.context import LLAMAROCK, RUNTIME, ModelName, RequestContext, body_model
@@ -144,6 +145,7 @@ class _Response:
         self.streaming = False
         self.server_sent_events = False
         self.ended = False
+        self.s3 = False  # an S3 row's response: S3 clients read the request id from x-amz-request-id
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -152,8 +154,12 @@ class _Response:
             headers = list(message.get("headers", []))
             names = {name.lower() for name, _ in headers}
             if b"x-amzn-requestid" not in names:
-                message = {**message, "headers": [*headers, (b"x-amzn-requestid", self._request_id)]}
-            content_type = dict(headers).get(b"content-type", b"")
+                headers.append((b"x-amzn-requestid", self._request_id))
+            if self.s3 and b"x-amz-request-id" not in names:
+                headers.append((b"x-amz-request-id", self._request_id))
+            message = {**message, "headers": headers}
+            # (an S3 object's Content-Type is the uploader's: it never makes the response an event stream)
+            content_type = dict(headers).get(b"content-type", b"") if not self.s3 else b""
             self.streaming = content_type.startswith(eventstream.CONTENT_TYPE.encode())
             self.server_sent_events = content_type.startswith(b"text/event-stream")
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -166,7 +172,8 @@ def declared(error: BedrockError, context: RequestContext, stream: bool) -> Bedr
     event stream (after it): e.g. ModelNotReadyException from CountTokens is a ServiceUnavailableException, and a
     model failure mid-stream is a ModelStreamErrorException. llamarock's own endpoints keep their codes."""
     operation = context.operation
-    if operation is None or operation.handler is None or operation.service == LLAMAROCK:
+    if operation is None or operation.handler is None or operation.service == LLAMAROCK or \
+            operation.error_shape == "s3":  # S3's model declares almost no errors: S3's codes go out as they are
         return error
     return as_declared(error, operation.service, operation.name, stream)
 
@@ -192,9 +199,12 @@ class Edge:
                                  self.settings.region)
         scope.setdefault("state", {})["context"] = context
         response = _Response(send, context.request_id)
-        resolved = self.table.resolve(context.method, raw_path)
+        headers = scope["headers"]
+        resolved = self.table.resolve(context.method, raw_path, context.query, headers,
+                                      credential_service(headers, context.query))
         if resolved is not None:
             context.operation, context.labels = resolved
+            response.s3 = context.operation.error_shape == "s3"
             if context.operation.resource == "model" and not context.operation.model_in_body:
                 context.model = ModelName.parse(context.labels.get("modelId", ""), self.settings.aliases,
                                                 self.settings.account_id)
@@ -206,7 +216,9 @@ class Edge:
                 # The caller is identified from the head first: a request with no valid credential is refused
                 # before its body is read, and bodies of requests not yet verified share a bounded budget.
                 pending = await self.gate.identify(context, scope)
-                context.body = await self.bodies.read(scope, receive)
+                if context.operation is None or not context.operation.streams_body:
+                    # (S3's PutObject and UploadPart stream their bodies to disk, under S3's own limits)
+                    context.body = await self.bodies.read(scope, receive)
                 self._model_in_body(context)
                 await self.gate.admit(context, scope, pending)
             self._check_operation(context)
@@ -273,6 +285,9 @@ class Edge:
             context.error_code = error.code
             if openai:
                 status, headers, payload = openai_chat.render_error(error, status_of(error), context.request_id)
+            elif context.operation is not None and context.operation.error_shape == "s3":
+                status, headers, payload = rest_xml.render_error(error, context.request_id,
+                                                                 head=context.method == "HEAD")
             else:
                 status, headers, payload = render_error(error, context.request_id,
                                                         RUNTIME if service == LLAMAROCK else service)

@@ -14,6 +14,10 @@ How a method and raw path find their row:
    two of their URIs collide except bedrock-agent's and bedrock-agent-runtime's tagging operations (``/tags/{arn}``:
    the same operation on the same ARNs, answered by bedrock-agent's rows) and ``POST /agents/{id}/`` (PrepareAgent)
    against ``POST /agents/{id}`` (InvokeInlineAgent), told apart by the trailing ``/`` (``codec/routing.py``).
+4. S3 (docs/s3.md): a request whose SigV4 credential scope names service ``s3`` is matched against botocore's
+   ``s3`` model only (its query string and headers tell operations on one URI apart: ``codec/routing.py``), and so is
+   a request with no credential at all that nothing above matched (outside ``/model/``). A ``Host`` of
+   ``<bucket>.<one of s3_virtual_hosts>`` (virtual-hosted style) puts the bucket in front of the path.
 
 An operation a service model defines but no row implements resolves to a row without a handler: the caller is
 authenticated and authorised as for any operation, then told that llamarock does not implement it yet.
@@ -22,15 +26,16 @@ New capabilities add rows (and services), never a second router.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 
 from llamarock.codec.rest_json import split_model_path
-from llamarock.codec.routing import match_first
+from llamarock.codec.routing import match, match_first
 from llamarock.codec.service_model import service_model
-from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, LLAMAROCK, RUNTIME, Operation
+from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, LLAMAROCK, RUNTIME, S3, Operation
 from llamarock.routes import (
     agent_runtime,
     converse,
@@ -42,6 +47,7 @@ from llamarock.routes import (
     knowledge_bases,
     metrics,
     provisioned,
+    s3,
     tags,
 )
 from llamarock.routes import openai as openai_route
@@ -59,6 +65,13 @@ def _aws(service: str, handler: Callable[..., Awaitable[Any]], action: str | Non
     if name not in service_model(service).operation_names:
         raise ValueError(f"{handler.__name__} names no {service} operation ({name})")
     return Operation(service, name, action or f"bedrock:{name}", handler, **facts)
+
+
+def _s3(handler: Callable[..., Awaitable[Any]], action: str, resource: str = "s3-bucket", **facts: Any) -> Operation:
+    """An S3 row: its errors are S3's XML, its action one of IAM's ``s3:*`` (AWS's names: HeadBucket and the
+    listings are ``s3:ListBucket``, HeadObject is ``s3:GetObject``, the multipart steps are ``s3:PutObject``)."""
+    operation = _aws(S3, handler, action or "-", resource=resource, error_shape="s3", **facts)
+    return dataclasses.replace(operation, action=action)
 
 
 def _own(method: str, path: str, handler: Callable[..., Awaitable[Any]], action: str = "", **facts: Any) -> Operation:
@@ -128,7 +141,26 @@ ROWS: tuple[Operation, ...] = (
     _aws(AGENT_RUNTIME, agent_runtime.retrieve_and_generate),
     _aws(AGENT_RUNTIME, agent_runtime.retrieve_and_generate_stream, streaming=True),
     _aws(AGENT_RUNTIME, agent_runtime.rerank),
-    # llamarock's own endpoints
+    # S3 on the local blob store (docs/s3.md). DeleteObjects has no action of its own: as on AWS, each of its keys
+    # is authorised as s3:DeleteObject by the handler. CopyObject also needs s3:GetObject on its source.
+    _s3(s3.list_buckets, "s3:ListAllMyBuckets", resource="*"),
+    _s3(s3.create_bucket, "s3:CreateBucket"),
+    _s3(s3.head_bucket, "s3:ListBucket"),
+    _s3(s3.delete_bucket, "s3:DeleteBucket"),
+    _s3(s3.get_bucket_location, "s3:GetBucketLocation"),
+    _s3(s3.list_objects, "s3:ListBucket"),
+    _s3(s3.list_objects_v2, "s3:ListBucket"),
+    _s3(s3.put_object, "s3:PutObject", "s3-object", streams_body=True),
+    _s3(s3.get_object, "s3:GetObject", "s3-object"),
+    _s3(s3.head_object, "s3:GetObject", "s3-object"),
+    _s3(s3.delete_object, "s3:DeleteObject", "s3-object"),
+    _s3(s3.delete_objects, ""),
+    _s3(s3.copy_object, "s3:PutObject", "s3-object"),
+    _s3(s3.create_multipart_upload, "s3:PutObject", "s3-object"),
+    _s3(s3.upload_part, "s3:PutObject", "s3-object", streams_body=True),
+    _s3(s3.complete_multipart_upload, "s3:PutObject", "s3-object"),
+    _s3(s3.abort_multipart_upload, "s3:AbortMultipartUpload", "s3-object"),
+    _s3(s3.list_parts, "s3:ListMultipartUploadParts", "s3-object"),
     # llamarock's own endpoints. GetQuotas has no IAM action of its own: every caller may see its own quotas (the
     # handler shows everyone's to callers allowed llamarock:GetQuotas).
     _own("GET", "/healthz", health.get_health, public=True),
@@ -145,6 +177,8 @@ ROWS: tuple[Operation, ...] = (
 
 # The services whose botocore URIs the table resolves, in order of precedence (see the module docstring).
 SERVICES = (RUNTIME, BEDROCK, AGENT, AGENT_RUNTIME)
+# What a request signed for S3 that names no S3 operation resolves to (it is authenticated, then refused).
+S3_UNMATCHED = Operation(S3, "MethodNotAllowed", "", s3.method_not_allowed, error_shape="s3")
 
 
 @cache
@@ -163,21 +197,61 @@ def _model_actions() -> dict[str, str]:
 class OperationTable:
     """The rows, indexed for resolution."""
 
-    def __init__(self, rows: Iterable[Operation] = ROWS) -> None:
+    def __init__(self, rows: Iterable[Operation] = ROWS, s3_hosts: Iterable[str] = ("localhost",)) -> None:
         self.rows = tuple(rows)
+        self.s3_hosts = tuple(host.lower().strip(".") for host in s3_hosts if host.strip("."))
         self._by_name = {(row.service, row.name): row for row in self.rows}
         self._exact = {row.route: row for row in self.rows if row.route is not None}
 
     def row(self, service: str, name: str) -> Operation:
         """The row of an operation; an operation without one is known but not implemented."""
         found = self._by_name.get((service, name))
-        return found if found is not None else Operation(service, name, f"bedrock:{name}", None)
+        if found is not None:
+            return found
+        if service == S3:
+            return Operation(service, name, f"s3:{name}", None, error_shape="s3")
+        return Operation(service, name, f"bedrock:{name}", None)
 
     def implemented(self, service: str) -> dict[str, Operation]:
         return {row.name: row for row in self.rows if row.service == service and row.handler is not None}
 
-    def resolve(self, method: str, raw_path: bytes) -> tuple[Operation, dict[str, str]] | None:
-        """The row a method and raw path name, with the URI labels; None when no operation has that path."""
+    def resolve(self, method: str, raw_path: bytes, query: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = (),
+                signing_service: str | None = "") -> tuple[Operation, dict[str, str]] | None:
+        """The row a request names, with the URI labels; None when no operation has that path. ``signing_service``
+        is the service of the request's SigV4 credential scope (None: no credential at all); see the module
+        docstring for how S3 requests are told apart."""
+        if signing_service == S3:
+            return self._s3_signed(method, raw_path, query, headers)
+        found = self._bedrock(method, raw_path)
+        if found is None and signing_service is None and not raw_path.startswith(b"/model/"):
+            return self._s3(method, raw_path, query, headers)
+        return found
+
+    def _s3(self, method: str, raw_path: bytes, query: bytes,
+            headers: Sequence[tuple[bytes, bytes]]) -> tuple[Operation, dict[str, str]] | None:
+        host = next((value.decode("latin-1") for name, value in headers if name.lower() == b"host"), "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.lower().rstrip(".")
+        path = raw_path.split(b"?", 1)[0]
+        for base in self.s3_hosts:
+            if name.endswith("." + base) and len(name) > len(base) + 1:
+                bucket = name[: -len(base) - 1].encode()
+                path = b"/" + bucket + (path if path != b"/" else b"")
+                break
+        found = match(S3, method, path, query, headers)
+        if found is not None:
+            return self.row(S3, found[0]), found[1]
+        return None
+
+    def _s3_signed(self, method: str, raw_path: bytes, query: bytes,
+                   headers: Sequence[tuple[bytes, bytes]]) -> tuple[Operation, dict[str, str]]:
+        """A request signed for S3 always gets an S3 answer: MethodNotAllowed where no S3 operation matches."""
+        found = self._s3(method, raw_path, query, headers)
+        if found is not None:
+            return found
+        return S3_UNMATCHED, {}
+
+    def _bedrock(self, method: str, raw_path: bytes) -> tuple[Operation, dict[str, str]] | None:
         path = raw_path.split(b"?", 1)[0].decode("latin-1")
         exact = self._exact.get((method, path))
         if exact is not None:

@@ -106,9 +106,14 @@ class LocalBlobStore(BlobStore):
     with :class:`BlobStoreError`. Messages name the bucket and key, not the folder (see the module docstring)."""
 
     def __init__(self, root: Path) -> None:
+        from llamarock.storage.s3_objects import ObjectStore  # it builds on this module's errors
+
         self.root = root
         self.location = "llamarock's local blob store"
         self.where = f"the local blob store folder {root}"
+        # The S3 endpoint's view of the same folder: reads see every key S3 clients wrote, including those kept
+        # outside the bucket folder (docs/s3.md, "Storage layout").
+        self.objects = ObjectStore(root)
 
     def create_hint(self, bucket: str) -> str:
         return (f"create it first: a bucket of the local blob store is a folder, mkdir <data_dir>/blobs/{bucket} (or "
@@ -186,6 +191,14 @@ class LocalBlobStore(BlobStore):
             ) from error
 
     def get(self, bucket: str, key: str) -> bytes:
+        try:
+            found = self.objects.head(bucket, key) if key and self.bucket_exists(bucket) else None
+            if found is not None:
+                return found.path.read_bytes()
+        except OSError as error:
+            raise BlobStoreError(
+                f"cannot read object {key!r} in bucket {bucket!r} of {self.location}: {self._reason(error)}"
+            ) from error
         path = self._path(bucket, key)
         try:
             return path.read_bytes()
@@ -201,13 +214,12 @@ class LocalBlobStore(BlobStore):
     def list(self, bucket: str, prefix: str = "") -> list[str]:
         if not self.bucket_exists(bucket):
             raise BucketMissingError(bucket, self.location)
-        base = self._bucket_dir(bucket)
-        keys = [
-            path.relative_to(base).as_posix()
-            for path in base.rglob("*")
-            if path.is_file() and not path.name.endswith(".part")
-        ]
-        return sorted(key for key in keys if key.startswith(prefix))
+        try:
+            return sorted(self.objects.keys(bucket, prefix))
+        except OSError as error:
+            raise BlobStoreError(
+                f"cannot list bucket {bucket!r} of {self.location}: {self._reason(error)}"
+            ) from error
 
 
 class S3BlobStore(BlobStore):
