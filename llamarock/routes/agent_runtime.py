@@ -17,7 +17,7 @@ from starlette.responses import Response
 from llamarock.bedrock import rag
 from llamarock.codec import eventstream
 from llamarock.errors import ValidationException
-from llamarock.routes.common import Call, event_stream
+from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
 from llamarock.routes.control import ControlCall
 from llamarock.services.knowledge import KnowledgeService
 
@@ -49,14 +49,20 @@ async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str,
     return session, query, sources, prompt, model_arn, generation
 
 
-async def retrieve_and_generate(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+async def retrieve_and_generate(call: ControlCall, params: dict[str, Any]) -> Response:
     service = _service(call)
-    session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
-    raw = "".join([delta async for delta in service.generate(call.region, model_arn, prompt, generation,
-                                                                 call.request_id)])
-    text, citations = rag.answer(raw, sources)
-    await service.remember(session, query, text)
-    return {"output": {"text": text}, "sessionId": session.session_id, "citations": citations}
+
+    async def answer() -> Response:
+        session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
+        raw = "".join([delta async for delta in service.generate(call.region, model_arn, prompt, generation,
+                                                                     call.request_id)])
+        text, citations = rag.answer(raw, sources)
+        await service.remember(session, query, text)
+        return json_response({"output": {"text": text}, "sessionId": session.session_id, "citations": citations},
+                             {"x-amzn-RequestId": call.request_id})
+
+    # A client that gives up (a read timeout, then its retry) cancels the generation it no longer waits for.
+    return await until_disconnect(call.request, answer())
 
 
 async def retrieve_and_generate_stream(call: ControlCall, params: dict[str, Any]) -> Response:
