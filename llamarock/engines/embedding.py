@@ -14,6 +14,7 @@ embedder (onnxruntime parallelises inside a batch with ``threads`` intra-op thre
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import json
 import logging
@@ -96,6 +97,15 @@ class Embedder(ABC):
         """Release what the embedder holds; no ``embed`` may run afterwards."""
 
 
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``): after a model load or a large batch,
+    freed buffers otherwise stay in the process's resident memory (about 45 MB here). A no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def default_cache_dir() -> Path:
     """Where built embedding graphs are cached: ``$XDG_CACHE_HOME/llamarock``, else ``~/.cache/llamarock``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -145,7 +155,7 @@ class OnnxBertEmbedder(Embedder):
         threads: int = 1,
         max_tokens: int = 256,
         max_batch: int = 32,
-        max_batch_tokens: int = 4096,
+        max_batch_tokens: int = 2048,
         cache_dir: Path | Literal["default"] | None = "default",
     ) -> None:
         self.name = name
@@ -232,6 +242,7 @@ class OnnxBertEmbedder(Embedder):
                 with tempfile.TemporaryDirectory(prefix="llamarock-embed-") as folder:
                     path = self._build_graph(Path(folder) / "model.onnx", cached)
                     self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            release_free_memory()
             # Give the arena back after each run: batch buffers (batch x length^2 attention scores) are transient.
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -336,6 +347,8 @@ class OnnxBertEmbedder(Embedder):
         if normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.maximum(norms, 1e-12)
+        if sum(lengths) > self._max_batch_tokens // 2:
+            release_free_memory()
         return Embeddings(vectors=out.tolist(), token_counts=lengths)
 
     async def close(self) -> None:
