@@ -14,8 +14,11 @@ from typing import Any
 
 from starlette.responses import Response
 
+from llamarock.auth.actions import model_resources
+from llamarock.auth.gate import denial
 from llamarock.bedrock import rag
 from llamarock.codec import eventstream
+from llamarock.context import ModelName, RequestContext
 from llamarock.errors import ValidationException
 from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
 from llamarock.routes.control import ControlCall
@@ -38,8 +41,34 @@ async def retrieve(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     return {"retrievalResults": results}
 
 
+def _authorise(call: ControlCall, params: dict[str, Any]) -> None:
+    """What else RetrieveAndGenerate needs, as on AWS: bedrock:Retrieve on its knowledge base and
+    bedrock:InvokeModel on its model (the row authorised bedrock:RetrieveAndGenerate itself)."""
+    context: RequestContext = call.request.state.context
+    principal = context.principal
+    if principal is None:
+        return
+    configuration = params["retrieveAndGenerateConfiguration"]
+    flavour = configuration.get("knowledgeBaseConfiguration") or configuration.get("externalSourcesConfiguration")
+    if not flavour:
+        return  # the service says which configuration is missing
+    settings = call.state.settings
+    needs: list[tuple[str, str]] = []
+    if configuration.get("knowledgeBaseConfiguration"):
+        kb_id = flavour.get("knowledgeBaseId", "")
+        needs.append(("bedrock:Retrieve", f"arn:aws:bedrock:{call.region}:{call.account_id}:knowledge-base/{kb_id}"))
+    model = ModelName.parse(flavour.get("modelArn", ""), settings.aliases, call.account_id)
+    resources, _ = model_resources(model, call.region, call.account_id)
+    needs += [("bedrock:InvokeModel", resource) for resource in resources]
+    for action, resource in needs:
+        decision = principal.policy.evaluate(action, resource, context.policy_context or {})
+        if decision != "Allow":
+            raise denial(principal.arn, action, resource, decision == "Deny")
+
+
 async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str, list[rag.Source], rag.Prompt,
                                                                        str, dict[str, Any]]:
+    _authorise(call, params)
     service = _service(call)
     session = await service.session(params.get("sessionId"))
     query = params["input"]["text"]
