@@ -3,8 +3,10 @@
 Texts of exactly 64, 128 and 256 tokens (special tokens included; varied English words, deterministic) are embedded
 in calls of 1, 8 and 32 texts; each configuration runs for about ``--seconds`` after one warm-up call, and the best
 of ``--trials`` is kept (the machine is shared: the best trial is the least disturbed). Reports texts/s and tokens/s,
-the resident memory after loading and at the end (VmRSS) and its peak (VmHWM), and, with ``--sweep``, batch 32 at
-256 tokens for several ``max_batch_tokens`` (the bound on padded tokens per onnxruntime run).
+the resident memory after loading and at the end (VmRSS) and its peak (VmHWM), the machine's load average (other
+work on the same cores slows every figure), and, with ``--sweep``, batch 32 at 256 tokens for several
+``max_batch_tokens`` (the bound on padded tokens per onnxruntime run). The built graph is cached
+(docs/embeddings.md): run it twice to see the memory of a start that reads the cache.
 
 Usage: .venv/bin/python bench/embeddings.py [--threads 2] [--seconds 3] [--trials 3] [--sweep]
 Prints one JSON object. Run by hand; never a test.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -72,6 +75,7 @@ async def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also compare max_batch_tokens at batch 32 x 256")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     before = _memory_mib()
     embedder = OnnxBertEmbedder(minilm_zip_path(), threads=args.threads)
     started = time.perf_counter()
@@ -93,6 +97,8 @@ async def main() -> None:
     await embedder.close()
     print(json.dumps({
         "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
         "load_s": round(load_s, 2),
         "memory_mib": {"before_load": before, "after_load": loaded, "after_runs": after},
         "results": results,

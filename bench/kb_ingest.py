@@ -113,6 +113,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "chunks_per_s": round(chunks / elapsed, 1),
         "embedding_share": round(embed_time / elapsed, 3),
+        "chunks_per_s_without_embedding": round(chunks / max(elapsed - embed_time, 1e-9), 1),
+        "load_average": os.getloadavg()[0],
     }
     print(f"ingest: {report['ingest']}", file=sys.stderr)
 
@@ -180,6 +182,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     del q_vecs
     gc.collect()
+    report["load_average_end"] = os.getloadavg()[0]
     report["memory_mb"] = {
         "rss": _status("VmRSS"),
         "peak_rss": _status("VmHWM"),

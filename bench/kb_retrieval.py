@@ -166,7 +166,9 @@ def tune(
     table.sort(key=lambda t: -t[0])
     best = table[0][2]
     top = [{"fusion": f.__dict__, "train_ndcg10": [round(100 * m, 2) for m in ms]} for _, ms, f in table[:5]]
-    return best, {"split": split, "queries_per_set": limit, "top5": top}
+    rrf = next((ms, f) for _, ms, f in table if f.method == "rrf")
+    best_rrf = {"fusion": rrf[1].__dict__, "train_ndcg10": [round(100 * m, 2) for m in rrf[0]]}
+    return best, {"split": split, "queries_per_set": limit, "top5": top, "best_rrf": best_rrf}
 
 
 def evaluate(

@@ -89,8 +89,8 @@ def test_help_shows_defaults_choices_and_groups(capsys: pytest.CaptureFixture[st
         assert name in text
         assert "--" + name.replace("_", "-") not in _options(text)
     assert set(flags.file_only_fields()) == {
-        "deployments", "prices", "aliases", "model_regions", "on_demand_regions", "region_servers",
-        "tier_price_multipliers"}
+        "deployments", "embedding_deployments", "prices", "aliases", "model_regions", "on_demand_regions",
+        "region_servers", "tier_price_multipliers"}
     assert max(len(line) for line in text.splitlines()) <= 200
 
 

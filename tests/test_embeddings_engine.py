@@ -7,6 +7,7 @@ import asyncio
 import json
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from llamarock.engines.embedding import Embedder, OnnxBertEmbedder, embedded_def
 
 @pytest.fixture(scope="module")
 def embedder() -> Iterator[Embedder]:
-    e = embedded_default(threads=2)
+    e = OnnxBertEmbedder(minilm_zip_path(), threads=2, cache_dir=None)  # builds the graph: no cached copy
     yield e
     asyncio.run(e.close())
 
@@ -180,3 +181,30 @@ def test_remote_token_counts_are_shared_out_exactly() -> None:
     assert _share(10, [1, 1, 1]) == [4, 3, 3]
     assert sum(_share(97, [5, 17, 2, 40])) == 97
     assert _share(None, [2, 3]) == [2, 3]
+
+
+def test_the_built_graph_is_cached(tmp_path: Path, embedder: Embedder) -> None:
+    texts = SENTENCES[:4]
+    want, _ = embed(embedder, texts)
+    first = OnnxBertEmbedder(minilm_zip_path(), cache_dir=tmp_path)
+    try:
+        built, _ = embed(first, texts)
+    finally:
+        asyncio.run(first.close())
+    (graph,) = tmp_path.glob("all-MiniLM-L6-v2-*.onnx")
+    stamp = graph.stat().st_mtime_ns
+    second = OnnxBertEmbedder(minilm_zip_path(), cache_dir=tmp_path)
+    try:
+        cached, _ = embed(second, texts)
+    finally:
+        asyncio.run(second.close())
+    assert graph.stat().st_mtime_ns == stamp  # read, not rebuilt
+    assert np.abs(built - want).max() < 1e-6 and np.abs(cached - want).max() < 1e-6
+    unwritable = tmp_path / "file"
+    unwritable.write_text("not a folder")
+    third = OnnxBertEmbedder(minilm_zip_path(), cache_dir=unwritable / "cache")  # falls back to a temporary file
+    try:
+        fallback, _ = embed(third, texts)
+    finally:
+        asyncio.run(third.close())
+    assert np.abs(fallback - want).max() < 1e-6

@@ -440,15 +440,23 @@ def test_custom_documents(kb_server: Holder, corpus: dict[str, str]) -> None:
         "inlineContent": {"type": "TEXT", "textContent": {"data": "The quarterly offsite moves to Lisbon in May."}},
     }}, "metadata": {"type": "IN_LINE_ATTRIBUTE", "inlineAttributes": [
         {"key": "genre", "value": {"type": "STRING", "stringValue": "memo"}}]}}
+    as_bytes = {"content": {"dataSourceType": "CUSTOM", "custom": {
+        "customDocumentIdentifier": {"id": "memo-2"}, "sourceType": "IN_LINE",
+        "inlineContent": {"type": "BYTE", "byteContent": {
+            "mimeType": "text/html", "data": b"<p>The cafeteria serves paella on Fridays.</p>"}},
+    }}}
     details = agent.ingest_knowledge_base_documents(knowledgeBaseId=corpus["kb"], dataSourceId=ds_id,
-                                                    documents=[document])["documentDetails"]
-    assert details[0]["status"] == "INDEXED"
+                                                    documents=[document, as_bytes])["documentDetails"]
+    assert [d["status"] for d in details] == ["INDEXED", "INDEXED"]
     identifier = {"dataSourceType": "CUSTOM", "custom": {"id": "memo-1"}}
     got = agent.get_knowledge_base_documents(knowledgeBaseId=corpus["kb"], dataSourceId=ds_id,
                                              documentIdentifiers=[identifier])["documentDetails"]
     assert got[0]["status"] == "INDEXED"
     listed = agent.list_knowledge_base_documents(knowledgeBaseId=corpus["kb"], dataSourceId=ds_id)
-    assert [d["identifier"]["custom"]["id"] for d in listed["documentDetails"]] == ["memo-1"]
+    assert [d["identifier"]["custom"]["id"] for d in listed["documentDetails"]] == ["memo-1", "memo-2"]
+    paella = kb_server.runtime().retrieve(knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "paella day"},
+                                          retrievalConfiguration={"vectorSearchConfiguration": {"numberOfResults": 1}})
+    assert "paella" in paella["retrievalResults"][0]["content"]["text"]
     results = kb_server.runtime().retrieve(
         knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "Where is the offsite?"},
         retrievalConfiguration={"vectorSearchConfiguration": {"numberOfResults": 1,
@@ -693,3 +701,19 @@ def test_restart_mid_ingestion_resumes_without_duplicates(kb_server: Holder) -> 
     chunk_ids = [r["metadata"]["x-amz-bedrock-kb-chunk-id"] for r in results]
     texts = [r["content"]["text"] for r in results]
     assert chunk_ids and len(set(chunk_ids)) == len(chunk_ids) and len(set(texts)) == len(texts)
+    # StopIngestionJob: a second data source on the same bucket has every document to index; stopped at once, its
+    # job ends STOPPED between documents, having scanned fewer than all.
+    second = create_s3_source(agent, kb_id, bucket, name="second")
+    job_id = agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=second)["ingestionJob"]["ingestionJobId"]
+    stopping = agent.stop_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=second, ingestionJobId=job_id)
+    assert stopping["ingestionJob"]["status"] in ("STOPPING", "STOPPED")
+
+    def stopped() -> dict[str, Any] | None:
+        found: dict[str, Any] = agent.get_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=second,
+                                                        ingestionJobId=job_id)["ingestionJob"]
+        return found if found["status"] == "STOPPED" else None
+
+    assert wait_for(stopped, "the job to stop")["statistics"]["numberOfDocumentsScanned"] < count
+    with pytest.raises(ClientError) as error:
+        agent.stop_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=second, ingestionJobId=job_id)
+    assert error_code(error) == "ConflictException"

@@ -315,3 +315,38 @@ def test_search_refuses_bad_arguments(tmp_path: Path) -> None:
         assert store.search("kb", "x", _unit(1), 3, "HYBRID") == []
     finally:
         store.close()
+
+
+def test_lexical_ranks_by_bm25(store: VectorStore, request: pytest.FixtureRequest) -> None:
+    kb = _kb(request)
+    store.upsert(kb, "short", [StoredChunk("s", "apples and apples", _unit(1))])
+    store.upsert(kb, "long", [StoredChunk("l", "apples with pears, plums, cherries, grapes and lemons", _unit(2))])
+    store.upsert(kb, "none", [StoredChunk("n", "nothing relevant here at all", _unit(3))])
+    assert [h.chunk_id for h in store.search(kb, "apple", None, 5, "LEXICAL")] == ["s", "l"]
+    # the rarer word weighs more: "plums" is in one chunk, "apples" in two
+    assert store.search(kb, "apples plums", None, 5, "LEXICAL")[0].chunk_id == "l"
+
+
+def test_postgres_document_frequencies_follow_writes(pg_url: str) -> None:
+    import psycopg
+
+    from llamarock.knowledge.pg_store import PgVectorStore
+
+    store = PgVectorStore(pg_url)
+    try:
+        store.drop("kb-df")
+        for round_ in range(3):
+            for doc in range(4):
+                words = " ".join(f"w{(doc + round_ + i) % 7}" for i in range(3))
+                store.upsert("kb-df", f"d{doc}", [StoredChunk(f"d{doc}-{round_}", words, _unit(doc))])
+        store.delete_document("kb-df", "d1")
+        with psycopg.connect(pg_url) as conn:
+            (tag,) = conn.execute("SELECT tag FROM llamarock_kbs WHERE kb_id = 'kb-df'").fetchone()  # type: ignore[misc]
+            kept = dict(conn.execute(f"SELECT term, df FROM llamarock_kb{tag}_df").fetchall())
+            actual = dict(
+                conn.execute(f"SELECT word, ndoc FROM ts_stat('SELECT tsv FROM llamarock_kb{tag}')").fetchall()
+            )
+        assert kept == actual and len(actual) >= 3
+    finally:
+        store.drop("kb-df")
+        store.close()

@@ -20,19 +20,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-# Bedrock's default knowledge-base prompt (its wording, shortened only where it named Claude-specific tags).
+# The default prompt: Bedrock's default knowledge-base prompt in fewer words (a small model reads every token of it,
+# and the embedded engine spends most of a RetrieveAndGenerate reading the prompt).
 DEFAULT_TEMPLATE = (
-    "You are a question answering agent. I will provide you with a set of search results. The user will provide "
-    "you with a question. Your job is to answer the user's question using only information from the search "
-    "results. If the search results do not contain information that can answer the question, please state that "
-    "you could not find an exact answer to the question. Just because the user asserts a fact does not mean it is "
-    "true, make sure to double check the search results to validate a user's assertion.\n\n"
-    "Here are the search results in numbered order:\n$search_results$\n\n$output_format_instructions$"
+    "Answer the user's question using only the search results below. If they do not contain the answer, say that "
+    "you could not find an exact answer. Do not take the user's assertions as facts without checking them against "
+    "the search results.\n\nSearch results:\n$search_results$\n\n$output_format_instructions$"
 )
 
 OUTPUT_FORMAT_INSTRUCTIONS = (
-    "Answer in a few plain sentences. After each sentence that uses a search result, write the number of that "
-    "result in square brackets, for example [1] or [1][3]."
+    "Answer in a few plain sentences. After each sentence, write the numbers of the search results it uses in "
+    "square brackets, like [1] or [1][2]."
 )
 
 # The default of the external-sources flavour (EXTERNAL_SOURCES): the documents are the search results.
@@ -43,6 +41,9 @@ MIN_OVERLAP = 0.2
 
 _MARKER = re.compile(r"\s*(?:\[(\d{1,3})\]|%\[(\d{1,3})\]%|\[(?:source|Source|doc|Doc)\s*(\d{1,3})\])")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# A sentence ends at . ! ? (and closing quotes or brackets) followed by whitespace or the end, or at a line break:
+# "18.02" and "e.g.x" do not end one.
+_SENTENCE = re.compile(r"[^\n]+?(?:[.!?]+[\"')\]]*(?=\s|$)|(?=\n)|$)")
 # Common English function words: they say nothing about where a sentence came from.
 _STOP = frozenset("""a an the and or but if then than so of to in on at by for with from as is are was were be been
 being it its this that these those there here which who whom whose what when where why how not no yes do does did
@@ -150,7 +151,7 @@ def sentences(text: str) -> list[tuple[int, str]]:
     """The sentences of ``text`` with their start offsets; each keeps its trailing punctuation, and the whitespace
     between sentences belongs to none."""
     found = []
-    for match in re.finditer(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)", text):
+    for match in _SENTENCE.finditer(text):
         stripped = match.group().strip()
         if not stripped:
             continue

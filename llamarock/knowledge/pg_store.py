@@ -3,15 +3,20 @@
 Layout per knowledge base (tables named by a per-KB tag from ``llamarock_kbs``, never by the KB id)::
 
     llamarock_kb<tag>(id, chunk_id UNIQUE, document_id, text, metadata jsonb, location jsonb, parent_id,
-                      parent_text, embedding vector(dims), tsv tsvector GENERATED from text ('english'), GIN on tsv)
+                      parent_text, embedding vector(dims), tsv tsvector GENERATED from text ('english'), GIN on tsv,
+                      doclen: the text's lexeme count)
+    llamarock_kb<tag>_df(term, df)   document frequency of each lexeme, kept in step by upsert and delete
 
 Dense search is exact (``embedding <=> query`` over every row the filter keeps, then ``ORDER BY ... LIMIT``): an
 HNSW index in pgvector before 0.8 filters after its approximate top-k and returns at most ``ef_search`` rows, which
 would break "filter before top k"; an exact scan at tens of thousands of chunks takes milliseconds.
 
-Lexical search is PostgreSQL's full text search, ranked by ``ts_rank_cd`` (cover density, normalised by log
-document length), not BM25: PostgreSQL has no BM25 without an extension (pg_search, vchord_bm25) that pgserver
-does not ship and RDS may not allow. The query is the same OR of stopword-free terms the SQLite store uses.
+Lexical search is BM25 (k1 1.2, b 0.75, Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed in SQL
+over PostgreSQL's full-text search: the GIN index finds the chunks holding any query lexeme ('english' stemming and
+stopwords), term frequencies come from the tsvector's positions, document frequencies from the ``_df`` table.
+PostgreSQL's own ``ts_rank_cd`` (cover density) is built for phrase proximity and ranks OR queries badly (nDCG@10
+24.6 on NFCorpus, 37.3 on SciFact, against 32.8 and 68.8 for BM25), and BM25 extensions (pg_search, vchord_bm25)
+are neither in pgserver nor generally allowed on RDS.
 
 Concurrency: one writer connection behind a lock (each upsert one transaction: old chunks deleted, new inserted,
 atomically), one autocommit reader connection per thread.
@@ -32,6 +37,7 @@ from llamarock.knowledge.lexical import query_terms
 from llamarock.knowledge.store import Row, StoredChunk, VectorStore, check_vector
 
 _REGISTRY = "llamarock_kbs"
+K1, B = 1.2, 0.75  # BM25's parameters, as SQLite FTS5's bm25()
 
 
 def _vector(values: Sequence[float]) -> str:
@@ -96,8 +102,9 @@ class PgVectorStore(VectorStore):
             f"CREATE TABLE {t} (id bigserial PRIMARY KEY, chunk_id text NOT NULL UNIQUE, document_id text NOT NULL,"
             " text text NOT NULL, metadata jsonb NOT NULL, location jsonb NOT NULL, parent_id text, parent_text text,"
             f" embedding vector({dims}) NOT NULL,"
-            " tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED)"
+            " tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED, doclen integer NOT NULL)"
         )
+        conn.execute(f"CREATE TABLE {t}_df (term text PRIMARY KEY, df integer NOT NULL)")
         conn.execute(f"CREATE INDEX {t}_doc ON {t} (document_id)")
         conn.execute(f"CREATE INDEX {t}_tsv ON {t} USING gin (tsv)")
         return tag
@@ -106,7 +113,7 @@ class PgVectorStore(VectorStore):
         with self._lock, self._writer.transaction():
             found = self._tag(self._writer, kb_id)
             if found is not None:
-                self._writer.execute(f"DROP TABLE IF EXISTS llamarock_kb{found[0]}")
+                self._writer.execute(f"DROP TABLE IF EXISTS llamarock_kb{found[0]}, llamarock_kb{found[0]}_df")
                 self._writer.execute(f"DELETE FROM {_REGISTRY} WHERE tag = %s", (found[0],))
 
     def upsert(self, kb_id: str, document_id: str, chunks: Sequence[StoredChunk]) -> None:
@@ -134,12 +141,14 @@ class PgVectorStore(VectorStore):
                                 f"the knowledge base stores {have}-dimension vectors; these have {dims.pop()}"
                             )
                     t = f"llamarock_kb{tag}"
-                    conn.execute(f"DELETE FROM {t} WHERE document_id = %s", (document_id,))
+                    self._delete(conn, t, document_id)
                     if chunks:
                         with conn.cursor() as cur:
                             cur.executemany(
                                 f"INSERT INTO {t} (chunk_id, document_id, text, metadata, location, parent_id,"
-                                " parent_text, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::vector)",
+                                " parent_text, embedding, doclen) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::vector,"
+                                " (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0)"
+                                " FROM unnest(to_tsvector('english', %s)) u))",
                                 [
                                     (
                                         c.chunk_id,
@@ -150,10 +159,17 @@ class PgVectorStore(VectorStore):
                                         c.parent_id,
                                         None if c.parent_text is None else c.parent_text.replace("\x00", ""),
                                         _vector(v),
+                                        c.text.replace("\x00", ""),
                                     )
                                     for c, v in zip(chunks, vectors, strict=True)
                                 ],
                             )
+                        conn.execute(
+                            f"INSERT INTO {t}_df (term, df) SELECT u.lexeme, count(*) FROM {t} c, unnest(c.tsv) u"
+                            " WHERE c.document_id = %s GROUP BY u.lexeme"
+                            f" ON CONFLICT (term) DO UPDATE SET df = {t}_df.df + EXCLUDED.df",
+                            (document_id,),
+                        )
             except psycopg.errors.UniqueViolation as exc:
                 raise ValueError(
                     f"a chunk id is already used by another document of this knowledge base: {exc}"
@@ -164,8 +180,22 @@ class PgVectorStore(VectorStore):
             found = self._tag(self._writer, kb_id)
             if found is None:
                 return 0
-            cur = self._writer.execute(f"DELETE FROM llamarock_kb{found[0]} WHERE document_id = %s", (document_id,))
-            return int(cur.rowcount)
+            return self._delete(self._writer, f"llamarock_kb{found[0]}", document_id)
+
+    @staticmethod
+    def _delete(conn: psycopg.Connection[Any], t: str, document_id: str) -> int:
+        """Delete the document's rows and take their lexemes off the document frequencies; the rows removed."""
+        row = conn.execute(
+            f"WITH gone AS (DELETE FROM {t} WHERE document_id = %s RETURNING tsv),"
+            " lex AS (SELECT u.lexeme, count(*) AS n FROM gone, unnest(gone.tsv) u GROUP BY u.lexeme),"
+            f" upd AS (UPDATE {t}_df d SET df = d.df - lex.n FROM lex WHERE d.term = lex.lexeme)"
+            " SELECT count(*) FROM gone",
+            (document_id,),
+        ).fetchone()
+        removed = int(row[0]) if row else 0
+        if removed:
+            conn.execute(f"DELETE FROM {t}_df WHERE df <= 0")
+        return removed
 
     def count(self, kb_id: str) -> int:
         conn = self._reader()
@@ -206,12 +236,21 @@ class PgVectorStore(VectorStore):
         if found is None or not terms:
             return []
         clause, extra = filters_mod.to_postgres(where) if where is not None else ("true", [])
+        t = f"llamarock_kb{found[0]}"
         sql = (
-            "WITH q AS (SELECT websearch_to_tsquery('english', %s) AS q)"
-            f" SELECT c.id, ts_rank_cd(c.tsv, q.q, 1) AS s FROM llamarock_kb{found[0]} c, q"
-            f" WHERE c.tsv @@ q.q AND {clause} ORDER BY s DESC, c.id LIMIT %s"
+            "WITH q AS (SELECT DISTINCT u.lexeme FROM unnest(to_tsvector('english', %s)) u),"
+            " tq AS (SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS tq FROM q),"
+            f" s AS (SELECT count(*)::float8 AS n, greatest(avg(doclen), 1)::float8 AS avgdl FROM {t}),"
+            " w AS (SELECT q.lexeme, ln(1 + (s.n - d.df + 0.5) / (d.df + 0.5)) AS idf"
+            f"       FROM q JOIN {t}_df d ON d.term = q.lexeme CROSS JOIN s)"
+            f" SELECT c.id, sum(w.idf * u.tf * {K1 + 1} / (u.tf + {K1} * (1 - {B} + {B} * c.doclen / s.avgdl)))"
+            f" AS score FROM {t} c CROSS JOIN s CROSS JOIN tq"
+            " CROSS JOIN LATERAL (SELECT x.lexeme, coalesce(array_length(x.positions, 1), 1) AS tf"
+            "                     FROM unnest(c.tsv) x) u"
+            " JOIN w ON w.lexeme = u.lexeme"
+            f" WHERE c.tsv @@ tq.tq AND {clause} GROUP BY c.id ORDER BY score DESC, c.id LIMIT %s"
         )
-        return [(int(rid), float(s)) for rid, s in conn.execute(sql, [" or ".join(terms), *extra, n])]
+        return [(int(rid), float(s)) for rid, s in conn.execute(sql, [" ".join(terms), *extra, n])]
 
     def _rows(self, kb_id: str, ids: Sequence[int]) -> dict[int, Row]:
         if not ids:

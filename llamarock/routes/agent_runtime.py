@@ -14,10 +14,13 @@ from typing import Any
 
 from starlette.responses import Response
 
+from llamarock.auth.actions import model_resources
+from llamarock.auth.gate import denial
 from llamarock.bedrock import rag
 from llamarock.codec import eventstream
+from llamarock.context import ModelName, RequestContext
 from llamarock.errors import ValidationException
-from llamarock.routes.common import Call, event_stream
+from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
 from llamarock.routes.control import ControlCall
 from llamarock.services.knowledge import KnowledgeService
 
@@ -38,8 +41,34 @@ async def retrieve(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     return {"retrievalResults": results}
 
 
+def _authorise(call: ControlCall, params: dict[str, Any]) -> None:
+    """What else RetrieveAndGenerate needs, as on AWS: bedrock:Retrieve on its knowledge base and
+    bedrock:InvokeModel on its model (the row authorised bedrock:RetrieveAndGenerate itself)."""
+    context: RequestContext = call.request.state.context
+    principal = context.principal
+    if principal is None:
+        return
+    configuration = params["retrieveAndGenerateConfiguration"]
+    flavour = configuration.get("knowledgeBaseConfiguration") or configuration.get("externalSourcesConfiguration")
+    if not flavour:
+        return  # the service says which configuration is missing
+    settings = call.state.settings
+    needs: list[tuple[str, str]] = []
+    if configuration.get("knowledgeBaseConfiguration"):
+        kb_id = flavour.get("knowledgeBaseId", "")
+        needs.append(("bedrock:Retrieve", f"arn:aws:bedrock:{call.region}:{call.account_id}:knowledge-base/{kb_id}"))
+    model = ModelName.parse(flavour.get("modelArn", ""), settings.aliases, call.account_id)
+    resources, _ = model_resources(model, call.region, call.account_id)
+    needs += [("bedrock:InvokeModel", resource) for resource in resources]
+    for action, resource in needs:
+        decision = principal.policy.evaluate(action, resource, context.policy_context or {})
+        if decision != "Allow":
+            raise denial(principal.arn, action, resource, decision == "Deny")
+
+
 async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str, list[rag.Source], rag.Prompt,
                                                                        str, dict[str, Any]]:
+    _authorise(call, params)
     service = _service(call)
     session = await service.session(params.get("sessionId"))
     query = params["input"]["text"]
@@ -49,14 +78,20 @@ async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str,
     return session, query, sources, prompt, model_arn, generation
 
 
-async def retrieve_and_generate(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
+async def retrieve_and_generate(call: ControlCall, params: dict[str, Any]) -> Response:
     service = _service(call)
-    session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
-    raw = "".join([delta async for delta in service.generate(call.region, model_arn, prompt, generation,
-                                                                 call.request_id)])
-    text, citations = rag.answer(raw, sources)
-    await service.remember(session, query, text)
-    return {"output": {"text": text}, "sessionId": session.session_id, "citations": citations}
+
+    async def answer() -> Response:
+        session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
+        raw = "".join([delta async for delta in service.generate(call.region, model_arn, prompt, generation,
+                                                                     call.request_id)])
+        text, citations = rag.answer(raw, sources)
+        await service.remember(session, query, text)
+        return json_response({"output": {"text": text}, "sessionId": session.session_id, "citations": citations},
+                             {"x-amzn-RequestId": call.request_id})
+
+    # A client that gives up (a read timeout, then its retry) cancels the generation it no longer waits for.
+    return await until_disconnect(call.request, answer())
 
 
 async def retrieve_and_generate_stream(call: ControlCall, params: dict[str, Any]) -> Response:

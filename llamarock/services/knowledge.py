@@ -491,7 +491,7 @@ class KnowledgeService:
             if existing is not None:
                 return self._repeat(existing, digest, "StartIngestionJob")
         if kb.status not in ("ACTIVE", "UPDATING"):
-            self._kb(region, kb_id, usable=True)
+            await asyncio.to_thread(self._kb, region, kb_id, usable=True)
         if ds.kind != "S3":
             raise ValidationException(
                 f"The data source {ds_id} is {ds.kind}: StartIngestionJob syncs S3 data sources. Send a CUSTOM data "
@@ -719,7 +719,7 @@ class KnowledgeService:
                                documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """IngestKnowledgeBaseDocuments: index each document now; its detail says INDEXED or FAILED (why)."""
         kb, ds = await asyncio.to_thread(self._ds, region, kb_id, ds_id)
-        self._kb(region, kb_id, usable=True)
+        await asyncio.to_thread(self._kb, region, kb_id, usable=True)
         vectors = await asyncio.to_thread(self._vectors_of, kb)
         details = []
         for entry in documents:
