@@ -24,6 +24,7 @@ import logging
 import mimetypes
 import secrets
 import string
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -126,6 +127,7 @@ class KnowledgeService:
         self.account = settings.account_id
         self._clock = clock
         self._vectors: dict[str, VectorStore] = {}
+        self._vectors_lock = threading.Lock()  # stores are opened in worker threads, once each
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stop: set[str] = set()
@@ -186,19 +188,23 @@ class KnowledgeService:
 
     def _vectors_of(self, kb: KnowledgeBase) -> VectorStore:
         key = kb.store_url or "sqlite"
-        vectors = self._vectors.get(key)
-        if vectors is None:
-            if kb.store_url is None:
-                from llamarock.knowledge.sqlite_store import SqliteVectorStore
+        with self._vectors_lock:
+            return self._vectors.get(key) or self._open_vectors(key, kb)
 
-                folder = Path(self.settings.data_dir) / "knowledge"
-                folder.mkdir(parents=True, exist_ok=True)
-                vectors = SqliteVectorStore(folder / "vectors.db")
-            else:
-                from llamarock.knowledge.pg_store import PgVectorStore
+    def _open_vectors(self, key: str, kb: KnowledgeBase) -> VectorStore:
+        """Open a vector store (under ``_vectors_lock``): the embedded SQLite one, or PostgreSQL at ``store_url``."""
+        vectors: VectorStore
+        if kb.store_url is None:
+            from llamarock.knowledge.sqlite_store import SqliteVectorStore
 
-                vectors = PgVectorStore(kb.store_url)
-            self._vectors[key] = vectors
+            folder = Path(self.settings.data_dir) / "knowledge"
+            folder.mkdir(parents=True, exist_ok=True)
+            vectors = SqliteVectorStore(folder / "vectors.db")
+        else:
+            from llamarock.knowledge.pg_store import PgVectorStore
+
+            vectors = PgVectorStore(kb.store_url)
+        self._vectors[key] = vectors
         return vectors
 
     # ------------------------------------------------------------------------------------------- knowledge bases
