@@ -78,6 +78,8 @@ MAX_FAILURE_REASONS = 100
 EMBED_BATCH = 32
 MAX_KNOWLEDGE_BASES = 100  # per region, as Bedrock's default quota
 MAX_DATA_SOURCES = 5  # per knowledge base, as Bedrock's default quota
+# Documents an ingestion job prepares at once (their texts embedded in one batch) and commits in one transaction.
+INGEST_GROUP = 16
 
 
 def _new_id() -> str:
@@ -597,16 +599,20 @@ class KnowledgeService:
         documents = [key for key in keys if not key.endswith(METADATA_SUFFIX) and not key.endswith("/")]
         known = {d.identifier: d for d in await asyncio.to_thread(self.store.documents, kb.kb_id, ds.ds_id)}
         vectors = await asyncio.to_thread(self._vectors_of, kb)
-        seen: set[str] = set()
-        for key in documents:
+        seen = {f"s3://{bucket}/{key}" for key in documents}
+        # Documents done before a restart were counted then (their outcome was committed with the statistics).
+        todo = [key for key in documents if (known.get(f"s3://{bucket}/{key}") or _NEVER).last_job_id != job_id]
+        embedder = _BatchingEmbedder(_KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb)))
+        for start in range(0, len(todo), INGEST_GROUP):
             if job_id in self._stop:
                 break
-            uri = f"s3://{bucket}/{key}"
-            seen.add(uri)
-            previous = known.get(uri)
-            if previous is not None and previous.last_job_id == job_id:
-                continue  # done before a restart: counted then
-            await self._ingest_one(kb, ds, job_id, vectors, bucket, key, uri, key in sidecars, previous)
+            group = todo[start:start + INGEST_GROUP]
+            outcomes = await asyncio.gather(*(
+                self._ingest_one(kb, ds, job_id, vectors, bucket, key, f"s3://{bucket}/{key}", key in sidecars,
+                                 known.get(f"s3://{bucket}/{key}"), embedder)
+                for key in group
+            ))
+            await self._record(job_id, outcomes)
         if job_id not in self._stop:
             for identifier, previous in known.items():
                 if identifier in seen or previous.kind != "S3":
@@ -633,7 +639,9 @@ class KnowledgeService:
             job, status=status, failure_reasons=(*job.failure_reasons, reason), updated_at=self._clock()))
 
     async def _ingest_one(self, kb: KnowledgeBase, ds: DataSource, job_id: str, vectors: VectorStore, bucket: str,
-                          key: str, uri: str, has_sidecar: bool, previous: Document | None) -> None:
+                          key: str, uri: str, has_sidecar: bool, previous: Document | None,
+                          embedder: _BatchingEmbedder) -> tuple[Document, dict[str, int], str | None]:
+        """Index one S3 document if it changed; its row, its share of the statistics and why it failed (None)."""
         stats_delta = {"numberOfDocumentsScanned": 1}
         reason: str | None = None
         status = "INDEXED"
@@ -657,7 +665,7 @@ class KnowledgeService:
                 attributes, embed_keys = self._sidecar(uri, sidecar)
                 document = SourceDocument(uri, "S3", key.rsplit("/", 1)[-1], data, attributes, metadata_hash,
                                           embed_keys)
-                chunks = await self._index(kb, ds, vectors, document)
+                chunks = await self._index(kb, ds, vectors, document, embedder)
                 if previous is None or previous.status != "INDEXED":
                     stats_delta["numberOfNewDocumentsIndexed"] = 1
                 elif unchanged:
@@ -672,16 +680,21 @@ class KnowledgeService:
             stats_delta = {"numberOfDocumentsScanned": 1, "numberOfDocumentsFailed": 1}
             if has_sidecar:
                 stats_delta["numberOfMetadataDocumentsScanned"] = 1
-        job = await self._job(job_id)
-        stats = dict(job.statistics)
-        for name, value in stats_delta.items():
-            stats[name] = stats.get(name, 0) + value
-        reasons = job.failure_reasons
-        if reason is not None and len(reasons) < MAX_FAILURE_REASONS:
-            reasons = (*reasons, reason)
         row = Document(kb.kb_id, ds.ds_id, uri, "S3", content_hash, metadata_hash, status, reason, chunks, job_id,
                        self._clock())
-        await asyncio.to_thread(self.store.put_document_and_job, row,
+        return row, stats_delta, reason
+
+    async def _record(self, job_id: str, outcomes: Sequence[tuple[Document, dict[str, int], str | None]]) -> None:
+        """Commit a group of documents' outcomes with the job's statistics, in one transaction."""
+        job = await self._job(job_id)
+        stats = dict(job.statistics)
+        reasons = job.failure_reasons
+        for _, delta, reason in outcomes:
+            for name, value in delta.items():
+                stats[name] = stats.get(name, 0) + value
+            if reason is not None and len(reasons) < MAX_FAILURE_REASONS:
+                reasons = (*reasons, reason)
+        await asyncio.to_thread(self.store.record_documents, [row for row, _, _ in outcomes],
                                 replace(job, statistics=stats, failure_reasons=reasons, updated_at=self._clock()))
 
     @staticmethod
@@ -694,14 +707,16 @@ class KnowledgeService:
         except ValueError as error:  # metadata.MetadataError
             raise _DocumentFailed(f"{uri}{METADATA_SUFFIX}: {error}") from error
 
-    async def _index(self, kb: KnowledgeBase, ds: DataSource, vectors: VectorStore, document: SourceDocument) -> int:
+    async def _index(self, kb: KnowledgeBase, ds: DataSource, vectors: VectorStore, document: SourceDocument,
+                     embedder: pipeline.EmbedderLike | None = None) -> int:
         """Parse, chunk, embed (kbcore's pipeline) and store one document, its earlier chunks replaced; the number
         of chunks."""
         source = pipeline.DocumentSource(
             _doc_key(ds.ds_id, document.identifier), document.name, document.data, document.identifier, ds.ds_id,
             document.attributes, document.embed_keys, _location(document.kind, document.identifier),
         )
-        embedder = _KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb))
+        if embedder is None:
+            embedder = _KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb))
         try:
             prepared = await pipeline.prepare(source, ds.chunking or None, embedder)
         except parsers.ParseError as error:
@@ -1054,8 +1069,53 @@ class _KnowledgeBaseEmbedder:
                                                    dimensions=self.kb.embedding_dimensions, normalize=normalize)
 
 
+class _BatchingEmbedder:
+    """Embeds the texts of documents prepared concurrently in one call to the embedding model (the embedder is much
+    faster on one batch than on many single texts); a batch that fails is retried call by call, so that one
+    document's failure stays its own."""
+
+    def __init__(self, inner: _KnowledgeBaseEmbedder) -> None:
+        self.inner = inner
+        self.count_tokens = inner.count_tokens
+        self._pending: list[tuple[list[str], bool, asyncio.Future[Embeddings]]] = []
+
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True) -> Embeddings:
+        future: asyncio.Future[Embeddings] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(texts), normalize, future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0.005)  # let the other documents of the group reach their embedding
+        batch, self._pending = self._pending, []
+        for normalize in (True, False):
+            calls = [call for call in batch if call[1] is normalize]
+            if not calls:
+                continue
+            texts = [text for call in calls for text in call[0]]
+            try:
+                result = await self.inner.embed(texts, normalize=normalize)
+            except Exception:
+                for call_texts, _, future in calls:
+                    try:
+                        future.set_result(await self.inner.embed(call_texts, normalize=normalize))
+                    except Exception as error:
+                        future.set_exception(error)
+                continue
+            at = 0
+            for call_texts, _, future in calls:
+                end = at + len(call_texts)
+                future.set_result(Embeddings(result.vectors[at:end], result.token_counts[at:end]))
+                at = end
+
+
 class _DocumentFailed(Exception):
     """One document could not be indexed (its message is the job's failure reason)."""
+
+
+# A document the knowledge base has never seen (no job has handled it).
+_NEVER = Document("", "", "", "S3", None, None, "", None, 0, None, datetime.min.replace(tzinfo=UTC))
 
 
 def _doc_key(ds_id: str, identifier: str) -> str:
