@@ -461,3 +461,17 @@ def test_provisioned_throughput_is_not_offered_for_embedding_models(server: Serv
         control.create_provisioned_model_throughput(modelUnits=1, provisionedModelName="embed-pt", modelId=TITAN_V2)
     error = info.value.response["Error"]
     assert error["Code"] == "ValidationException" and "on demand only" in error["Message"], error
+
+
+def test_langchain_bedrock_embeddings(runtime: Any) -> None:
+    """LangChain's BedrockEmbeddings, unmodified, with Titan V2 and Cohere bodies."""
+    from langchain_aws import BedrockEmbeddings
+
+    docs = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+    for model_id in (TITAN_V2, COHERE_EN):
+        embeddings = BedrockEmbeddings(client=runtime, model_id=model_id)
+        vectors = embeddings.embed_documents(docs)
+        query = embeddings.embed_query("Someone eats bread")
+        assert [len(v) for v in vectors] == [384, 384, 384] and len(query) == 384
+        scores = [cosine(query, v) for v in vectors]
+        assert scores.index(max(scores)) == 1, (model_id, scores)
