@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -193,6 +194,14 @@ def evaluate(
 
 
 def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="kb-retrieval-"))
+    try:
+        run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="*", type=Path)
     parser.add_argument("--split", default="test")
@@ -212,18 +221,26 @@ def main() -> None:
         if not root:
             parser.error("name BEIR folders, or set LLAMAROCK_BEIR_ROOT to a folder of BEIR folders")
         folders = sorted(p for p in Path(root).iterdir() if (p / "corpus.jsonl").exists())
-    work = Path(tempfile.mkdtemp(prefix="kb-retrieval-"))
     pg_server: Any = None
     if args.store == "postgres":
         import warnings
 
         import pgserver
 
-        from llamarock.knowledge.pg_store import PgVectorStore
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pg_server = pgserver.get_server(work / "pg", cleanup_mode="stop")
+    try:
+        _run_sets(args, folders, work, pg_server)
+    finally:
+        if pg_server is not None:
+            pg_server.cleanup()
+
+
+def _run_sets(args: argparse.Namespace, folders: list[Path], work: Path, pg_server: Any) -> None:
+    if pg_server is not None:
+        from llamarock.knowledge.pg_store import PgVectorStore
     loaded = []
     for folder in folders:
         beir = load_beir(folder)
@@ -263,8 +280,6 @@ def main() -> None:
             f"{beir.name:10} {res['dense']['ndcg10']:7.2f} {res['bm25']['ndcg10']:7.2f} {res['hybrid']['ndcg10']:7.2f}"
         )
         store.close()
-    if pg_server is not None:
-        pg_server.cleanup()
     print(json.dumps(report))
 
 
