@@ -662,7 +662,7 @@ def test_spec_knowledge_base_example(kb_server: Holder, corpus: dict[str, str], 
 def test_restart_mid_ingestion_resumes_without_duplicates(kb_server: Holder) -> None:
     agent = kb_server.agent()
     bucket = "kb-restart"
-    count = 60
+    count = 150
     for n in range(count):
         put(kb_server, bucket, f"doc-{n:03d}.txt",
             f"Record {n}: the unique marker word is zebra{n:03d}. " + "Filler sentence about nothing. " * 15)

@@ -7,9 +7,10 @@ stored in the embedded store, with a warning in the log); PostgreSQL with pgvect
 or ``knowledge_rds_urls``). Data sources are S3 prefixes (read from the blob store) or CUSTOM (documents sent inline
 with IngestKnowledgeBaseDocuments).
 
-Ingestion jobs run in this process, one task per job, and keep their state in the database: each source document's
-outcome and the job's statistics are written in one transaction, so a server stopped mid-job resumes the job at
-start-up without counting or indexing any document twice (a document's chunks are replaced, never appended).
+Ingestion jobs run in this process, one task per job, and keep their state in the database: documents are handled
+in groups (their texts embedded in one batch), and a group's outcomes and the job's statistics are written in one
+transaction, so a server stopped mid-job resumes the job at start-up without counting or indexing any document twice
+(a document's chunks are replaced, never appended, so a group redone after a restart leaves no duplicates).
 Re-ingestion is incremental: a document whose content hash and metadata sidecar hash are those it was indexed with is
 left alone; changed ones are re-indexed and deleted ones removed. A document that cannot be read, parsed or embedded
 is counted in ``numberOfDocumentsFailed`` with its reason in ``failureReasons``; the job goes on.
@@ -24,6 +25,7 @@ import logging
 import mimetypes
 import secrets
 import string
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -77,6 +79,8 @@ MAX_FAILURE_REASONS = 100
 EMBED_BATCH = 32
 MAX_KNOWLEDGE_BASES = 100  # per region, as Bedrock's default quota
 MAX_DATA_SOURCES = 5  # per knowledge base, as Bedrock's default quota
+# Documents an ingestion job prepares at once (their texts embedded in one batch) and commits in one transaction.
+INGEST_GROUP = 16
 
 
 def _new_id() -> str:
@@ -126,6 +130,7 @@ class KnowledgeService:
         self.account = settings.account_id
         self._clock = clock
         self._vectors: dict[str, VectorStore] = {}
+        self._vectors_lock = threading.Lock()  # stores are opened in worker threads, once each
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stop: set[str] = set()
@@ -186,19 +191,23 @@ class KnowledgeService:
 
     def _vectors_of(self, kb: KnowledgeBase) -> VectorStore:
         key = kb.store_url or "sqlite"
-        vectors = self._vectors.get(key)
-        if vectors is None:
-            if kb.store_url is None:
-                from llamarock.knowledge.sqlite_store import SqliteVectorStore
+        with self._vectors_lock:
+            return self._vectors.get(key) or self._open_vectors(key, kb)
 
-                folder = Path(self.settings.data_dir) / "knowledge"
-                folder.mkdir(parents=True, exist_ok=True)
-                vectors = SqliteVectorStore(folder / "vectors.db")
-            else:
-                from llamarock.knowledge.pg_store import PgVectorStore
+    def _open_vectors(self, key: str, kb: KnowledgeBase) -> VectorStore:
+        """Open a vector store (under ``_vectors_lock``): the embedded SQLite one, or PostgreSQL at ``store_url``."""
+        vectors: VectorStore
+        if kb.store_url is None:
+            from llamarock.knowledge.sqlite_store import SqliteVectorStore
 
-                vectors = PgVectorStore(kb.store_url)
-            self._vectors[key] = vectors
+            folder = Path(self.settings.data_dir) / "knowledge"
+            folder.mkdir(parents=True, exist_ok=True)
+            vectors = SqliteVectorStore(folder / "vectors.db")
+        else:
+            from llamarock.knowledge.pg_store import PgVectorStore
+
+            vectors = PgVectorStore(kb.store_url)
+        self._vectors[key] = vectors
         return vectors
 
     # ------------------------------------------------------------------------------------------- knowledge bases
@@ -591,16 +600,20 @@ class KnowledgeService:
         documents = [key for key in keys if not key.endswith(METADATA_SUFFIX) and not key.endswith("/")]
         known = {d.identifier: d for d in await asyncio.to_thread(self.store.documents, kb.kb_id, ds.ds_id)}
         vectors = await asyncio.to_thread(self._vectors_of, kb)
-        seen: set[str] = set()
-        for key in documents:
+        seen = {f"s3://{bucket}/{key}" for key in documents}
+        # Documents done before a restart were counted then (their outcome was committed with the statistics).
+        todo = [key for key in documents if (known.get(f"s3://{bucket}/{key}") or _NEVER).last_job_id != job_id]
+        embedder = _BatchingEmbedder(_KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb)))
+        for start in range(0, len(todo), INGEST_GROUP):
             if job_id in self._stop:
                 break
-            uri = f"s3://{bucket}/{key}"
-            seen.add(uri)
-            previous = known.get(uri)
-            if previous is not None and previous.last_job_id == job_id:
-                continue  # done before a restart: counted then
-            await self._ingest_one(kb, ds, job_id, vectors, bucket, key, uri, key in sidecars, previous)
+            group = todo[start:start + INGEST_GROUP]
+            outcomes = await asyncio.gather(*(
+                self._ingest_one(kb, ds, job_id, vectors, bucket, key, f"s3://{bucket}/{key}", key in sidecars,
+                                 known.get(f"s3://{bucket}/{key}"), embedder)
+                for key in group
+            ))
+            await self._record(job_id, outcomes)
         if job_id not in self._stop:
             for identifier, previous in known.items():
                 if identifier in seen or previous.kind != "S3":
@@ -627,7 +640,9 @@ class KnowledgeService:
             job, status=status, failure_reasons=(*job.failure_reasons, reason), updated_at=self._clock()))
 
     async def _ingest_one(self, kb: KnowledgeBase, ds: DataSource, job_id: str, vectors: VectorStore, bucket: str,
-                          key: str, uri: str, has_sidecar: bool, previous: Document | None) -> None:
+                          key: str, uri: str, has_sidecar: bool, previous: Document | None,
+                          embedder: _BatchingEmbedder) -> tuple[Document, dict[str, int], str | None]:
+        """Index one S3 document if it changed; its row, its share of the statistics and why it failed (None)."""
         stats_delta = {"numberOfDocumentsScanned": 1}
         reason: str | None = None
         status = "INDEXED"
@@ -651,7 +666,7 @@ class KnowledgeService:
                 attributes, embed_keys = self._sidecar(uri, sidecar)
                 document = SourceDocument(uri, "S3", key.rsplit("/", 1)[-1], data, attributes, metadata_hash,
                                           embed_keys)
-                chunks = await self._index(kb, ds, vectors, document)
+                chunks = await self._index(kb, ds, vectors, document, embedder)
                 if previous is None or previous.status != "INDEXED":
                     stats_delta["numberOfNewDocumentsIndexed"] = 1
                 elif unchanged:
@@ -666,16 +681,21 @@ class KnowledgeService:
             stats_delta = {"numberOfDocumentsScanned": 1, "numberOfDocumentsFailed": 1}
             if has_sidecar:
                 stats_delta["numberOfMetadataDocumentsScanned"] = 1
-        job = await self._job(job_id)
-        stats = dict(job.statistics)
-        for name, value in stats_delta.items():
-            stats[name] = stats.get(name, 0) + value
-        reasons = job.failure_reasons
-        if reason is not None and len(reasons) < MAX_FAILURE_REASONS:
-            reasons = (*reasons, reason)
         row = Document(kb.kb_id, ds.ds_id, uri, "S3", content_hash, metadata_hash, status, reason, chunks, job_id,
                        self._clock())
-        await asyncio.to_thread(self.store.put_document_and_job, row,
+        return row, stats_delta, reason
+
+    async def _record(self, job_id: str, outcomes: Sequence[tuple[Document, dict[str, int], str | None]]) -> None:
+        """Commit a group of documents' outcomes with the job's statistics, in one transaction."""
+        job = await self._job(job_id)
+        stats = dict(job.statistics)
+        reasons = job.failure_reasons
+        for _, delta, reason in outcomes:
+            for name, value in delta.items():
+                stats[name] = stats.get(name, 0) + value
+            if reason is not None and len(reasons) < MAX_FAILURE_REASONS:
+                reasons = (*reasons, reason)
+        await asyncio.to_thread(self.store.record_documents, [row for row, _, _ in outcomes],
                                 replace(job, statistics=stats, failure_reasons=reasons, updated_at=self._clock()))
 
     @staticmethod
@@ -688,14 +708,16 @@ class KnowledgeService:
         except ValueError as error:  # metadata.MetadataError
             raise _DocumentFailed(f"{uri}{METADATA_SUFFIX}: {error}") from error
 
-    async def _index(self, kb: KnowledgeBase, ds: DataSource, vectors: VectorStore, document: SourceDocument) -> int:
+    async def _index(self, kb: KnowledgeBase, ds: DataSource, vectors: VectorStore, document: SourceDocument,
+                     embedder: pipeline.EmbedderLike | None = None) -> int:
         """Parse, chunk, embed (kbcore's pipeline) and store one document, its earlier chunks replaced; the number
         of chunks."""
         source = pipeline.DocumentSource(
             _doc_key(ds.ds_id, document.identifier), document.name, document.data, document.identifier, ds.ds_id,
             document.attributes, document.embed_keys, _location(document.kind, document.identifier),
         )
-        embedder = _KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb))
+        if embedder is None:
+            embedder = _KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb))
         try:
             prepared = await pipeline.prepare(source, ds.chunking or None, embedder)
         except parsers.ParseError as error:
@@ -1048,8 +1070,53 @@ class _KnowledgeBaseEmbedder:
                                                    dimensions=self.kb.embedding_dimensions, normalize=normalize)
 
 
+class _BatchingEmbedder:
+    """Embeds the texts of documents prepared concurrently in one call to the embedding model (the embedder is much
+    faster on one batch than on many single texts); a batch that fails is retried call by call, so that one
+    document's failure stays its own."""
+
+    def __init__(self, inner: _KnowledgeBaseEmbedder) -> None:
+        self.inner = inner
+        self.count_tokens = inner.count_tokens
+        self._pending: list[tuple[list[str], bool, asyncio.Future[Embeddings]]] = []
+
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True) -> Embeddings:
+        future: asyncio.Future[Embeddings] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(texts), normalize, future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0.005)  # let the other documents of the group reach their embedding
+        batch, self._pending = self._pending, []
+        for normalize in (True, False):
+            calls = [call for call in batch if call[1] is normalize]
+            if not calls:
+                continue
+            texts = [text for call in calls for text in call[0]]
+            try:
+                result = await self.inner.embed(texts, normalize=normalize)
+            except Exception:
+                for call_texts, _, future in calls:
+                    try:
+                        future.set_result(await self.inner.embed(call_texts, normalize=normalize))
+                    except Exception as error:
+                        future.set_exception(error)
+                continue
+            at = 0
+            for call_texts, _, future in calls:
+                end = at + len(call_texts)
+                future.set_result(Embeddings(result.vectors[at:end], result.token_counts[at:end]))
+                at = end
+
+
 class _DocumentFailed(Exception):
     """One document could not be indexed (its message is the job's failure reason)."""
+
+
+# A document the knowledge base has never seen (no job has handled it).
+_NEVER = Document("", "", "", "S3", None, None, "", None, 0, None, datetime.min.replace(tzinfo=UTC))
 
 
 def _doc_key(ds_id: str, identifier: str) -> str:

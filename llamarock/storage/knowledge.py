@@ -501,6 +501,25 @@ class KnowledgeStore(Store):
                 job_row.failure_reasons = json.dumps(list(job.failure_reasons))
                 job_row.updated_at = job.updated_at
 
+    def record_documents(self, documents: list[Document], job: IngestionJob) -> None:
+        """Record a group of documents' outcomes and the job's statistics in one transaction."""
+        with self.db.session(write=True) as session:
+            for document in documents:
+                row = session.get(DocumentRow, (document.kb_id, document.ds_id, document.identifier))
+                if row is None:
+                    row = DocumentRow(kb_id=document.kb_id, ds_id=document.ds_id, identifier=document.identifier)
+                    session.add(row)
+                row.kind, row.content_hash, row.metadata_hash = document.kind, document.content_hash, \
+                    document.metadata_hash
+                row.status, row.status_reason, row.chunks = document.status, document.status_reason, \
+                    document.chunks
+                row.last_job_id, row.updated_at = document.last_job_id, document.updated_at
+            job_row = session.get(IngestionJobRow, job.job_id)
+            if job_row is not None:
+                job_row.statistics = json.dumps(job.statistics)
+                job_row.failure_reasons = json.dumps(list(job.failure_reasons))
+                job_row.updated_at = job.updated_at
+
     def delete_document(self, kb_id: str, ds_id: str, identifier: str) -> None:
         with self.db.session(write=True) as session:
             session.execute(delete(DocumentRow).where(
