@@ -16,7 +16,8 @@ How a method and raw path find their row:
    against ``POST /agents/{id}`` (InvokeInlineAgent), told apart by the trailing ``/`` (``codec/routing.py``).
 4. S3 (docs/s3.md): a request whose SigV4 credential scope names service ``s3`` is matched against botocore's
    ``s3`` model only (its query string and headers tell operations on one URI apart: ``codec/routing.py``), and so is
-   a request with no credential at all that nothing above matched (outside ``/model/``). A ``Host`` of
+   a request with no credential at all that nothing above matched, unless its first path segment is one a Bedrock
+   URI (or llamarock's own) starts with (``/model/``, ``/foundation-models``, ``/knowledgebases``...). A ``Host`` of
    ``<bucket>.<one of s3_virtual_hosts>`` (virtual-hosted style) puts the bucket in front of the path.
 
 An operation a service model defines but no row implements resolves to a row without a handler: the caller is
@@ -194,6 +195,19 @@ def _model_actions() -> dict[str, str]:
     return actions
 
 
+@cache
+def _bedrock_segments(own_paths: tuple[str, ...]) -> frozenset[str]:
+    """The first path segments of every Bedrock URI the table resolves, and of llamarock's own paths."""
+    segments = {"model", *(path.strip("/").split("/", 1)[0] for path in own_paths)}
+    for service in SERVICES:
+        model = service_model(service)
+        for name in model.operation_names:
+            first = model.operation_model(name).http["requestUri"].split("?", 1)[0].strip("/").split("/", 1)[0]
+            if first and not first.startswith("{"):
+                segments.add(first)
+    return frozenset(segments)
+
+
 class OperationTable:
     """The rows, indexed for resolution."""
 
@@ -223,9 +237,16 @@ class OperationTable:
         if signing_service == S3:
             return self._s3_signed(method, raw_path, query, headers)
         found = self._bedrock(method, raw_path)
-        if found is None and signing_service is None and not raw_path.startswith(b"/model/"):
+        if found is None and signing_service is None and not self._bedrock_path(raw_path):
             return self._s3(method, raw_path, query, headers)
         return found
+
+    def _bedrock_path(self, raw_path: bytes) -> bool:
+        """Whether a path starts with a segment only Bedrock's URIs (or llamarock's own) start with: an unsigned
+        request there that names no operation is a bad Bedrock request, not an S3 one (a bucket of that name is
+        reached with a request signed for s3)."""
+        first = raw_path.split(b"?", 1)[0].lstrip(b"/").split(b"/", 1)[0]
+        return first.decode("latin-1") in _bedrock_segments(tuple(row.route[1] for row in self.rows if row.route))
 
     def _s3(self, method: str, raw_path: bytes, query: bytes,
             headers: Sequence[tuple[bytes, bytes]]) -> tuple[Operation, dict[str, str]] | None:
