@@ -90,7 +90,7 @@ def test_help_shows_defaults_choices_and_groups(capsys: pytest.CaptureFixture[st
         assert "--" + name.replace("_", "-") not in _options(text)
     assert set(flags.file_only_fields()) == {
         "deployments", "embedding_deployments", "prices", "aliases", "model_regions", "on_demand_regions",
-        "region_servers", "tier_price_multipliers"}
+        "region_servers", "tier_price_multipliers", "knowledge_rds_urls"}
     assert max(len(line) for line in text.splitlines()) <= 200
 
 

@@ -23,6 +23,9 @@ MODEL = "meta.llama3-1-8b-instruct-v1:0"
 SLOW = "meta.llama3-8b-instruct-v1:0"
 BODY = json.dumps({"prompt": "hello", "max_gen_len": 5})
 
+# 30 tokens at 150 ms: a request stays in flight for 4.5 s, long enough for the CLI to start and see it.
+SLOW_REPLY = " ".join(f"word{n}" for n in range(30))
+
 CONFIG = f"""
 provisioning_seconds = 0.2
 provisioned_sequences_per_unit = 2
@@ -33,7 +36,7 @@ name = "fake-slow"
 engine = "fake"
 models = ["{SLOW}"]
 max_parallel = 4
-fake_reply = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
+fake_reply = "{SLOW_REPLY}"
 fake_token_delay_ms = 150
 
 [[deployments]]
