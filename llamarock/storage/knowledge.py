@@ -480,30 +480,16 @@ class KnowledgeStore(Store):
     def put_document_and_job(self, document: Document | None, job: IngestionJob, forget: str | None = None) -> None:
         """Record one document's outcome and the job's statistics in one transaction (so a resumed job neither
         counts a document twice nor loses one); ``forget`` removes that document's row instead."""
+        self.record_documents([document] if document is not None else [], job, forget=forget)
+
+    def record_documents(self, documents: list[Document], job: IngestionJob, forget: str | None = None) -> None:
+        """Record a group of documents' outcomes and the job's statistics in one transaction; ``forget`` removes
+        that document's row."""
         with self.db.session(write=True) as session:
             if forget is not None:
                 session.execute(delete(DocumentRow).where(
                     DocumentRow.kb_id == job.kb_id, DocumentRow.ds_id == job.ds_id, DocumentRow.identifier == forget
                 ))
-            if document is not None:
-                row = session.get(DocumentRow, (document.kb_id, document.ds_id, document.identifier))
-                if row is None:
-                    row = DocumentRow(kb_id=document.kb_id, ds_id=document.ds_id, identifier=document.identifier)
-                    session.add(row)
-                row.kind, row.content_hash, row.metadata_hash = document.kind, document.content_hash, \
-                    document.metadata_hash
-                row.status, row.status_reason, row.chunks = document.status, document.status_reason, \
-                    document.chunks
-                row.last_job_id, row.updated_at = document.last_job_id, document.updated_at
-            job_row = session.get(IngestionJobRow, job.job_id)
-            if job_row is not None:
-                job_row.statistics = json.dumps(job.statistics)
-                job_row.failure_reasons = json.dumps(list(job.failure_reasons))
-                job_row.updated_at = job.updated_at
-
-    def record_documents(self, documents: list[Document], job: IngestionJob) -> None:
-        """Record a group of documents' outcomes and the job's statistics in one transaction."""
-        with self.db.session(write=True) as session:
             for document in documents:
                 row = session.get(DocumentRow, (document.kb_id, document.ds_id, document.identifier))
                 if row is None:
