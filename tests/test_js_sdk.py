@@ -85,4 +85,6 @@ def test_javascript_sdk_with_its_default_handlers(engine: str, request: pytest.F
     assert events[-1]["metadata"]["usage"]["outputTokens"] > 0 and events[-1]["metadata"]["metrics"]["latencyMs"] >= 0
 
     models = out["listFoundationModels"]
-    assert MODEL in models and all(model.startswith("meta.llama") for model in models)
+    # The catalog's Llama models and its embedding models (Titan, Cohere Embed).
+    assert MODEL in models and all(model.startswith(("meta.llama", "amazon.titan-embed", "cohere.embed"))
+                                   for model in models)
