@@ -68,6 +68,11 @@ def _authorise(call: ControlCall, params: dict[str, Any]) -> None:
 
 async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str, list[rag.Source], rag.Prompt,
                                                                        str, dict[str, Any]]:
+    if not params.get("retrieveAndGenerateConfiguration"):
+        raise ValidationException(
+            "retrieveAndGenerateConfiguration is required: give its type (KNOWLEDGE_BASE or EXTERNAL_SOURCES) and "
+            "the matching knowledgeBaseConfiguration or externalSourcesConfiguration."
+        )
     _authorise(call, params)
     service = _service(call)
     session = await service.session(params.get("sessionId"))

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from llamarock.bedrock import catalog
 from llamarock.codec.service_model import service_model
-from llamarock.context import BEDROCK, RUNTIME, Operation
+from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, RUNTIME, Operation
 from llamarock.routes.operations import OperationTable
 from tests.conftest import Server
 
@@ -36,6 +36,9 @@ MAX_DEPTH = 7
 MAX_TOKENS = 6
 
 ROWS = [row for service in (RUNTIME, BEDROCK) for row in OperationTable().implemented(service).values()]
+# Knowledge bases (bedrock-agent, bedrock-agent-runtime): no model generates there but RetrieveAndGenerate's, so
+# the fake engine's server is enough. (S3 has its own fuzzing: tests/adversarial/test_s3_inputs.py.)
+AGENT_ROWS = [row for service in (AGENT, AGENT_RUNTIME) for row in OperationTable().implemented(service).values()]
 MODEL_IDS = [
     *(m.model_id for m in catalog.MODELS[:4]),
     "us.meta.llama3-1-8b-instruct-v1:0",
@@ -227,3 +230,8 @@ def test_fuzzed_inputs_on_the_fake_engine(fake_server: Server, row: Operation) -
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_fuzzed_inputs_on_the_real_engine(server: Server, row: Operation) -> None:
     _fuzz(server, row)
+
+
+@pytest.mark.parametrize("row", AGENT_ROWS, ids=[row.name for row in AGENT_ROWS])
+def test_fuzzed_knowledge_base_inputs(fake_server: Server, row: Operation) -> None:
+    _fuzz(fake_server, row)
