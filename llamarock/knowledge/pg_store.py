@@ -203,20 +203,12 @@ class PgVectorStore(VectorStore):
             conn.execute(f"DELETE FROM {t}_df WHERE df <= 0")
         return removed
 
-    def count(self, kb_id: str) -> int:
+    def _select_chunks(self, kb_id: str, columns: str, tail: str = "") -> list[tuple[Any, ...]]:
         conn = self._reader()
         found = self._tag(conn, kb_id)
         if found is None:
-            return 0
-        return int(conn.execute(f"SELECT count(*) FROM llamarock_kb{found[0]}").fetchone()[0])  # type: ignore[index]
-
-    def documents(self, kb_id: str) -> dict[str, int]:
-        conn = self._reader()
-        found = self._tag(conn, kb_id)
-        if found is None:
-            return {}
-        rows = conn.execute(f"SELECT document_id, count(*) FROM llamarock_kb{found[0]} GROUP BY document_id")
-        return {str(doc): int(n) for doc, n in rows}
+            return []
+        return [tuple(row) for row in conn.execute(f"SELECT {columns} FROM llamarock_kb{found[0]}{tail}")]
 
     def _dense(
         self, kb_id: str, vector: list[float], n: int, where: filters_mod.Filter | None

@@ -144,13 +144,19 @@ class VectorStore(ABC):
     def delete_document(self, kb_id: str, document_id: str) -> int:
         """Remove the document's chunks; returns how many were removed (0 for an unknown document or KB)."""
 
-    @abstractmethod
     def count(self, kb_id: str) -> int:
         """Chunks stored for the knowledge base (0 when it has none)."""
+        rows = self._select_chunks(kb_id, "count(*)")
+        return int(rows[0][0]) if rows else 0
 
-    @abstractmethod
     def documents(self, kb_id: str) -> dict[str, int]:
         """Document id -> its number of chunks."""
+        return {str(doc): int(n) for doc, n in self._select_chunks(kb_id, "document_id, count(*)",
+                                                                   " GROUP BY document_id")}
+
+    @abstractmethod
+    def _select_chunks(self, kb_id: str, columns: str, tail: str = "") -> list[tuple[Any, ...]]:
+        """``SELECT <columns> FROM <the knowledge base's chunk table><tail>`` ([] when it has no table)."""
 
     @abstractmethod
     def drop(self, kb_id: str) -> None:
