@@ -128,3 +128,21 @@ def test_bad_file_is_a_parse_error(embedder: Embedder) -> None:
         asyncio.run(prepare(DocumentSource("d", "x.pdf", b"%PDF-1.7 broken"), None, embedder))
     empty = asyncio.run(prepare(DocumentSource("d", "x.txt", b"   "), None, embedder))
     assert empty.chunks == []
+
+
+def test_default_chunks_fit_the_embedding_window(embedder: Embedder) -> None:
+    """Bedrock's default chunk (300 tokens) is longer than all-MiniLM-L6-v2 embeds (254 content tokens): with the
+    model's window given, default chunks are cut to it, so no chunk's tail is left out of its vector; an explicit
+    configuration is kept as given."""
+    text = " ".join(f"word{i} alpha beta gamma" for i in range(400))
+    window = embedder.max_tokens - embedder.count_tokens("")
+    capped = asyncio.run(prepare(DocumentSource("d", "long.txt", text.encode()), None, embedder, window=window))
+    assert len(capped.chunks) > 1
+    assert all(len(embedder._whole.encode(c.text).ids) <= embedder.max_tokens  # type: ignore[attr-defined]
+               for c in capped.chunks)
+    wide = asyncio.run(prepare(DocumentSource("d", "long.txt", text.encode()), None, embedder))
+    assert max(len(embedder._whole.encode(c.text).ids) for c in wide.chunks) > embedder.max_tokens  # type: ignore[attr-defined]
+    explicit = {"chunkingStrategy": "FIXED_SIZE",
+                "fixedSizeChunkingConfiguration": {"maxTokens": 300, "overlapPercentage": 20}}
+    kept = asyncio.run(prepare(DocumentSource("d", "long.txt", text.encode()), explicit, embedder, window=window))
+    assert [c.text for c in kept.chunks] == [c.text for c in wide.chunks]

@@ -24,6 +24,8 @@ Tokens are counted with the callable given (the embedder's tokenizer); special t
 
 from __future__ import annotations
 
+import copy
+
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -118,10 +120,20 @@ def _int(config: Mapping[str, Any], name: str, low: int, high: int | None, where
     return value
 
 
+def default_config(window: int | None = None) -> dict[str, Any]:
+    """Bedrock's default chunking (FIXED_SIZE, 300 tokens, 20% overlap), its size capped at ``window`` tokens (the
+    embedding model's input limit) when one is given."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    if window is not None:
+        sub = config["fixedSizeChunkingConfiguration"]
+        sub["maxTokens"] = max(1, min(sub["maxTokens"], window))
+    return config
+
+
 def validate(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The configuration, checked as botocore's bedrock-agent model bounds it; ValueError says what is wrong."""
     if config is None:
-        return dict(DEFAULT_CONFIG)
+        return default_config()
     strategy = config.get("chunkingStrategy")
     if strategy not in STRATEGIES:
         raise ValueError(f"chunkingStrategy must be one of {', '.join(STRATEGIES)}")

@@ -56,11 +56,16 @@ def chunk_id(document_id: str, index: int, start: int, end: int) -> str:
 
 
 async def prepare(
-    source: DocumentSource, chunking_config: Mapping[str, Any] | None, embedder: EmbedderLike
+    source: DocumentSource, chunking_config: Mapping[str, Any] | None, embedder: EmbedderLike,
+    *, window: int | None = None,
 ) -> Prepared:
-    """Parse (ParseError), chunk (ValueError for a bad configuration), embed; nothing is stored here."""
+    """Parse (ParseError), chunk (ValueError for a bad configuration), embed; nothing is stored here.
+
+    ``window`` is the embedding model's input limit in content tokens: with no chunking configuration, chunks are
+    Bedrock's default size or that, whichever is smaller, so that no chunk's tail is cut off before it is embedded.
+    """
     parsed = await asyncio.to_thread(parsers.parse, source.name, source.data)
-    config = chunking.validate(chunking_config)
+    config = chunking.validate(chunking_config) if chunking_config is not None else chunking.default_config(window)
 
     async def embed(texts: list[str]) -> list[list[float]]:
         result = await embedder.embed(texts)

@@ -719,7 +719,7 @@ class KnowledgeService:
         if embedder is None:
             embedder = _KnowledgeBaseEmbedder(self, kb, await self._token_counter(kb))
         try:
-            prepared = await pipeline.prepare(source, ds.chunking or None, embedder)
+            prepared = await pipeline.prepare(source, ds.chunking or None, embedder, window=await self._window(kb))
         except parsers.ParseError as error:
             raise _DocumentFailed(f"{document.identifier}: {error}") from error
         except BedrockError as error:
@@ -730,6 +730,11 @@ class KnowledgeService:
     async def _token_counter(self, kb: KnowledgeBase) -> Callable[[str], int]:
         embedder = await self.embeddings.embedder_for(kb.embedding_model_arn)
         return embedder.count_tokens
+
+    async def _window(self, kb: KnowledgeBase) -> int:
+        """How many content tokens the knowledge base's embedding model embeds (its limit less its special tokens)."""
+        embedder = await self.embeddings.embedder_for(kb.embedding_model_arn)
+        return embedder.max_tokens - embedder.count_tokens("")
 
     async def _embed(self, kb: KnowledgeBase, texts: Sequence[str]) -> list[list[float]]:
         embedded = await self.embeddings.embed(kb.embedding_model_arn, texts, dimensions=kb.embedding_dimensions)
