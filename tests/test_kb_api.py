@@ -268,6 +268,17 @@ def test_retrieve_finds_the_right_document(kb_server: Holder, corpus: dict[str, 
         assert best["metadata"]["x-amz-bedrock-kb-data-source-id"] == corpus["ds"]
         assert best["metadata"]["x-amz-bedrock-kb-chunk-id"]
         assert 0 < best["score"] <= 1
+        assert "nextToken" not in runtime.retrieve(
+            knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "drone"},
+            retrievalConfiguration={"vectorSearchConfiguration": {"numberOfResults": 100}})
+    # Every result fits one response, so the paginator stops after one page, and a made-up token is refused.
+    pages = list(runtime.get_paginator("retrieve").paginate(knowledgeBaseId=corpus["kb"],
+                                                            retrievalQuery={"text": "drone"}))
+    assert len(pages) == 1 and pages[0]["retrievalResults"]
+    with pytest.raises(ClientError) as refused:
+        runtime.retrieve(knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "drone"}, nextToken="abc")
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    assert "nextToken" in refused.value.response["Error"]["Message"]
 
 
 def test_rds_knowledge_base_on_postgresql(kb_server: Holder, corpus: dict[str, str]) -> None:

@@ -36,6 +36,12 @@ async def retrieve(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     query = params["retrievalQuery"]
     if query.get("type", "TEXT") != "TEXT" or not query.get("text"):
         raise ValidationException("retrievalQuery needs text (type TEXT); image queries are not supported.")
+    if params.get("nextToken"):
+        # numberOfResults (at most 100) always fits one response, so no response carries a nextToken to pass back.
+        raise ValidationException(
+            "The nextToken is not valid: this knowledge base returns all numberOfResults results in one response "
+            "and never issues a nextToken. Leave nextToken out."
+        )
     results = await _service(call).retrieve(call.region, params["knowledgeBaseId"], query["text"],
                                             params.get("retrievalConfiguration"), params.get("guardrailConfiguration"))
     return {"retrievalResults": results}
