@@ -25,6 +25,8 @@ from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
 from llamarock.services.knowledge import KnowledgeService
+from llamarock.services.knowledge_ingestion import IngestionService
+from llamarock.services.knowledge_retrieval import RetrievalService
 from llamarock.services.model_access import ModelAccessService
 from llamarock.services.peers import PeerService
 from llamarock.services.profiles import ProfileService
@@ -67,6 +69,8 @@ def create_app(settings: Settings) -> Starlette:
     embeddings = EmbeddingService(settings, inference)  # embedding models: InvokeModel, knowledge bases
     invocations = InvocationService(inference)
     knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations, tagging, settings)
+    ingestion = IngestionService(knowledge)  # ingestion jobs and documents of the knowledge bases
+    retrieval = RetrievalService(knowledge)  # Retrieve, RetrieveAndGenerate, Rerank
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,10 +80,12 @@ def create_app(settings: Settings) -> Starlette:
         await provisioning.load()
         await profiles.load()
         provisioned_models = asyncio.create_task(provisioning.run())
-        await knowledge.start()  # resumes the ingestion jobs a stopped server left running
+        await knowledge.start()  # finishes knowledge-base creations and deletions a stopped server left half-done
+        await ingestion.start()  # resumes the ingestion jobs a stopped server left running
         try:
             yield
         finally:
+            await ingestion.close()
             await knowledge.close()
             provisioned_models.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,6 +121,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.model_access = model_access
     app.state.invocations = invocations
     app.state.knowledge = knowledge
+    app.state.ingestion = ingestion
+    app.state.retrieval = retrieval
     app.state.peers = peers
     app.state.embeddings = embeddings
     app.state.s3 = S3Service(settings)

@@ -25,7 +25,6 @@ Tokens are counted with the callable given (the embedder's tokenizer); special t
 from __future__ import annotations
 
 import copy
-
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence

@@ -22,13 +22,13 @@ from llamarock.context import ModelName, RequestContext
 from llamarock.errors import ValidationException
 from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
 from llamarock.routes.control import ControlCall
-from llamarock.services.knowledge import KnowledgeService
+from llamarock.services.knowledge_retrieval import RetrievalService
 
 SESSION_HEADER = "x-amzn-bedrock-knowledge-base-session-id"
 
 
-def _service(call: ControlCall) -> KnowledgeService:
-    service: KnowledgeService = call.state.knowledge
+def _service(call: ControlCall) -> RetrievalService:
+    service: RetrievalService = call.state.retrieval
     return service
 
 

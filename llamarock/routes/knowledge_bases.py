@@ -1,6 +1,7 @@
 """Knowledge bases (``bedrock-agent``): knowledge bases, data sources, ingestion jobs, documents and their tags.
 
-The use cases are ``services/knowledge.py``'s; these handlers turn its records into botocore's output shapes
+The use cases are ``services/knowledge.py``'s (knowledge bases, data sources) and ``services/knowledge_ingestion.py``'s
+(ingestion jobs, documents); these handlers turn its records into botocore's output shapes
 (``KnowledgeBase``, ``DataSource``, ``IngestionJob``, their summaries, ``KnowledgeBaseDocumentDetail``) and page the
 lists (``maxResults``/``nextToken``).
 """
@@ -12,11 +13,17 @@ from typing import Any
 from llamarock.bedrock.catalog_api import page
 from llamarock.routes.control import ControlCall
 from llamarock.services.knowledge import DataSource, IngestionJob, KnowledgeBase, KnowledgeService
+from llamarock.services.knowledge_ingestion import IngestionService
 from llamarock.services.tagging import TaggingService
 
 
 def _service(call: ControlCall) -> KnowledgeService:
     service: KnowledgeService = call.state.knowledge
+    return service
+
+
+def _ingestion(call: ControlCall) -> IngestionService:
+    service: IngestionService = call.state.ingestion
     return service
 
 
@@ -150,18 +157,18 @@ async def delete_data_source(call: ControlCall, params: dict[str, Any]) -> dict[
 
 
 async def start_ingestion_job(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    job = await _service(call).start_job(call.region, params["knowledgeBaseId"], params["dataSourceId"], params)
+    job = await _ingestion(call).start_job(call.region, params["knowledgeBaseId"], params["dataSourceId"], params)
     return {"ingestionJob": _job(job)}
 
 
 async def get_ingestion_job(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    job = await _service(call).get_job(call.region, params["knowledgeBaseId"], params["dataSourceId"],
+    job = await _ingestion(call).get_job(call.region, params["knowledgeBaseId"], params["dataSourceId"],
                                        params["ingestionJobId"])
     return {"ingestionJob": _job(job)}
 
 
 async def list_ingestion_jobs(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    jobs = await _service(call).list_jobs(call.region, params["knowledgeBaseId"], params["dataSourceId"])
+    jobs = await _ingestion(call).list_jobs(call.region, params["knowledgeBaseId"], params["dataSourceId"])
     for wanted in params.get("filters") or []:  # attribute STATUS, operator EQ, values
         if wanted.get("attribute") == "STATUS":
             jobs = [job for job in jobs if job.status in wanted.get("values", [])]
@@ -172,7 +179,7 @@ async def list_ingestion_jobs(call: ControlCall, params: dict[str, Any]) -> dict
 
 
 async def stop_ingestion_job(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    job = await _service(call).stop_job(call.region, params["knowledgeBaseId"], params["dataSourceId"],
+    job = await _ingestion(call).stop_job(call.region, params["knowledgeBaseId"], params["dataSourceId"],
                                         params["ingestionJobId"])
     return {"ingestionJob": _job(job)}
 
@@ -181,25 +188,25 @@ async def stop_ingestion_job(call: ControlCall, params: dict[str, Any]) -> dict[
 
 
 async def ingest_knowledge_base_documents(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    details = await _service(call).ingest_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"],
+    details = await _ingestion(call).ingest_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"],
                                                     params["documents"])
     return {"documentDetails": details}
 
 
 async def delete_knowledge_base_documents(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    details = await _service(call).delete_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"],
+    details = await _ingestion(call).delete_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"],
                                                     params["documentIdentifiers"])
     return {"documentDetails": details}
 
 
 async def get_knowledge_base_documents(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    details = await _service(call).get_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"],
+    details = await _ingestion(call).get_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"],
                                                  params["documentIdentifiers"])
     return {"documentDetails": details}
 
 
 async def list_knowledge_base_documents(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    details = await _service(call).list_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"])
+    details = await _ingestion(call).list_documents(call.region, params["knowledgeBaseId"], params["dataSourceId"])
     return _paged(details, params, call, "documentDetails")
 
 
