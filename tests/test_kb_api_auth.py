@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,23 @@ def test_knowledge_base_permissions(enforced: tuple[Server, Path], tmp_path: Pat
     with pytest.raises(ClientError) as error:
         retriever.retrieve_and_generate(input={"text": "When?"}, retrieveAndGenerateConfiguration=rag)
     assert "bedrock:InvokeModel" in error.value.response["Error"]["Message"]
+
+    # The generation is an invocation of the model: it counts against the caller's requests per minute for it (the
+    # second call within the minute is throttled, before anything is generated) and shows in the model's metrics.
+    def invocations() -> float:
+        text = urllib.request.urlopen(f"{server.url}/metrics", timeout=30).read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("bedrock_invocations_total{") and "meta.llama3-1-8b-instruct-v1:0" in line)
+
+    before = invocations()
+    streamed = dict(generate, Action=[*generate["Action"], "bedrock:RetrieveAndGenerateStream"])
+    limited = client("bedrock-agent-runtime", server, create(data, "kb-limited", "--rpm", "1", "--policy", policy(
+        tmp_path, "limited", [streamed, this_kb])))
+    assert limited.retrieve_and_generate(input={"text": "When does the vault code change?"},
+                                         retrieveAndGenerateConfiguration=rag)["output"]["text"]
+    assert invocations() == before + 1
+    for call in (limited.retrieve_and_generate, limited.retrieve_and_generate_stream):
+        with pytest.raises(ClientError) as error:
+            call(input={"text": "And the door code?"}, retrieveAndGenerateConfiguration=rag)
+        assert error.value.response["Error"]["Code"] == "ThrottlingException"
+    assert invocations() == before + 1

@@ -20,7 +20,7 @@ from llamarock.auth.audit import AuditLog
 from llamarock.auth.identity import Authenticator, Identity, Pending, RequestParts
 from llamarock.auth.quotas import Quotas, Reservation, request_estimate
 from llamarock.bedrock import catalog
-from llamarock.context import S3, Operation, RequestContext
+from llamarock.context import S3, ModelName, Operation, RequestContext
 from llamarock.errors import AccessDeniedException, InvalidSignatureException
 from llamarock.observability.logs import log_access
 from llamarock.observability.records import InvocationRecord
@@ -65,6 +65,17 @@ def _context(identity: Identity, scope: Mapping[str, Any], now: datetime) -> dic
         context["aws:sourceip"] = str(client[0])
     return context
 
+
+
+def _model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[str, ...], str]:
+    """The ARNs an invocation of ``model`` is authorised on, and the model its quotas count under: identifiers that
+    name no model share one bucket, so made-up ids cannot grow the quota table."""
+    resources, quota_model = model_resources(model, region, account)
+    known = model.ref is not None and (
+        model.ref.kind in ("provisioned-model-arn", "application-inference-profile-arn")
+        or catalog.get(quota_model) is not None
+    )
+    return resources, quota_model if known else UNKNOWN_MODEL
 
 class Gate:
     """Authentication, authorisation, quotas and the audit log of one app, built once by ``create_app``."""
@@ -126,19 +137,26 @@ class Gate:
         if reservation.bucket is not None:
             self._reservations[context.request_id] = reservation
 
+    def admit_model(self, context: RequestContext, model: ModelName, tokens: int) -> None:
+        """Reserve requests and tokens per minute for an invocation whose model the request's body names, not its
+        path (RetrieveAndGenerate's ``modelArn``): the same buckets and the same settlement as :meth:`admit`'s."""
+        principal = context.principal
+        if principal is None or context.request_id in self._reservations:
+            return
+        _, quota_model = _model_resources(model, context.region, self.settings.account_id)
+        reservation = self.quotas.admit(principal.name, quota_model, principal.rpm, principal.tpm,
+                                        tokens if principal.tpm else 0)
+        context.quota = reservation
+        if reservation.bucket is not None:
+            self._reservations[context.request_id] = reservation
+
     def _resources(self, context: RequestContext, region: str) -> tuple[tuple[str, ...], str]:
         """The ARNs the operation's action is on, and the model its quotas count under ("" for none)."""
         operation = context.operation
         assert operation is not None
         account = self.settings.account_id
         if operation.resource == "model" and context.model is not None:
-            resources, quota_model = model_resources(context.model, region, account)
-            # Identifiers that name no model share one bucket, so made-up ids cannot grow the quota table.
-            known = context.model.ref is not None and (
-                context.model.ref.kind in ("provisioned-model-arn", "application-inference-profile-arn")
-                or catalog.get(quota_model) is not None
-            )
-            return resources, quota_model if known else UNKNOWN_MODEL
+            return _model_resources(context.model, region, account)
         return label_resources(operation.resource, context.labels, region, account, context.body), ""
 
     def authorize(self, context: RequestContext, action: str, resource: str) -> None:

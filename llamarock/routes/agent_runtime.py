@@ -2,27 +2,35 @@
 
 RetrieveAndGenerate retrieves from the knowledge base (or reads the external sources), renders the prompt
 (``bedrock/rag.py``), generates with the Llama model ``modelArn`` names through the runtime's Converse use case, and
-answers the text with citations whose spans index it exactly. The stream sends the text as ``output`` events as it is
+answers the text with citations whose spans index it exactly. The generation is an invocation of that model like a
+Converse call: it counts against the caller's quotas for the model and is recorded under the operation's name (usage
+and cost, metrics, invocation logs). The stream sends the text as ``output`` events as it is
 generated (citation markers taken out), then one ``citation`` event per cited part; the session id goes in the
 ``x-amzn-bedrock-knowledge-base-session-id`` header.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
 
 from llamarock.auth.actions import model_resources
-from llamarock.auth.gate import denial
+from llamarock.auth.gate import Gate, denial
+from llamarock.auth.quotas import request_estimate
 from llamarock.bedrock import rag
 from llamarock.codec import eventstream
 from llamarock.context import ModelName, RequestContext
 from llamarock.errors import ValidationException
+from llamarock.observability.records import new_record
 from llamarock.routes.common import Call, event_stream, json_response, until_disconnect
 from llamarock.routes.control import ControlCall
-from llamarock.services.knowledge_retrieval import RetrievalService
+from llamarock.routes.invoke import note_request, note_target, note_usage
+from llamarock.services.invocation import Invocation
+from llamarock.services.knowledge_retrieval import RagSession, RetrievalService, text_deltas
 
 SESSION_HEADER = "x-amzn-bedrock-knowledge-base-session-id"
 
@@ -72,8 +80,19 @@ def _authorise(call: ControlCall, params: dict[str, Any]) -> None:
             raise denial(principal.arn, action, resource, decision == "Deny")
 
 
-async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str, list[rag.Source], rag.Prompt,
-                                                                       str, dict[str, Any]]:
+@dataclass
+class _Rag:
+    """A RetrieveAndGenerate call once its sources are found: what it generates, and the call that records it."""
+
+    session: RagSession
+    query: str
+    sources: list[rag.Source]
+    model: ModelName
+    request: dict[str, Any]  # the Converse request that generates the answer
+    call: Call  # records the generation as an invocation of the model (usage, cost, metrics, quotas)
+
+
+async def _prepare(call: ControlCall, params: dict[str, Any]) -> _Rag:
     if not params.get("retrieveAndGenerateConfiguration"):
         raise ValidationException(
             "retrieveAndGenerateConfiguration is required: give its type (KNOWLEDGE_BASE or EXTERNAL_SOURCES) and "
@@ -86,20 +105,41 @@ async def _prepare(call: ControlCall, params: dict[str, Any]) -> tuple[Any, str,
     sources, model_arn, generation = await service.sources(call.region, params, query, session.turns)
     template = (generation.get("promptTemplate") or {}).get("textPromptTemplate")
     prompt = rag.render(template, query, sources, session.turns)
-    return session, query, sources, prompt, model_arn, generation
+    model, request = service.generation(model_arn, prompt, generation)
+    context: RequestContext = call.request.state.context
+    # The generation counts against the caller's requests and tokens per minute for the model, as a Converse call
+    # of it would (a ThrottlingException when over), and is recorded as an invocation of it under this operation.
+    gate: Gate = call.state.gate
+    gate.admit_model(context, model, request_estimate(json.dumps(request).encode()))
+    record = new_record(context)
+    record.model_identifier = model.identifier
+    return _Rag(session, query, sources, model, request, Call(call.request, context, record))
+
+
+def _generate(call: ControlCall, prepared: _Rag) -> Invocation:
+    recorded = prepared.call
+    invocation = _service(call).generate(call.region, prepared.model, prepared.request, call.request_id,
+                                         lambda target: note_target(recorded, target))
+    note_request(recorded, invocation)
+    return invocation
 
 
 async def retrieve_and_generate(call: ControlCall, params: dict[str, Any]) -> Response:
     service = _service(call)
 
     async def answer() -> Response:
-        session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
-        raw = "".join([delta async for delta in service.generate(call.region, model_arn, prompt, generation,
-                                                                     call.request_id)])
-        text, citations = rag.answer(raw, sources)
-        await service.remember(session, query, text)
-        return json_response({"output": {"text": text}, "sessionId": session.session_id, "citations": citations},
-                             {"x-amzn-RequestId": call.request_id})
+        prepared = await _prepare(call, params)
+        recorded = prepared.call
+        with recorded.recording():
+            invocation = _generate(call, prepared)
+            raw = "".join([delta async for delta in text_deltas(invocation)])
+            note_usage(recorded, invocation)
+            text, citations = rag.answer(raw, prepared.sources)
+            body = {"output": {"text": text}, "sessionId": prepared.session.session_id, "citations": citations}
+            recorded.answered(body)
+            recorded.finish()
+        await service.remember(prepared.session, prepared.query, text)
+        return json_response(body, {"x-amzn-RequestId": call.request_id})
 
     # A client that gives up (a read timeout, then its retry) cancels the generation it no longer waits for.
     return await until_disconnect(call.request, answer())
@@ -107,8 +147,11 @@ async def retrieve_and_generate(call: ControlCall, params: dict[str, Any]) -> Re
 
 async def retrieve_and_generate_stream(call: ControlCall, params: dict[str, Any]) -> Response:
     service = _service(call)
-    session, query, sources, prompt, model_arn, generation = await _prepare(call, params)
-    deltas = service.generate(call.region, model_arn, prompt, generation, call.request_id)
+    prepared = await _prepare(call, params)
+    recorded = prepared.call
+    with recorded.recording():
+        invocation = _generate(call, prepared)
+    deltas = text_deltas(invocation)
 
     async def frames() -> AsyncIterator[tuple[bytes, Any]]:
         answer = rag.StreamedAnswer()
@@ -116,13 +159,13 @@ async def retrieve_and_generate_stream(call: ControlCall, params: dict[str, Any]
             fresh = answer.feed(delta)
             if fresh:
                 yield eventstream.event("output", {"text": fresh}), {"output": {"text": fresh}}
-        rest, citations = answer.finish(sources)
+        rest, citations = answer.finish(prepared.sources)
         if rest:
             yield eventstream.event("output", {"text": rest}), {"output": {"text": rest}}
         for citation in citations:
             event = {"citation": citation, **citation}
             yield eventstream.event("citation", event), {"citation": event}
-        await service.remember(session, query, answer.sent)
+        await service.remember(prepared.session, prepared.query, answer.sent)
 
     async def started() -> AsyncIterator[tuple[bytes, Any]]:
         # The first frame is awaited before the response starts (a refusal is then a plain JSON error); an answer
@@ -134,10 +177,9 @@ async def retrieve_and_generate_stream(call: ControlCall, params: dict[str, Any]
         if not produced:
             yield eventstream.event("output", {"text": ""}), {"output": {"text": ""}}
 
-    context = call.request.state.context
-    return await event_stream(Call(call.request, context), started(),
-                              {SESSION_HEADER: session.session_id, "x-amzn-RequestId": call.request_id},
-                              lambda: None)
+    return await event_stream(recorded, started(),
+                              {SESSION_HEADER: prepared.session.session_id, "x-amzn-RequestId": call.request_id},
+                              lambda: note_usage(recorded, invocation))
 
 
 async def rerank(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,11 @@ from llamarock.context import ModelName
 from llamarock.errors import ResourceNotFoundException, ValidationException
 from llamarock.knowledge import filters, parsers
 from llamarock.knowledge.store import Hit
+from llamarock.services.invocation import Invocation, Resolved
 from llamarock.services.knowledge import KnowledgeService, document_location, new_id
 from llamarock.storage.knowledge import RagSession
+
+__all__ = ["RERANK_EMBEDDER", "RERANK_MODELS", "RagSession", "RetrievalService", "text_deltas"]
 
 RERANK_MODELS = ("amazon.rerank-v1:0", "cohere.rerank-v3-5:0")
 # The embedding model whose vectors the local reranker compares (the embedded default serves it).
@@ -175,11 +178,12 @@ class RetrievalService:
             found.append(rag.Source(text, {"content": {"type": "TEXT", "text": text}, "location": location}))
         return found, external["modelArn"], external.get("generationConfiguration") or {}
 
-    async def generate(self, region: str, model_arn: str, prompt: rag.Prompt, generation: dict[str, Any],
-                       request_id: str) -> AsyncIterator[str]:
-        """The model's answer to ``prompt``, as text deltas, through the runtime's Converse use case."""
+    def generation(self, model_arn: str, prompt: rag.Prompt,
+                   generation: dict[str, Any]) -> tuple[ModelName, dict[str, Any]]:
+        """The model and the Converse request that answer ``prompt`` (a malformed modelArn is Bedrock's
+        ValidationException)."""
         model = ModelName.parse(model_arn, self.settings.aliases, self.kbs.account)
-        model.parsed()  # a malformed modelArn is Bedrock's ValidationException
+        model.parsed()
         params: dict[str, Any] = {"messages": [{"role": "user", "content": [{"text": prompt.user}]}]}
         if prompt.system:
             params["system"] = [{"text": prompt.system}]
@@ -191,18 +195,29 @@ class RetrievalService:
         latency = (generation.get("performanceConfig") or {}).get("latency")
         if latency:
             params["performanceConfig"] = {"latency": latency}
-        invocation = self.invocations.converse(model, region, params, request_id, time.monotonic(), streaming=True)
-        async with contextlib.aclosing(invocation.events) as events:
-            async for name, event in events:
-                if name == "contentBlockDelta":
-                    delta = (event.get("delta") or {}).get("text")
-                    if delta:
-                        yield delta
+        return model, params
+
+    def generate(self, region: str, model: ModelName, params: dict[str, Any], request_id: str,
+                 resolved: Resolved = None) -> Invocation:
+        """Run the Converse request :meth:`generation` made, through the runtime's Converse use case (the same
+        resolution, admission and usage as a Converse call); ``resolved`` is told the target once it is known."""
+        return self.invocations.converse(model, region, params, request_id, time.monotonic(), resolved,
+                                         streaming=True)
 
     async def remember(self, session: RagSession, query: str, answer: str) -> None:
         session.turns.append((query, answer))
         session.turns[:] = session.turns[-20:]
         await asyncio.to_thread(self.store.save_session, session, self.kbs.clock())
+
+
+async def text_deltas(invocation: Invocation) -> AsyncIterator[str]:
+    """The answer's text as it is generated."""
+    async with contextlib.aclosing(invocation.events) as events:
+        async for name, event in events:
+            if name == "contentBlockDelta":
+                delta = (event.get("delta") or {}).get("text")
+                if delta:
+                    yield delta
 
 
 def _result(hit: Hit) -> dict[str, Any]:
