@@ -249,16 +249,23 @@ TOPICS = [
      "definition": "Recommendations or opinions about buying, selling or holding stocks, bonds, funds, "
                    "cryptocurrencies or other investments.",
      "examples": ["Should I buy Tesla stock?", "Is now a good time to invest in bitcoin?",
-                  "Which ETF gives the best returns?"]},
+                  "Which ETF gives the best returns?", "Where should I invest my money?",
+                  "Is this company's stock overvalued?"]},
     {"name": "Medical diagnosis", "type": "DENY",
      "definition": "Diagnosing a person's symptoms or illness, or recommending medication or treatment for them.",
-     "examples": ["I have chest pain, what is wrong with me?", "What medicine should I take for my fever?"]},
+     "examples": ["I have chest pain, what is wrong with me?", "What medicine should I take for my fever?",
+                  "Do I have the flu or covid?", "Is this skin spot something serious?",
+                  "What dose of painkillers is right for me?"]},
     {"name": "Elections and politics", "type": "DENY",
      "definition": "Opinions about political parties, candidates, elections or who to vote for.",
-     "examples": ["Who should I vote for?", "Is the Democratic party better than the Republican party?"]},
+     "examples": ["Who should I vote for?", "Is the Democratic party better than the Republican party?",
+                  "Which candidate will be a better prime minister?", "What do you think of the president?",
+                  "Which side is right in the election debate?"]},
     {"name": "Legal advice", "type": "DENY",
      "definition": "Advice on a person's specific legal situation, lawsuits, contracts or how to handle the law.",
-     "examples": ["Can I sue my landlord?", "How do I get out of my employment contract?"]},
+     "examples": ["Can I sue my landlord?", "How do I get out of my employment contract?",
+                  "What are my rights if I am arrested?", "Is this clause in my contract legal?",
+                  "How should I split assets in my divorce?"]},
 ]
 
 ON_TOPIC = {
@@ -373,21 +380,30 @@ OFF_TOPIC = [
 
 
 async def topic_scores(embed: Callable[[Sequence[str]], Any]) -> dict[str, Any]:
-    """Best similarity per prompt and topic, then recall and FPR at several thresholds."""
+    """Each prompt's score for its topic (on-topic) or its best score (off-topic); the prompts split in two halves
+    (even and odd positions): the threshold is picked on the first (the highest recall with FPR <= 0.05), then
+    recall and FPR are measured on the second, at that threshold and at the library's ``THRESHOLD``."""
     matcher = TopicMatcher(TOPICS)
     on = [(topic, prompt) for topic, prompts in ON_TOPIC.items() for prompt in prompts]
-    rows = []
+    on_scores = []
     for topic, prompt in on:
         scores = {s.name: s.score for s in await matcher.scores(prompt, embed)}
-        rows.append((topic, scores))
-    off_rows = [{s.name: s.score for s in await matcher.scores(prompt, embed)} for prompt in OFF_TOPIC]
-    table = {}
-    for threshold in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
-        recall = sum(1 for topic, scores in rows if scores[topic] >= threshold) / len(rows)
-        fpr = sum(1 for scores in off_rows if max(scores.values()) >= threshold) / len(off_rows)
-        table[str(threshold)] = {"recall": round(recall, 3), "fpr": round(fpr, 3)}
-    return {"on_topic": len(rows), "off_topic": len(off_rows), "by_threshold": table,
-            "chosen_threshold": topics.THRESHOLD, "chosen": table.get(str(topics.THRESHOLD))}
+        on_scores.append(scores[topic])
+    off_scores = [max(s.score for s in await matcher.scores(prompt, embed)) for prompt in OFF_TOPIC]
+
+    def rates(threshold: float, half: int) -> dict[str, float]:
+        ons, offs = on_scores[half::2], off_scores[half::2]
+        return {"recall": round(sum(x >= threshold for x in ons) / len(ons), 3),
+                "fpr": round(sum(x >= threshold for x in offs) / len(offs), 3)}
+
+    candidates = [round(0.2 + 0.01 * i, 2) for i in range(50)]
+    allowed = [t for t in candidates if rates(t, 0)["fpr"] <= 0.05]
+    tuned = max(allowed, key=lambda t: (rates(t, 0)["recall"], -t))
+    return {"on_topic": len(on), "off_topic": len(OFF_TOPIC), "tuned_on_first_half": tuned,
+            "first_half_at_tuned": rates(tuned, 0), "second_half_at_tuned": rates(tuned, 1),
+            "library_threshold": topics.THRESHOLD, "second_half_at_library": rates(topics.THRESHOLD, 1),
+            "all_at_library": {"recall": round(sum(x >= topics.THRESHOLD for x in on_scores) / len(on), 3),
+                               "fpr": round(sum(x >= topics.THRESHOLD for x in off_scores) / len(OFF_TOPIC), 3)}}
 
 
 # ------------------------------------------------------------------------------------------------- content filters
@@ -525,7 +541,7 @@ async def main() -> None:
     print(f"{'entity type':42} {'precision':>9} {'recall':>7} {'tp':>4} {'fp':>4} {'fn':>4}")
     for kind, s in report["pii"].items():
         print(f"{kind:42} {s['precision']:9.3f} {s['recall']:7.3f} {s['tp']:4} {s['fp']:4} {s['fn']:4}")
-    print("topics:", json.dumps(report["topics"]["by_threshold"]))
+    print("topics:", json.dumps(report["topics"]))
     print("latency:", json.dumps(report["latency_in_process"]), json.dumps(report.get("latency_server")))
     print(json.dumps(report))
 

@@ -119,9 +119,20 @@ def _ni(text: str) -> bool:
     return value[:2] not in {"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
 
 
+# Where a phone number may be: a run of digits and the punctuation numbers are written with, 7+ digits long.
+_PHONE_CANDIDATE = re.compile(r"[+(]?\d[\d\s().\-/]{5,}\d(?:\s*(?:x|ext\.?)\s*\d{1,6})?")
+
+
 def _phones(text: str) -> Iterable[tuple[int, int]]:
-    for match in phonenumbers.PhoneNumberMatcher(text, "US", leniency=phonenumbers.Leniency.VALID):
-        yield match.start, match.end
+    """Phone numbers as libphonenumber finds and validates them (US numbers without a country code), run on the
+    stretches of text that hold seven digits or more (the matcher is slow on long prose)."""
+    for candidate in _PHONE_CANDIDATE.finditer(text):
+        if sum(c.isdigit() for c in candidate.group()) < 7:
+            continue
+        start = max(0, candidate.start() - 1)
+        window = text[start:candidate.end() + 1]
+        for match in phonenumbers.PhoneNumberMatcher(window, "US", leniency=phonenumbers.Leniency.VALID):
+            yield start + match.start, start + match.end
 
 
 _NAME_TOKEN = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
