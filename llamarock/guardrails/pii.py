@@ -10,8 +10,10 @@ check digit and no library (passport, driver's licence, licence plate, PIN, pass
 account, AWS secret key, UK UTR, NHS number, Canadian health number) are reported only next to the words that name
 them ("passport number", "PIN"...), as a person writes them.
 
-Matches never overlap: the longest wins, then a type named by its words, then the earliest. Custom regexes run on
-RE2 (linear time: a user's pattern cannot stall the server).
+Matches never overlap: the longest wins, then a type named by its words, then the earliest. Every repetition in these
+patterns is bounded where a match could start at many places in one long run of characters (an email's local part,
+a URL, a run of digits), so hostile text costs linear time; custom regexes run on RE2 (linear time: a user's
+pattern cannot stall the server).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def _ni(text: str) -> bool:
 
 
 # Where a phone number may be: a run of digits and the punctuation numbers are written with, 7+ digits long.
-_PHONE_CANDIDATE = re.compile(r"[+(]?\d[\d\s().\-/]{5,}\d(?:\s*(?:x|ext\.?)\s*\d{1,6})?")
+_PHONE_CANDIDATE = re.compile(r"[+(]?\d[\d\s().\-/]{5,24}\d(?:\s{0,3}(?:x|ext\.?)\s{0,3}\d{1,6})?")
 
 
 def _phones(text: str) -> Iterable[tuple[int, int]]:
@@ -244,9 +246,10 @@ def _age_spans(text: str) -> Iterable[tuple[int, int]]:
 
 
 _FINDERS: dict[str, Finder] = {
-    "EMAIL": _pattern(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    "EMAIL": _pattern(r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"),
     "PHONE": _phones,
-    "URL": _pattern(r"\b(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]]+[^\s<>\"'()\[\].,;:!?]", flags=re.IGNORECASE),
+    "URL": _pattern(r"\b(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]]{0,2047}[^\s<>\"'()\[\].,;:!?]",
+                    flags=re.IGNORECASE),
     "IP_ADDRESS": _pattern(
         r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}|"
         r"(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4})?|::(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4})"
