@@ -22,6 +22,7 @@ from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
+from llamarock.services.guardrails import GuardrailService
 from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
 from llamarock.services.knowledge import KnowledgeService
@@ -36,6 +37,7 @@ from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
 from llamarock.storage.blobs import open_blob_store
 from llamarock.storage.db import Database
+from llamarock.storage.guardrails import GuardrailStore
 from llamarock.storage.keys import KeyStore
 from llamarock.storage.knowledge import KnowledgeStore
 from llamarock.storage.logging_config import LoggingConfigStore
@@ -71,6 +73,7 @@ def create_app(settings: Settings) -> Starlette:
     knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations, tagging, settings)
     ingestion = IngestionService(knowledge)  # ingestion jobs and documents of the knowledge bases
     retrieval = RetrievalService(knowledge)  # Retrieve, RetrieveAndGenerate, Rerank
+    guardrails = GuardrailService(GuardrailStore(database), tagging, embeddings, settings.account_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -79,6 +82,7 @@ def create_app(settings: Settings) -> Starlette:
         await asyncio.to_thread(invocation_log.start)
         await provisioning.load()
         await profiles.load()
+        await guardrails.load()
         provisioned_models = asyncio.create_task(provisioning.run())
         await knowledge.start()  # finishes knowledge-base creations and deletions a stopped server left half-done
         await ingestion.start()  # resumes the ingestion jobs a stopped server left running
@@ -125,6 +129,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.retrieval = retrieval
     app.state.peers = peers
     app.state.embeddings = embeddings
+    app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig
     app.state.s3 = S3Service(settings)
     return app
 

@@ -41,6 +41,7 @@ from llamarock.routes import (
     agent_runtime,
     converse,
     foundation_models,
+    guardrails,
     health,
     inference_profiles,
     invocation_logging,
@@ -111,6 +112,16 @@ ROWS: tuple[Operation, ...] = (
     _aws(BEDROCK, invocation_logging.put_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.get_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.delete_model_invocation_logging_configuration),
+    # Guardrails (docs/guardrails.md): authorised on the guardrail's ARN, as in IAM, except CreateGuardrail and
+    # ListGuardrails.
+    _aws(BEDROCK, guardrails.create_guardrail),
+    _aws(BEDROCK, guardrails.list_guardrails),
+    *(_aws(BEDROCK, handler, resource="guardrail") for handler in (
+        guardrails.get_guardrail,
+        guardrails.update_guardrail,
+        guardrails.delete_guardrail,
+        guardrails.create_guardrail_version,
+    )),
     # bedrock-agent: knowledge bases (docs/knowledge-bases.md). Data sources, ingestion jobs and documents are
     # authorised on their knowledge base's ARN; the tagging operations on the ARN in their path.
     _aws(AGENT, knowledge_bases.create_knowledge_base),
