@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from llamarock.bedrock import documents
 from llamarock.bedrock.catalog import CatalogModel
-from llamarock.bedrock.guardrails import check_guardrail
 from llamarock.bedrock.native import check_native_fields
 from llamarock.bedrock.prompts import render_llama2, render_llama3
 from llamarock.bedrock.schema_limits import check_enforced_schema
@@ -324,9 +323,6 @@ def _assistant_turn(index: int, content: list[dict[str, Any]], model: CatalogMod
 def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_missing_inference: bool = False
                        ) -> ChatRequest:
     """Check a shape-valid Converse/ConverseStream (or CountTokens converse) body against Bedrock's rules."""
-    guardrail = params.get("guardrailConfig")
-    if guardrail is not None:
-        check_guardrail(guardrail.get("guardrailIdentifier"), guardrail.get("guardrailVersion"))
     messages = params.get("messages") or []
     if not messages or messages[0]["role"] != "user":
         raise ValidationException(START_WITH_USER)

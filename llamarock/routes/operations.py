@@ -41,6 +41,7 @@ from llamarock.routes import (
     agent_runtime,
     converse,
     foundation_models,
+    guardrail_runtime,
     health,
     inference_profiles,
     invocation_logging,
@@ -87,6 +88,7 @@ ROWS: tuple[Operation, ...] = (
     _aws(RUNTIME, converse.converse_stream, "bedrock:InvokeModelWithResponseStream", resource="model",
          invocation=True, streaming=True),
     _aws(RUNTIME, converse.count_tokens, resource="model"),
+    _aws(RUNTIME, guardrail_runtime.apply_guardrail),  # on * until guardrail ARNs are a resource kind here
     # bedrock (control plane)
     _aws(BEDROCK, foundation_models.list_foundation_models),
     _aws(BEDROCK, foundation_models.get_foundation_model, resource="foundation-model"),
