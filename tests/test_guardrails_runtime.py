@@ -24,6 +24,7 @@ EMAIL_MODEL = "meta.llama3-1-8b-instruct-v1:0"  # answers with an email address
 TICKET_MODEL = "meta.llama3-1-70b-instruct-v1:0"  # answers with a ticket number (a regex that blocks)
 PLAIN_MODEL = "meta.llama3-8b-instruct-v1:0"  # answers with nothing a guardrail minds
 TOOL_MODEL = "meta.llama3-3-70b-instruct-v1:0"  # the same deployment, with tool use
+CALLER_MODEL = "meta.llama3-1-405b-instruct-v1:0"  # calls send_mail with an email address
 
 EMAIL_REPLY = ("Sure. The office that handles these questions is open on weekdays, and it keeps a queue of requests "
                "that it works through in order, so an answer can take a while to come back to you. When you are "
@@ -40,6 +41,12 @@ name = "fake-ticket"
 engine = "fake"
 models = ["meta.llama3-1-70b-instruct-v1:0"]
 fake_reply = "Your ticket is TKT-1234, keep it."
+
+[[deployments]]
+name = "fake-caller"
+engine = "fake"
+models = ["meta.llama3-1-405b-instruct-v1:0"]
+fake_reply = {json.dumps(json.dumps({"name": "send_mail", "parameters": {"to": "carol@example.net"}}))}
 
 [[deployments]]
 name = "fake-plain"
@@ -144,6 +151,11 @@ def test_converse_blocked_input_never_generates(rt: Any, guardrail: tuple[str, s
     words = trace["inputAssessment"][guardrail[0]]["wordPolicy"]["customWords"]
     assert words[0]["match"] == "kumquat" and words[0]["action"] == "BLOCKED"
     assert "outputAssessments" not in trace
+    # An input the guardrail would only mask is not sent on masked either: the answer is the blocked messaging.
+    masked = rt.converse(modelId=PLAIN_MODEL, messages=[user("I am dan@example.com")],
+                         guardrailConfig=config(guardrail))
+    assert masked["output"]["message"]["content"] == [{"text": BLOCKED_INPUT}]
+    assert masked["usage"]["totalTokens"] == 0
 
 
 def test_converse_masked_and_blocked_output(rt: Any, guardrail: tuple[str, str]) -> None:
@@ -172,7 +184,7 @@ def test_guard_content_limits_what_is_checked(rt: Any, guardrail: tuple[str, str
     """With guardContent in the messages, only it is checked: the denied word outside it passes."""
     messages = [{"role": "user", "content": [
         {"text": "kumquat is my favourite fruit."},
-        {"guardContent": {"text": {"text": "What is the weather?", "qualifiers": ["query"]}}},
+        {"guardContent": {"text": {"text": "What is the weather?", "qualifiers": ["guard_content"]}}},
     ]}]
     answered = rt.converse(modelId=PLAIN_MODEL, messages=messages, guardrailConfig=config(guardrail))
     assert answered["stopReason"] == "end_turn"
@@ -255,7 +267,7 @@ def test_invoke_model_stream_with_guardrail(rt: Any, guardrail: tuple[str, str])
 # ----------------------------------------------------------------------------------------- beyond Bedrock: tools
 
 SEND = {"toolSpec": {"name": "send_mail", "description": "Send a mail.", "inputSchema": {"json": {
-    "type": "object", "properties": {"to": {"type": "string", "const": "carol@example.net"}}, "required": ["to"]}}}}
+    "type": "object", "properties": {"to": {"type": "string"}}, "required": ["to"]}}}}
 
 
 def test_tool_inputs_results_and_specs_are_checked(rt: Any, guardrail: tuple[str, str]) -> None:
@@ -276,11 +288,16 @@ def test_tool_inputs_results_and_specs_are_checked(rt: Any, guardrail: tuple[str
     assert answer["stopReason"] == "guardrail_intervened"
 
     # The model's tool call holds an email address: the call is withheld.
-    called = rt.converse(modelId=TOOL_MODEL, messages=[user("Mail Carol")],
-                         toolConfig={"tools": [SEND], "toolChoice": {"tool": {"name": "send_mail"}}},
+    unguarded = rt.converse(modelId=CALLER_MODEL, messages=[user("Mail Carol")], toolConfig={"tools": [SEND]})
+    assert unguarded["stopReason"] == "tool_use"
+    called = rt.converse(modelId=CALLER_MODEL, messages=[user("Mail Carol")], toolConfig={"tools": [SEND]},
                          guardrailConfig=config(guardrail, trace="enabled"))
     assert called["stopReason"] == "guardrail_intervened"
-    assert all("toolUse" not in block for block in called["output"]["message"]["content"])
+    assert called["output"]["message"]["content"] == [{"text": BLOCKED_OUTPUT}]
+    streamed = stream(rt.converse_stream(modelId=CALLER_MODEL, messages=[user("Mail Carol")],
+                                         toolConfig={"tools": [SEND]}, guardrailConfig=config(guardrail)))
+    assert not any("contentBlockStart" in event for event in streamed)  # no toolUse block was sent
+    assert streamed_text(streamed) == BLOCKED_OUTPUT
     assert "carol@example.net" in called["trace"]["guardrail"]["modelOutput"][0]
     assert gid in called["trace"]["guardrail"]["outputAssessments"]
 

@@ -11,8 +11,8 @@ output body); this module decides what is checked when, and keeps the verdicts f
   intervention found later stops the stream with the blocked messaging (masking cannot take back what was sent: as
   on Bedrock, async mode does not mask);
 - beyond Bedrock (not in ``--compat bedrock``), tool results and tool specs are checked with the input, and the tool
-  calls the model writes are checked with the output (an intervention there replaces the calls with the blocked
-  messaging).
+  calls the model writes are checked with the output (an intervention there withholds the calls: the answer is the
+  blocked output messaging).
 
 Every check is reported to ``observe`` (the /metrics guardrail series).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -49,6 +50,10 @@ class Applies(Protocol):
     async def apply(self, region: str, identifier: str, version: str | None, source: Source,
                     content: list[dict[str, Any]], output_scope: str = "INTERVENTIONS") -> dict[str, Any]: ...
 
+    def resolve(self, region: str, identifier: str, version: str | None = None) -> Any: ...
+
+    def blocked_message(self, guardrail: Any, source: Source) -> str: ...
+
 
 class GuardrailRuntime:
     """ApplyGuardrail, and :class:`CallGuard` for the guardrail of one runtime call."""
@@ -67,6 +72,14 @@ class GuardrailRuntime:
             self.observe(identifier.rsplit("/", 1)[-1], version, source, operation, verdict,
                          int((time.monotonic() - started) * 1000))
         return verdict
+
+    async def blocked_messaging(self, region: str, request: GuardrailRequest, source: Source) -> str:
+        """The guardrail version's blocked messaging for ``source`` (what replaces content it only masked where
+        masked content cannot stand: a prompt, a tool call)."""
+        guardrail = self.service.resolve(region, request.identifier, request.version)
+        if inspect.isawaitable(guardrail):
+            guardrail = await guardrail
+        return self.service.blocked_message(guardrail, source)
 
     def call(self, region: str, request: GuardrailRequest, operation: str, beyond: bool) -> CallGuard:
         return CallGuard(self, region, request, operation, beyond)
@@ -95,11 +108,22 @@ class CallGuard:
         return verdict
 
     async def check_input(self, content: list[dict[str, Any]]) -> str | None:
-        """Check the input; the text to answer with instead (the blocked messaging) when the guardrail intervenes.
+        """Check the input; the text to answer with instead (the blocked input messaging) when the guardrail
+        intervenes. As on Bedrock, an input the guardrail would only mask is not sent on masked: the model never
+        sees it, and the answer is the blocked messaging.
 
         An input with nothing to check is still checked (an empty text): the guardrail must exist either way."""
         verdict = await self.check("INPUT", content or [text_block("")])
-        return output_text(verdict) if intervened(verdict) else None
+        if not intervened(verdict):
+            return None
+        return await self.blocked_text(verdict, "INPUT")
+
+    async def blocked_text(self, verdict: dict[str, Any], source: Source) -> str:
+        """What replaces content a verdict intervened on wholesale: its output (the blocked messaging) when it
+        blocks, else the guardrail's blocked messaging."""
+        if blocks(verdict):
+            return output_text(verdict)
+        return await self.runtime.blocked_messaging(self.region, self.request, source)
 
     def output(self, mode: Literal["whole", "sync", "async"]) -> OutputGuard:
         return OutputGuard(self, mode)
@@ -283,7 +307,7 @@ class ConverseGuard:
             index = min(self.tool_blocks)
             events: list[Event] = []
             if not self.text.stopped:  # the calls are withheld; what the guardrail answers instead is said as text
-                said = output_text(self.tools_verdict)
+                said = await self.guard.blocked_text(self.tools_verdict, "OUTPUT")
                 self.text.sent.append(said)
                 events = [self._delta(index, said), ("contentBlockStop", {"contentBlockIndex": index})]
             self.held = []
