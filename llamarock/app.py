@@ -22,6 +22,8 @@ from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
+from llamarock.services.guardrail_runtime import GuardrailRuntime
+from llamarock.services.guardrails import GuardrailService
 from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
 from llamarock.services.knowledge import KnowledgeService
@@ -34,6 +36,7 @@ from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
 from llamarock.storage.blobs import open_blob_store
 from llamarock.storage.db import Database
+from llamarock.storage.guardrails import GuardrailStore
 from llamarock.storage.keys import KeyStore
 from llamarock.storage.knowledge import KnowledgeStore
 from llamarock.storage.logging_config import LoggingConfigStore
@@ -67,6 +70,10 @@ def create_app(settings: Settings) -> Starlette:
     embeddings = EmbeddingService(settings, inference)  # embedding models: InvokeModel, knowledge bases
     invocations = InvocationService(inference)
     knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations, tagging, settings)
+    guardrails = GuardrailService(GuardrailStore(database), tagging, embeddings, settings.account_id)
+    # The runtime's guardrails: ApplyGuardrail, guardrailConfig and InvokeModel's headers; each check on /metrics.
+    guardrail_runtime = GuardrailRuntime(guardrails, invocation_metrics.guardrail_check)
+    invocations.guardrails = guardrail_runtime
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,6 +82,7 @@ def create_app(settings: Settings) -> Starlette:
         await asyncio.to_thread(invocation_log.start)
         await provisioning.load()
         await profiles.load()
+        await guardrails.load()
         provisioned_models = asyncio.create_task(provisioning.run())
         await knowledge.start()  # resumes the ingestion jobs a stopped server left running
         try:
@@ -117,6 +125,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.knowledge = knowledge
     app.state.peers = peers
     app.state.embeddings = embeddings
+    app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig
+    app.state.guardrail_runtime = guardrail_runtime
     app.state.s3 = S3Service(settings)
     return app
 

@@ -81,6 +81,8 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
         if RESOURCE_ID.match(label):  # an application inference profile's id
             return (application_profile_arn(region, account, label),)
         return (f"arn:aws:bedrock:{region}:{account}:inference-profile/{label}",)
+    if kind == "guardrail":  # a guardrail's id (its ARN is handled above)
+        return (f"arn:aws:bedrock:{region}:{account}:guardrail/{label}",)
     return ("*",)
 
 

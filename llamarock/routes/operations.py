@@ -42,6 +42,7 @@ from llamarock.routes import (
     converse,
     foundation_models,
     guardrail_runtime,
+    guardrails,
     health,
     inference_profiles,
     invocation_logging,
@@ -88,7 +89,7 @@ ROWS: tuple[Operation, ...] = (
     _aws(RUNTIME, converse.converse_stream, "bedrock:InvokeModelWithResponseStream", resource="model",
          invocation=True, streaming=True),
     _aws(RUNTIME, converse.count_tokens, resource="model"),
-    _aws(RUNTIME, guardrail_runtime.apply_guardrail),  # on * until guardrail ARNs are a resource kind here
+    _aws(RUNTIME, guardrail_runtime.apply_guardrail, resource="guardrail"),  # on the guardrail ARN, as in IAM
     # bedrock (control plane)
     _aws(BEDROCK, foundation_models.list_foundation_models),
     _aws(BEDROCK, foundation_models.get_foundation_model, resource="foundation-model"),
@@ -113,6 +114,16 @@ ROWS: tuple[Operation, ...] = (
     _aws(BEDROCK, invocation_logging.put_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.get_model_invocation_logging_configuration),
     _aws(BEDROCK, invocation_logging.delete_model_invocation_logging_configuration),
+    # Guardrails (docs/guardrails.md): authorised on the guardrail's ARN, as in IAM, except CreateGuardrail and
+    # ListGuardrails.
+    _aws(BEDROCK, guardrails.create_guardrail),
+    _aws(BEDROCK, guardrails.list_guardrails),
+    *(_aws(BEDROCK, handler, resource="guardrail") for handler in (
+        guardrails.get_guardrail,
+        guardrails.update_guardrail,
+        guardrails.delete_guardrail,
+        guardrails.create_guardrail_version,
+    )),
     # bedrock-agent: knowledge bases (docs/knowledge-bases.md). Data sources, ingestion jobs and documents are
     # authorised on their knowledge base's ARN; the tagging operations on the ARN in their path.
     _aws(AGENT, knowledge_bases.create_knowledge_base),
