@@ -98,9 +98,17 @@ def main() -> None:
         finally:
             stop_server(server)
     results = {name: quantiles(values) for name, values in samples.items()}
-    print(f"{'case':36} {'p50 ms':>8} {'p90 ms':>8}")
+    # The guardrail's cost: the median over rounds of (with - without), each pair measured back to back.
+    pairs = {"Converse + guardrail": "Converse", "ConverseStream + guardrail sync": "ConverseStream",
+             "ConverseStream + guardrail async": "ConverseStream", "InvokeModel + guardrail": "InvokeModel"}
+    for guarded, plain in pairs.items():
+        differences = [a - b for a, b in zip(samples[guarded], samples[plain], strict=True)]
+        results[guarded]["paired_overhead_p50"] = round(statistics.median(differences), 2)
+    print(f"{'case':36} {'p50 ms':>8} {'p90 ms':>8} {'paired overhead p50 ms':>24}")
     for name, figures in results.items():
-        print(f"{name:36} {figures['p50']:8.1f} {figures['p90']:8.1f}")
+        overhead = figures.get("paired_overhead_p50")
+        print(f"{name:36} {figures['p50']:8.1f} {figures['p90']:8.1f} "
+              f"{'' if overhead is None else f'{overhead:24.1f}'}")
     print(json.dumps({"calls": args.calls, "reply_chars": len(REPLY), "input_chars": len(TEXT_1000),
                       "results": results}))
 

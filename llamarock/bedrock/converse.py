@@ -102,12 +102,13 @@ def _system_text(blocks: list[dict[str, Any]]) -> tuple[str, tuple[int, ...]]:
 
 
 def _guard_text(guard: dict[str, Any], where: str) -> str:
-    """The text of a guardContent block; its image form needs a guardrail, which this server does not run."""
+    """The text of a guardContent block (plain text when no guardrail runs, as on Bedrock); its image form is
+    refused: llamarock's guardrails check text only."""
     if "text" in guard:
         return str(guard["text"].get("text", ""))
     raise ValidationException(
-        f"The guardContent block at {where} holds an image; image guardContent is evaluated only by a guardrail, "
-        "and this request has none. Send the image as an image block, or the content as guardContent text."
+        f"The guardContent block at {where} holds an image; llamarock's guardrails check text only, so image "
+        "guardContent can't be evaluated. Send the image as an image block, or the content as guardContent text."
     )
 
 
