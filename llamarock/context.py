@@ -42,7 +42,8 @@ class Operation:
     of the foundation model, inference profile or provisioned model the URI label names, the resource ARN the body's
     ``resourceARN`` names (``tagged-resource``: TagResource, UntagResource, ListTagsForResource), the knowledge base
     the ``knowledgeBaseId`` label names (``knowledge-base``: ``arn:aws:bedrock:<region>:<account>:knowledge-base/<id>``;
-    a ``resourceArn`` label is taken as it is), or ``*``.
+    a ``resourceArn`` label is taken as it is), the guardrail the ``guardrailIdentifier`` label names (``guardrail``:
+    its ARN, or ``arn:aws:bedrock:<region>:<account>:guardrail/<id>``), or ``*``.
     ``invocation`` operations (InvokeModel, Converse and their streams) reserve tokens of the caller's tokens per
     minute and produce one invocation record each. ``public`` operations (health, metrics) skip authentication.
     ``route`` is the method and exact path of an operation that no botocore service model describes.
@@ -61,7 +62,7 @@ class Operation:
     handler: Callable[..., Awaitable[Any]] | None
     resource: Literal[
         "model", "foundation-model", "inference-profile", "provisioned-model", "tagged-resource", "knowledge-base",
-        "s3-bucket", "s3-object", "*"
+        "guardrail", "s3-bucket", "s3-object", "*"
     ] = "*"
     streaming: bool = False
     invocation: bool = False

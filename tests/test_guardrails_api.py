@@ -230,3 +230,18 @@ def test_update_validates_and_keeps_the_draft(control: Any) -> None:
     code, _, _ = error_of(control.delete_guardrail, guardrailIdentifier=gid, guardrailVersion="DRAFT")
     assert code == "ValidationException"  # only numbered versions are deleted one by one
     control.delete_guardrail(guardrailIdentifier=gid)
+
+
+def test_guardrail_operations_are_authorised_on_the_guardrail_arn() -> None:
+    from llamarock.auth.actions import label_resources
+    from llamarock.routes.operations import OperationTable
+
+    table = OperationTable()
+    rows = {name: row for name, row in table.implemented("bedrock").items() if "Guardrail" in name}
+    assert set(rows) == {"CreateGuardrail", "ListGuardrails", "GetGuardrail", "UpdateGuardrail", "DeleteGuardrail",
+                         "CreateGuardrailVersion"}
+    assert {rows[n].resource for n in ("GetGuardrail", "UpdateGuardrail", "DeleteGuardrail",
+                                       "CreateGuardrailVersion")} == {"guardrail"}
+    arn = f"arn:aws:bedrock:us-west-2:{ACCOUNT}:guardrail/abc123"
+    assert label_resources("guardrail", {"guardrailIdentifier": "abc123"}, "us-west-2", ACCOUNT) == (arn,)
+    assert label_resources("guardrail", {"guardrailIdentifier": arn}, "us-west-2", ACCOUNT) == (arn,)

@@ -228,3 +228,14 @@ def test_config_defaults_and_rules() -> None:
         config.policies({})
     with pytest.raises(ValidationException, match="more than once"):
         config.policies({"wordPolicyConfig": {"wordsConfig": [{"text": "A"}, {"text": "a"}]}})
+
+
+def test_long_hostile_runs_are_scanned_in_linear_time() -> None:
+    """Runs that would make an unbounded pattern try every start against the rest of the text (quadratic time):
+    this finishes at once because every such repetition is bounded; a regression would hang here."""
+    runs = ["a." * 15_000, "7" * 30_000, "www." + "x" * 30_000, "a@" * 15_000, "Aa " * 10_000]
+    for run in runs:
+        pii.find(run, pii.ENTITY_TYPES)
+        words.profanity().find(run)
+    found = pii.find("x" * 50_000 + " mail me at ab@example.com", ["EMAIL"])
+    assert [e.text for e in found] == ["ab@example.com"]

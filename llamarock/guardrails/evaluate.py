@@ -16,6 +16,7 @@ what was detected.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -131,22 +132,32 @@ class Evaluator:
                  "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
                  "contextualGroundingPolicyUnits": 0}
 
-        if self.words or self.managed:
-            usage["wordPolicyUnits"] = units
-            reported = self._words(guarded, source, findings, full)
-            if reported is not None:
-                assessment["wordPolicy"] = reported
-        if self.entities or self.regexes:
-            usage["sensitiveInformationPolicyUnits" if self.entities else "sensitiveInformationPolicyFreeUnits"] = units
-            reported = self._sensitive(guarded, source, findings, full)
-            if reported is not None:
-                assessment["sensitiveInformationPolicy"] = reported
-        segment_vectors: np.ndarray | None = None
+        # The text is embedded (in the embedder's thread) while words and PII are matched (in another), so a
+        # guardrail with both kinds of policy costs about the longer of the two, and the event loop is never held.
+        embedding: asyncio.Future[np.ndarray] | None = None
         if (self.topics or self.filters) and text:
             if embed is None:
                 raise ValidationException("This guardrail's denied topics and content filters need an embedding "
                                           "model, and none is served.")
-            segment_vectors = await embed_segments(text, embed)
+            embedding = asyncio.ensure_future(embed_segments(text, embed))
+        try:
+            if self.words or self.managed:
+                usage["wordPolicyUnits"] = units
+            if self.entities or self.regexes:
+                usage["sensitiveInformationPolicyUnits" if self.entities
+                      else "sensitiveInformationPolicyFreeUnits"] = units
+            if self.words or self.managed or self.entities or self.regexes:
+                word_policy, sensitive_policy = await asyncio.to_thread(self._matched, guarded, source, findings,
+                                                                        full)
+                if word_policy is not None:
+                    assessment["wordPolicy"] = word_policy
+                if sensitive_policy is not None:
+                    assessment["sensitiveInformationPolicy"] = sensitive_policy
+            segment_vectors = await embedding if embedding is not None else None
+        except BaseException:
+            if embedding is not None:
+                embedding.cancel()
+            raise
         if self.topic_matcher is not None and segment_vectors is not None and embed is not None:
             usage["topicPolicyUnits"] = units
             reported = await self._topics(text, segment_vectors, source, findings, full, embed)
@@ -191,6 +202,13 @@ class Evaluator:
                 "assessments": [assessment], "guardrailCoverage": coverage}
 
     # ------------------------------------------------------------------------------------------------ policies
+
+    def _matched(self, guarded: list[tuple[int, Block]], source: Source, findings: _Findings,
+                 full: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The word and sensitive information assessments (pattern matching only: run in a worker thread)."""
+        word_policy = self._words(guarded, source, findings, full) if self.words or self.managed else None
+        sensitive = self._sensitive(guarded, source, findings, full) if self.entities or self.regexes else None
+        return word_policy, sensitive
 
     def _words(self, guarded: list[tuple[int, Block]], source: Source, findings: _Findings,
                full: bool) -> dict[str, Any] | None:

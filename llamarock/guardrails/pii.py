@@ -10,8 +10,10 @@ check digit and no library (passport, driver's licence, licence plate, PIN, pass
 account, AWS secret key, UK UTR, NHS number, Canadian health number) are reported only next to the words that name
 them ("passport number", "PIN"...), as a person writes them.
 
-Matches never overlap: the longest wins, then a type named by its words, then the earliest. Custom regexes run on
-RE2 (linear time: a user's pattern cannot stall the server).
+Matches never overlap: the longest wins, then a type named by its words, then the earliest. Every repetition in these
+patterns is bounded where a match could start at many places in one long run of characters (an email's local part,
+a URL, a run of digits), so hostile text costs linear time; custom regexes run on RE2 (linear time: a user's
+pattern cannot stall the server).
 """
 
 from __future__ import annotations
@@ -119,9 +121,20 @@ def _ni(text: str) -> bool:
     return value[:2] not in {"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
 
 
+# Where a phone number may be: a run of digits and the punctuation numbers are written with, 7+ digits long.
+_PHONE_CANDIDATE = re.compile(r"[+(]?\d[\d\s().\-/]{5,24}\d(?:\s{0,3}(?:x|ext\.?)\s{0,3}\d{1,6})?")
+
+
 def _phones(text: str) -> Iterable[tuple[int, int]]:
-    for match in phonenumbers.PhoneNumberMatcher(text, "US", leniency=phonenumbers.Leniency.VALID):
-        yield match.start, match.end
+    """Phone numbers as libphonenumber finds and validates them (US numbers without a country code), run on the
+    stretches of text that hold seven digits or more (the matcher is slow on long prose)."""
+    for candidate in _PHONE_CANDIDATE.finditer(text):
+        if sum(c.isdigit() for c in candidate.group()) < 7:
+            continue
+        start = max(0, candidate.start() - 1)
+        window = text[start:candidate.end() + 1]
+        for match in phonenumbers.PhoneNumberMatcher(window, "US", leniency=phonenumbers.Leniency.VALID):
+            yield start + match.start, start + match.end
 
 
 _NAME_TOKEN = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
@@ -233,9 +246,10 @@ def _age_spans(text: str) -> Iterable[tuple[int, int]]:
 
 
 _FINDERS: dict[str, Finder] = {
-    "EMAIL": _pattern(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    "EMAIL": _pattern(r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"),
     "PHONE": _phones,
-    "URL": _pattern(r"\b(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]]+[^\s<>\"'()\[\].,;:!?]", flags=re.IGNORECASE),
+    "URL": _pattern(r"\b(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]]{0,2047}[^\s<>\"'()\[\].,;:!?]",
+                    flags=re.IGNORECASE),
     "IP_ADDRESS": _pattern(
         r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}|"
         r"(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4})?|::(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4})"

@@ -31,7 +31,7 @@ def segments(text: str, size: int = 240) -> list[str]:
     return found
 
 
-def matrix(vectors: Sequence[Sequence[float]]) -> np.ndarray:
+def matrix(vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """Vectors as the rows of a matrix of unit rows (the embedder normalises them; this makes sure)."""
     rows = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)

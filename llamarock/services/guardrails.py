@@ -46,6 +46,7 @@ MAX_VERSIONS = 20
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ARN = re.compile(r"arn:aws(?:-[^:]+)?:bedrock:(?P<region>[a-z0-9-]{1,20}):(?P<account>\d{12}):guardrail/"
                   r"(?P<id>[a-z0-9]+)")
+VECTOR_CACHE = 4096
 NOT_FOUND = "The guardrail identifier or version provided in the request does not exist."
 
 
@@ -68,6 +69,9 @@ class GuardrailService:
         self._versions: dict[tuple[str, str], Guardrail] = {}
         self._evaluators: dict[tuple[str, str], tuple[datetime, Evaluator]] = {}
         self._lock = asyncio.Lock()
+        # Vectors of recently checked segments: a conversation sends its earlier turns again with each request,
+        # and only the new text needs embedding (oldest forgotten first).
+        self._vectors: dict[str, list[float]] = {}
         tagging.register(RESOURCE_TYPE, TaggableKind(self._exists))
 
     async def load(self) -> None:
@@ -103,9 +107,14 @@ class GuardrailService:
             )
         return draft
 
-    def resolve(self, region: str, identifier: str, version: str | None = None) -> Guardrail:
+    async def resolve(self, region: str, identifier: str, version: str | None = None) -> Guardrail:
         """The guardrail version a request names (``version`` None or DRAFT: the working draft);
-        ResourceNotFoundException, in Bedrock's words, when it does not exist."""
+        ResourceNotFoundException, in Bedrock's words, when it does not exist. Its ``blocked_input`` and
+        ``blocked_outputs`` are the blockedInputMessaging and blockedOutputsMessaging (see :meth:`blocked_message`).
+        Answers from memory: runtime operations call it to refuse an unknown guardrail before any work."""
+        return self._resolve(region, identifier, version)
+
+    def _resolve(self, region: str, identifier: str, version: str | None = None) -> Guardrail:
         draft = self._draft(region, identifier)
         if version is None or version == DRAFT:
             return draft
@@ -119,7 +128,7 @@ class GuardrailService:
 
     def get(self, region: str, identifier: str, version: str | None = None) -> Guardrail:
         """GetGuardrail."""
-        return self.resolve(region, identifier, version)
+        return self._resolve(region, identifier, version)
 
     def listed(self, region: str, identifier: str | None = None) -> list[Guardrail]:
         """ListGuardrails: every guardrail's DRAFT, or (``identifier``) every version of one guardrail."""
@@ -238,7 +247,7 @@ class GuardrailService:
     async def delete(self, region: str, identifier: str, version: str | None = None) -> None:
         """DeleteGuardrail: one numbered version, or (``version`` None) the guardrail and all its versions."""
         async with self._lock:
-            found = self.resolve(region, identifier, version)
+            found = self._resolve(region, identifier, version)
             if version is None:
                 await self._forget(found.guardrail_id)
             else:
@@ -281,13 +290,20 @@ class GuardrailService:
                 "No embedding deployment serves an embedding model, so denied topics, content filters and contextual "
                 "grounding cannot be evaluated. Configure [[embedding_deployments]] (docs/embeddings.md)."
             )
-        return (await self.embeddings.embed(model, texts)).vectors
+        known = {t: self._vectors[t] for t in texts if t in self._vectors}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            for text, vector in zip(missing, (await self.embeddings.embed(model, missing)).vectors, strict=True):
+                known[text] = self._vectors[text] = vector
+                while len(self._vectors) > VECTOR_CACHE:
+                    self._vectors.pop(next(iter(self._vectors)))
+        return [known[t] for t in texts]
 
     async def apply(self, region: str, identifier: str, version: str | None, source: Literal["INPUT", "OUTPUT"],
                     content: list[dict[str, Any]], output_scope: str = "INTERVENTIONS") -> dict[str, Any]:
         """ApplyGuardrail's output body for ``content`` (ApplyGuardrail's ``content`` shape) checked by a guardrail
         version as ``source``."""
-        guardrail = self.resolve(region, identifier, version)
+        guardrail = self._resolve(region, identifier, version)
         return await self.evaluator(guardrail).apply(source, content, output_scope,
                                                      self.blocked_message(guardrail, source), self._embed)
 
