@@ -25,6 +25,7 @@ from llamarock.bedrock import compat
 from llamarock.bedrock.converse import ChatRequest, chat_messages, converse_response, parse_chat_request, usage
 from llamarock.bedrock.converse_stream import Event, StreamAssembler, output_schema
 from llamarock.bedrock.guardrails import (
+    NATIVE_CONFIG,
     STOP_REASON,
     GuardrailRequest,
     converse_config,
@@ -175,7 +176,8 @@ class InvocationService:
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
-        guarded = invoke_config(dict(headers), decode_body(body))
+        named = headers.get("guardrailIdentifier") is not None or headers.get("guardrailVersion") is not None
+        guarded = invoke_config(dict(headers), decode_body(body) if named or NATIVE_CONFIG.encode() in body else None)
         native = parse_native_request(strip_native_config(body) if guarded is not None else body)
         prompt, checked = tagged_prompt(native.prompt, guarded.tag_suffix if guarded is not None else None)
         compat.check_tier(self.compat, headers.get("serviceTier"), target.model.model_id)
