@@ -200,7 +200,10 @@ def test_converse_stream_sync_masks_before_sending(rt: Any, guardrail: tuple[str
     text = streamed_text(events)
     assert "alice@example.com" not in text and "{EMAIL}" in text
     assert events[-2]["messageStop"]["stopReason"] == "guardrail_intervened"
-    assert guardrail[0] in events[-1]["metadata"]["trace"]["guardrail"]["outputAssessments"]
+    checks = events[-1]["metadata"]["trace"]["guardrail"]["outputAssessments"][guardrail[0]]
+    assert len(checks) == 2  # the answer went out in two checked chunks, cut at a sentence end
+    deltas = [e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e]
+    assert deltas[0].endswith("come back to you.") and "{EMAIL}" in deltas[1]
 
     blocked = stream(rt.converse_stream(modelId=EMAIL_MODEL, messages=[user("kumquat?")],
                                         guardrailConfig=config(guardrail)))

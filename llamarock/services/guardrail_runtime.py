@@ -6,7 +6,7 @@ output body); this module decides what is checked when, and keeps the verdicts f
 - the **input** is checked before generation: a blocked input never reaches the scheduler or the engine (it costs no
   model tokens) and the answer is the guardrail's blocked messaging;
 - the **output** is checked whole for non-streaming answers; a stream in ``sync`` mode is held back and checked in
-  chunks of at least ``chunk_chars`` characters (cut at whitespace), each sent only once checked (masked when the
+  chunks of at least ``chunk_chars`` characters (cut at a sentence end), each sent only once checked (masked when the
   guardrail anonymizes); in ``async`` mode chunks are sent at once and checked in the background, and an
   intervention found later stops the stream with the blocked messaging (masking cannot take back what was sent: as
   on Bedrock, async mode does not mask);
@@ -155,10 +155,14 @@ class OutputGuard:
         return "".join(self.sent)
 
     def _cut(self) -> str:
-        """The part of ``pending`` ready to check: at least a chunk, cut after the last whitespace."""
+        """The part of ``pending`` ready to check: at least a chunk, cut after its last sentence end (so that what a
+        policy matches, a phone number or an address, is not split between two checks), or, past two chunks with no
+        sentence end, after its last whitespace."""
         if self.chunk is None or len(self.pending) < self.chunk:
             return ""
-        cut = max(self.pending.rfind(c) for c in " \n\t") + 1
+        cut = max(self.pending.rfind(end) for end in (". ", "! ", "? ", "\n")) + 1
+        if cut <= 0 and len(self.pending) >= 2 * self.chunk:
+            cut = max(self.pending.rfind(c) for c in " \t") + 1
         if cut <= 0:
             if len(self.pending) < 4 * self.chunk:
                 return ""
