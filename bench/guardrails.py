@@ -18,7 +18,8 @@ How the labelled sets are built (all here, seeded, nothing downloaded):
   cooking, travel, code, and near misses that mention money, health, law or politics without asking for the denied
   thing). Recall: on-topic prompts detected as their topic; FPR: off-topic prompts detected as any topic.
 - Latency: ``Evaluator.apply`` in-process on the real all-MiniLM-L6-v2 embedder (onnxruntime), and, with
-  ``--server URL``, ApplyGuardrail through a running server when it serves that operation.
+  ``--server URL``, ApplyGuardrail through a running server (boto3, signed, over loopback), with and without the
+  topic policy.
 
 Usage: python bench/guardrails.py [--runs 50] [--server http://127.0.0.1:PORT]
 Prints a table and one JSON object. Run by hand; never a test.
@@ -521,8 +522,8 @@ async def latency(embed: Callable[[Sequence[str]], Any], runs: int) -> dict[str,
             "embedding_the_segments_alone_p50_ms": round(statistics.median(embedding), 2)}
 
 
-def server_latency(url: str, runs: int) -> dict[str, Any]:
-    """ApplyGuardrail through a running server (word + PII + topic guardrail created there)."""
+def server_latency(url: str, runs: int, policies: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ApplyGuardrail through a running server (a word + PII + topic guardrail created there, or ``policies``)."""
     import boto3
     from botocore.config import Config
 
@@ -532,7 +533,7 @@ def server_latency(url: str, runs: int) -> dict[str, Any]:
     control = boto3.client("bedrock", **kwargs)
     runtime = boto3.client("bedrock-runtime", **kwargs)
     created = control.create_guardrail(name=f"bench-{random.randint(0, 10**6)}", blockedInputMessaging="no",
-                                       blockedOutputsMessaging="no", **LATENCY_POLICIES)
+                                       blockedOutputsMessaging="no", **(policies or LATENCY_POLICIES))
     r = random.Random(5)
     texts = [thousand_chars(r) for _ in range(runs)]
     times = []
@@ -568,6 +569,8 @@ async def main() -> None:
     report["latency_in_process"] = await latency(embed, args.runs)
     if args.server:
         report["latency_server"] = server_latency(args.server, args.runs)
+        report["latency_server_word_and_pii_only"] = server_latency(
+            args.server, args.runs, {k: v for k, v in LATENCY_POLICIES.items() if k != "topicPolicyConfig"})
     await embedder.close()
 
     print(f"{'entity type':42} {'precision':>9} {'recall':>7} {'tp':>4} {'fp':>4} {'fn':>4}")

@@ -26,11 +26,20 @@ import numpy as np
 
 from llamarock.errors import ValidationException
 from llamarock.guardrails import Embed, content, grounding, pii, words
-from llamarock.guardrails.topics import TopicMatcher, embed_segments
+from llamarock.guardrails.topics import Background, TopicMatcher, embed_segments
 
 Source = Literal["INPUT", "OUTPUT"]
 TEXT_UNIT = 1000  # characters per policy unit, as Bedrock bills them
-_CLASSIFIER = content.ContentClassifier()
+
+
+class Shared:
+    """What every guardrail of one embedding model can share, embedded once: the content classifier's statements and
+    the neutral requests topics are centred on. One per embedding model (the service keeps one); vectors of two
+    models must never meet."""
+
+    def __init__(self) -> None:
+        self.classifier = content.ContentClassifier()
+        self.background = Background()
 
 
 @dataclass
@@ -96,8 +105,9 @@ def blocks(content_blocks: list[dict[str, Any]]) -> list[Block]:
 class Evaluator:
     """The policies of one guardrail version, ready to run."""
 
-    def __init__(self, policies: dict[str, Any]) -> None:
+    def __init__(self, policies: dict[str, Any], shared: Shared | None = None) -> None:
         self.policies = policies
+        self.shared = shared or Shared()
         word_policy = policies.get("wordPolicy") or {}
         self.words = word_policy.get("words") or []
         self.custom = words.WordList(w["text"] for w in self.words)
@@ -108,7 +118,7 @@ class Evaluator:
                         for r in sensitive.get("regexes") or []]
         topic_policy = policies.get("topicPolicy") or {}
         self.topics = topic_policy.get("topics") or []
-        self.topic_matcher = TopicMatcher(self.topics) if self.topics else None
+        self.topic_matcher = TopicMatcher(self.topics, background=self.shared.background) if self.topics else None
         self.filters = (policies.get("contentPolicy") or {}).get("filters") or []
         self.grounding = (policies.get("contextualGroundingPolicy") or {}).get("filters") or []
 
@@ -276,7 +286,7 @@ class Evaluator:
 
     async def _content(self, segment_vectors: np.ndarray, source: Source, findings: _Findings, full: bool,
                        embed: Embed) -> dict[str, Any] | None:
-        confidences = await _CLASSIFIER.confidences(segment_vectors, embed)
+        confidences = await self.shared.classifier.confidences(segment_vectors, embed)
         way = _direction(source)
         reported = []
         for entry in self.filters:

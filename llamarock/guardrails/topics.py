@@ -43,9 +43,6 @@ class Background:
         return self._mean
 
 
-BACKGROUND = Background()
-
-
 def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Vectors moved by ``-mean`` and normalised again."""
     if vectors.shape[0] == 0:
@@ -63,10 +60,10 @@ class TopicMatcher:
     """The denied topics of one guardrail version (GetGuardrail's ``topicPolicy.topics``)."""
 
     def __init__(self, topics: list[dict[str, Any]], threshold: float = THRESHOLD,
-                 background: Background = BACKGROUND) -> None:
+                 background: Background | None = None) -> None:
         self.topics = topics
         self.threshold = threshold
-        self.background = background
+        self.background = background or Background()
         self._prototypes: np.ndarray | None = None
         self._owner: np.ndarray | None = None
 

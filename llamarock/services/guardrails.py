@@ -31,7 +31,7 @@ from llamarock.errors import (
     ValidationException,
 )
 from llamarock.guardrails import config
-from llamarock.guardrails.evaluate import Evaluator
+from llamarock.guardrails.evaluate import Evaluator, Shared
 from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.idempotency import request_digest, same_request
 from llamarock.services.tagging import MAX_TAGS, TaggableKind, TaggingService, check_tags
@@ -68,6 +68,7 @@ class GuardrailService:
         self._clock = clock
         self._versions: dict[tuple[str, str], Guardrail] = {}
         self._evaluators: dict[tuple[str, str], tuple[datetime, Evaluator]] = {}
+        self._shared = Shared()  # the content classifier and topic background of the served embedding model
         self._lock = asyncio.Lock()
         # Vectors of recently checked segments: a conversation sends its earlier turns again with each request,
         # and only the new text needs embedding (oldest forgotten first).
@@ -215,6 +216,7 @@ class GuardrailService:
             updated = dataclasses.replace(draft, updated_at=max(self._clock(), draft.updated_at), **settings)
             await asyncio.to_thread(self.store.replace, updated)
             self._versions[(draft.guardrail_id, DRAFT)] = updated
+            self._evaluators.pop((draft.guardrail_id, DRAFT), None)
         return updated
 
     async def create_version(self, region: str, identifier: str, description: str | None = None,
@@ -271,7 +273,7 @@ class GuardrailService:
         key = (guardrail.guardrail_id, guardrail.version)
         cached = self._evaluators.get(key)
         if cached is None or cached[0] != guardrail.updated_at:
-            cached = (guardrail.updated_at, Evaluator(guardrail.policies))
+            cached = (guardrail.updated_at, Evaluator(guardrail.policies, self._shared))
             self._evaluators[key] = cached
         return cached[1]
 
