@@ -232,7 +232,7 @@ class InvocationService:
                         if out.stopped or chunk.stop_reason is not None:
                             released += await out.flush()
                     final = chunk.stop_reason is not None or (out is not None and out.stopped)
-                    if not released and not final and not first:
+                    if out is not None and not released and not final and not first:
                         continue  # held back for the guardrail's check
                     metrics = None
                     if final:
