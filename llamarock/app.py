@@ -22,6 +22,7 @@ from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
+from llamarock.services.guardrail_runtime import GuardrailRuntime
 from llamarock.services.guardrails import GuardrailService
 from llamarock.services.inference import InferenceService
 from llamarock.services.invocation import InvocationService
@@ -74,6 +75,9 @@ def create_app(settings: Settings) -> Starlette:
     ingestion = IngestionService(knowledge)  # ingestion jobs and documents of the knowledge bases
     retrieval = RetrievalService(knowledge)  # Retrieve, RetrieveAndGenerate, Rerank
     guardrails = GuardrailService(GuardrailStore(database), tagging, embeddings, settings.account_id)
+    # The runtime's guardrails: ApplyGuardrail, guardrailConfig and InvokeModel's headers; each check on /metrics.
+    guardrail_runtime = GuardrailRuntime(guardrails, invocation_metrics.guardrail_check)
+    invocations.guardrails = guardrail_runtime
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -130,6 +134,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.peers = peers
     app.state.embeddings = embeddings
     app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig
+    app.state.guardrail_runtime = guardrail_runtime
     app.state.s3 = S3Service(settings)
     return app
 

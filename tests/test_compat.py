@@ -194,3 +194,23 @@ def test_knowledge_base_storage(fake_server: Server, strict_server: Server) -> N
                                                   knowledgeBaseConfiguration=configuration,
                                                   storageConfiguration=storage)
     assert accepted["knowledgeBase"]["storageConfiguration"] == storage
+
+
+def test_guardrail_tool_checks(fake_server: Server, strict_server: Server) -> None:
+    """A denied word in a tool result: the guardrail blocks it in extended mode, and passes it, as Bedrock does,
+    with --compat bedrock."""
+    messages = [user("Look it up"),
+                {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "get_weather",
+                                                               "input": {"city": "Paris"}}}]},
+                {"role": "user", "content": [{"toolResult": {"toolUseId": "t1",
+                                                             "content": [{"text": "kumquat weather"}]}}]}]
+    reasons = []
+    for srv in (fake_server, strict_server):
+        made = srv.client("bedrock").create_guardrail(
+            name="tools", blockedInputMessaging="blocked", blockedOutputsMessaging="blocked",
+            wordPolicyConfig={"wordsConfig": [{"text": "kumquat"}]})
+        reasons.append(srv.client().converse(
+            modelId=FAKE_MODEL, messages=messages, toolConfig={"tools": [WEATHER]},
+            guardrailConfig={"guardrailIdentifier": made["guardrailId"], "guardrailVersion": "DRAFT"},
+        )["stopReason"])
+    assert reasons[0] == "guardrail_intervened" and reasons[1] != "guardrail_intervened"

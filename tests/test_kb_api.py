@@ -514,10 +514,10 @@ def test_bad_input_gets_the_declared_errors(kb_server: Holder, corpus: dict[str,
                 "metadataAttributes": [{"key": "genre", "type": "STRING", "description": "genre"}],
                 "modelArn": MODEL_ARN}}})
     assert error_code(error) == "ValidationException" and "implicitFilterConfiguration" in str(error.value)
-    with pytest.raises(ClientError) as error:  # no guardrails on this server: never answered unchecked
+    with pytest.raises(ClientError) as error:  # no guardrails on retrieval yet: never answered unchecked
         runtime.retrieve(knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "x"},
                          guardrailConfiguration={"guardrailId": "abc", "guardrailVersion": "1"})
-    assert error_code(error) == "ResourceNotFoundException" and "guardrail" in str(error.value)
+    assert error_code(error) == "ValidationException" and "guardrail" in str(error.value)
     with pytest.raises(ClientError) as error:
         runtime.retrieve_and_generate(input={"text": "x"}, retrieveAndGenerateConfiguration={
             "type": "KNOWLEDGE_BASE",

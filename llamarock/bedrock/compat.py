@@ -103,7 +103,19 @@ DIFFERENCES: tuple[Difference, ...] = (
         "the embedded store, with a warning in the server log.)",
         "tests/test_compat.py::test_knowledge_base_storage",
     ),
+    Difference(
+        "Guardrails on tool use (Converse, ConverseStream `guardrailConfig`)",
+        "tool results and tool specs (name, description, input schema) are checked with the input, and the tool "
+        "calls the model writes with the output (an intervention withholds the calls)",
+        "not checked, as on Bedrock: only text, guardContent and the answer's text are",
+        "tests/test_compat.py::test_guardrail_tool_checks",
+    ),
 )
+
+
+def checks_beyond_bedrock(compat: Compat) -> bool:
+    """Whether a guardrail also checks tool results, tool specs and tool calls, which Bedrock's does not."""
+    return compat != "bedrock"
 
 
 def enforces_end_of_life(compat: Compat, enforce_end_of_life: bool) -> bool:

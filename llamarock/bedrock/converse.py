@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from llamarock.bedrock import documents
 from llamarock.bedrock.catalog import CatalogModel
-from llamarock.bedrock.guardrails import check_guardrail
 from llamarock.bedrock.native import check_native_fields
 from llamarock.bedrock.prompts import render_llama2, render_llama3
 from llamarock.bedrock.schema_limits import check_enforced_schema
@@ -103,12 +102,13 @@ def _system_text(blocks: list[dict[str, Any]]) -> tuple[str, tuple[int, ...]]:
 
 
 def _guard_text(guard: dict[str, Any], where: str) -> str:
-    """The text of a guardContent block; its image form needs a guardrail, which this server does not run."""
+    """The text of a guardContent block (plain text when no guardrail runs, as on Bedrock); its image form is
+    refused: llamarock's guardrails check text only."""
     if "text" in guard:
         return str(guard["text"].get("text", ""))
     raise ValidationException(
-        f"The guardContent block at {where} holds an image; image guardContent is evaluated only by a guardrail, "
-        "and this request has none. Send the image as an image block, or the content as guardContent text."
+        f"The guardContent block at {where} holds an image; llamarock's guardrails check text only, so image "
+        "guardContent can't be evaluated. Send the image as an image block, or the content as guardContent text."
     )
 
 
@@ -324,9 +324,6 @@ def _assistant_turn(index: int, content: list[dict[str, Any]], model: CatalogMod
 def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_missing_inference: bool = False
                        ) -> ChatRequest:
     """Check a shape-valid Converse/ConverseStream (or CountTokens converse) body against Bedrock's rules."""
-    guardrail = params.get("guardrailConfig")
-    if guardrail is not None:
-        check_guardrail(guardrail.get("guardrailIdentifier"), guardrail.get("guardrailVersion"))
     messages = params.get("messages") or []
     if not messages or messages[0]["role"] != "user":
         raise ValidationException(START_WITH_USER)

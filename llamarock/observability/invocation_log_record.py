@@ -111,6 +111,13 @@ def record_meta(record: InvocationRecord, account_id: str) -> dict[str, Any]:
         meta["performanceConfig"] = {"latency": record.performance_latency}
     if record.inference_region and record.inference_region != record.region:
         meta["inferenceRegion"] = record.inference_region
+    if record.guardrail_id:
+        guardrail: dict[str, Any] = {"guardrailId": record.guardrail_id, "guardrailVersion": record.guardrail_version}
+        if record.guardrail_action is not None:
+            guardrail["action"] = record.guardrail_action
+        if record.guardrail_intervened:
+            guardrail["intervenedOn"] = list(record.guardrail_intervened)
+        meta["guardrail"] = guardrail
     return meta
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -158,10 +158,37 @@ class InvocationMetrics:
         self.legacy_invocations = Counter(
             "bedrock_legacy_model_invocations", "Invocations of LEGACY-lifecycle models (LegacyModelInvocations).",
             labels, registry=registry)
+        # Guardrails (CloudWatch's AWS/Bedrock/Guardrails): one count per check, ApplyGuardrail's and every
+        # runtime call's input and output checks alike.
+        guard_labels = ["GuardrailId", "GuardrailVersion", "GuardrailContentSource", "Operation"]
+        self.guardrail_invocations = Counter(
+            "bedrock_guardrail_invocations", "Guardrail checks (Invocations): ApplyGuardrail calls, and the input and "
+            "output checks of Converse and InvokeModel calls.", guard_labels, registry=registry)
+        self.guardrail_interventions = Counter(
+            "bedrock_guardrail_invocations_intervened", "Guardrail checks that intervened (InvocationsIntervened).",
+            guard_labels, registry=registry)
+        self.guardrail_latency = Histogram(
+            "bedrock_guardrail_invocation_latency_milliseconds", "Time to evaluate one guardrail check "
+            "(InvocationLatency).", ["GuardrailId", "GuardrailContentSource"], buckets=MILLISECOND_BUCKETS,
+            registry=registry)
+        self.guardrail_units = Counter(
+            "bedrock_guardrail_text_units", "Text units the guardrail's policies processed (TextUnitCount), by "
+            "policy (ApplyGuardrail's usage member).", ["GuardrailId", "GuardrailPolicyType"], registry=registry)
         if deployments is not None:
             registry.register(EngineCollector(deployments))
         if delivery is not None:
             registry.register(DeliveryCollector(delivery))
+
+    def guardrail_check(self, guardrail_id: str, version: str, source: str, operation: str,
+                        verdict: Mapping[str, Any], latency_ms: int) -> None:
+        """One guardrail check (``services/guardrail_runtime.py`` reports each)."""
+        self.guardrail_invocations.labels(guardrail_id, version, source, operation).inc()
+        if verdict.get("action") == "GUARDRAIL_INTERVENED":
+            self.guardrail_interventions.labels(guardrail_id, version, source, operation).inc()
+        self.guardrail_latency.labels(guardrail_id, source).observe(latency_ms)
+        for policy, units in (verdict.get("usage") or {}).items():
+            if isinstance(units, int) and not isinstance(units, bool) and units:
+                self.guardrail_units.labels(guardrail_id, policy).inc(units)
 
     def record(self, record: InvocationRecord) -> None:
         model = metric_model_id(record)

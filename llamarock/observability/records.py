@@ -61,6 +61,12 @@ class InvocationRecord:
     output_content_type: str = "application/json"
     has_images: bool = False
     streaming: bool = False
+    # The guardrail the request named (guardrailConfig, or InvokeModel's headers), and what it did: its action
+    # (INTERVENED or NONE) and where it intervened (INPUT, OUTPUT).
+    guardrail_id: str | None = None
+    guardrail_version: str | None = None
+    guardrail_action: str | None = None
+    guardrail_intervened: tuple[str, ...] = ()
 
     @property
     def throttled(self) -> bool:

@@ -25,7 +25,8 @@ def _invoke(call: Call) -> Invocation:
     check_json_media_type(headers.get("accept"), "accept")
     service: InvocationService = call.state().invocations
     invocation = service.invoke(call.model, call.region, call.body, headers, call.request_id, call.context.started,
-                                lambda target: note_target(call, target))
+                                lambda target: note_target(call, target),
+                                streaming=call.operation == "InvokeModelWithResponseStream")
     note_request(call, invocation)
     return invocation
 
@@ -57,6 +58,12 @@ def note_request(call: Call, invocation: Invocation) -> None:
 def note_usage(call: Call, invocation: Invocation) -> None:
     used = invocation.usage
     call.usage(used.input_tokens, used.output_tokens, used.cache_read_tokens)
+    guard, record = invocation.guard, call.record
+    if guard is not None and record is not None:
+        record.guardrail_id, record.guardrail_version = guard.request.guardrail_id, guard.request.version
+        if guard.trace.input is not None:
+            record.guardrail_action = "INTERVENED" if guard.trace.intervened else "NONE"
+            record.guardrail_intervened = guard.trace.intervened_on()
 
 
 async def invoke_model(call: Call) -> Response:

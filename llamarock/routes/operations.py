@@ -41,6 +41,7 @@ from llamarock.routes import (
     agent_runtime,
     converse,
     foundation_models,
+    guardrail_runtime,
     guardrails,
     health,
     inference_profiles,
@@ -88,6 +89,7 @@ ROWS: tuple[Operation, ...] = (
     _aws(RUNTIME, converse.converse_stream, "bedrock:InvokeModelWithResponseStream", resource="model",
          invocation=True, streaming=True),
     _aws(RUNTIME, converse.count_tokens, resource="model"),
+    _aws(RUNTIME, guardrail_runtime.apply_guardrail, resource="guardrail"),  # on the guardrail ARN, as in IAM
     # bedrock (control plane)
     _aws(BEDROCK, foundation_models.list_foundation_models),
     _aws(BEDROCK, foundation_models.get_foundation_model, resource="foundation-model"),

@@ -22,7 +22,8 @@ async def serve(request: Request, handler: Handler) -> Response:
     assert context.operation is not None
     call = Call(request, context, new_record(context) if context.operation.invocation else None)
     with call.recording():
-        peer = forwarding.peer_for(call)
+        # ApplyGuardrail names no model: it is answered here (guardrails are this server's resources).
+        peer = forwarding.peer_for(call) if context.model is not None else None
         response = await (handler(call) if peer is None else forwarding.forward(call, peer))
     if not isinstance(response, StreamingResponse):
         # A cancelled call counts the tokens its handler saw before the client left.

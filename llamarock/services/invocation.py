@@ -24,10 +24,26 @@ from typing import Any
 from llamarock.bedrock import compat
 from llamarock.bedrock.converse import ChatRequest, chat_messages, converse_response, parse_chat_request, usage
 from llamarock.bedrock.converse_stream import Event, StreamAssembler, output_schema
-from llamarock.bedrock.guardrails import check_guardrail
-from llamarock.bedrock.native import InvocationMetrics, native_response, parse_native_request, stream_chunk
+from llamarock.bedrock.guardrails import (
+    NATIVE_CONFIG,
+    STOP_REASON,
+    GuardrailRequest,
+    converse_config,
+    converse_input,
+    invoke_config,
+    strip_native_config,
+    tagged_prompt,
+)
+from llamarock.bedrock.native import (
+    InvocationMetrics,
+    decode_body,
+    native_response,
+    parse_native_request,
+    stream_chunk,
+)
 from llamarock.context import ModelName
-from llamarock.errors import ValidationException
+from llamarock.errors import ResourceNotFoundException, ValidationException
+from llamarock.services.guardrail_runtime import CallGuard, ConverseGuard, GuardrailRuntime
 from llamarock.services.inference import InferenceService, Target
 from llamarock.types import GenerationChunk, GenerationRequest, SamplingParams, StopReason
 
@@ -114,6 +130,7 @@ class Invocation:
     has_images: bool = False
     response: dict[str, Any] | None = None
     completed: bool = False
+    guard: CallGuard | None = None  # the guardrail the request named, with its verdicts once checked
 
     async def drain(self) -> dict[str, Any]:
         """Run the events to their end and return the non-streaming response body."""
@@ -127,9 +144,24 @@ class Invocation:
 class InvocationService:
     """InvokeModel, Converse and CountTokens on the inference service's deployments."""
 
-    def __init__(self, inference: InferenceService) -> None:
+    def __init__(self, inference: InferenceService, guardrails: GuardrailRuntime | None = None) -> None:
         self.inference = inference
         self.compat: compat.Compat = inference.settings.compat
+        self.guardrails = guardrails
+
+    def _guard(self, request: GuardrailRequest | None, region: str | None, target: Target,
+               operation: str) -> CallGuard | None:
+        """The guardrail of one call (None: the request names none)."""
+        if request is None:
+            return None
+        if self.guardrails is None:
+            raise ResourceNotFoundException(
+                f"The guardrail {request.identifier} (version {request.version}) does not exist: this server runs "
+                "no guardrail service."
+            )
+        return self.guardrails.call(region or target.inference_region or self.inference.settings.region, request,
+                                    operation,
+                                    beyond=compat.checks_beyond_bedrock(self.compat))
 
     def _usage(self) -> Usage:
         return Usage(report_cache=compat.reports_cache(self.compat))
@@ -137,20 +169,23 @@ class InvocationService:
     # --------------------------------------------------------------------------------------------- InvokeModel
 
     def invoke(self, model: ModelName, region: str | None, body: bytes, headers: Mapping[str, str],
-               request_id: str, started: float, resolved: Resolved = None) -> Invocation:
+               request_id: str, started: float, resolved: Resolved = None, streaming: bool = False) -> Invocation:
         """InvokeModel (and its stream) with Bedrock's native Llama body; ``headers`` are the operation's header
         members (already checked against the service model). ``resolved`` hears the target as soon as it is
         known, so that a call refused by a later check is still recorded against its model."""
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
-        native = parse_native_request(body)
-        check_guardrail(headers.get("guardrailIdentifier"), headers.get("guardrailVersion"))
+        named = headers.get("guardrailIdentifier") is not None or headers.get("guardrailVersion") is not None
+        guarded = invoke_config(dict(headers), decode_body(body) if named or NATIVE_CONFIG.encode() in body else None)
+        native = parse_native_request(strip_native_config(body) if guarded is not None else body)
+        prompt, checked = tagged_prompt(native.prompt, guarded.tag_suffix if guarded is not None else None)
         compat.check_tier(self.compat, headers.get("serviceTier"), target.model.model_id)
         self.inference.check_ready(target)
         self.inference.check_images(target, native.images)
         sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
-        request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
+        request = self.inference.engine_request(target, sampling, request_id,
+                                                prompt=prompt if guarded is not None else native.prompt)
         latency = headers.get("performanceConfigLatency")
         tier = headers.get("serviceTier")
         request = self.inference.tiered(target, request, latency, tier)
@@ -161,31 +196,68 @@ class InvocationService:
             echoed["X-Amzn-Bedrock-Service-Tier"] = tier
         invocation = Invocation(target, _empty(), self._usage(), echoed, performance_latency=latency,
                                 has_images=bool(native.images), service_tier=tier)
-        invocation.events = self._native_events(invocation, request, started)
+        invocation.guard = self._guard(guarded, region, target, "InvokeModelWithResponseStream" if streaming
+                                       else "InvokeModel")
+        invocation.events = self._native_events(invocation, request, started, checked, streaming)
         return invocation
 
-    async def _native_events(self, invocation: Invocation, request: GenerationRequest,
-                             started: float) -> AsyncGenerator[Event, None]:
+    async def _native_events(self, invocation: Invocation, request: GenerationRequest, started: float,
+                             checked: list[dict[str, Any]] | None = None,
+                             streaming: bool = False) -> AsyncGenerator[Event, None]:
         used = invocation.usage
         text: list[str] = []
         stop: StopReason = "length"
-        async with contextlib.aclosing(self.inference.generate(invocation.target, request)) as chunks:
-            async for chunk in chunks:
-                first = used.first_token_ms is None
-                used.add(chunk, _since(started))
-                text.append(chunk.text)
-                metrics = None
-                if chunk.stop_reason is not None:
-                    stop = chunk.stop_reason
-                    metrics = InvocationMetrics(used.prompt_tokens, used.output_tokens, _since(started),
-                                                used.first_token_ms or 0, used.cache_read_tokens)
-                yield "chunk", stream_chunk(
-                    chunk.text, prompt_tokens=used.prompt_tokens if first else None,
-                    generation_tokens=used.output_tokens, stop_reason=chunk.stop_reason, metrics=metrics,
-                )
-                if chunk.stop_reason is not None:
-                    break
-        invocation.response = native_response("".join(text), used.prompt_tokens, used.output_tokens, stop)
+        guard = invocation.guard
+        out = None
+        if guard is not None:  # the input is checked before generation: a blocked one never reaches the engine
+            blocked = await guard.check_input(checked or [])
+            if blocked is not None:
+                members = guard.trace.native()
+                took = InvocationMetrics(0, 0, _since(started), 0, None)
+                yield "chunk", {**stream_chunk(blocked, prompt_tokens=0, generation_tokens=0, stop_reason="stop",
+                                               metrics=took), **members}
+                invocation.response = {**native_response(blocked, 0, 0, "stop"), **members}
+                invocation.completed = True
+                return
+            out = guard.output(guard.request.stream_mode if streaming else "whole")
+        try:
+            async with contextlib.aclosing(self.inference.generate(invocation.target, request)) as chunks:
+                async for chunk in chunks:
+                    first = used.first_token_ms is None
+                    used.add(chunk, _since(started))
+                    text.append(chunk.text)
+                    released = chunk.text
+                    if out is not None:
+                        released = await out.feed(chunk.text)
+                        if out.stopped or chunk.stop_reason is not None:
+                            released += await out.flush()
+                    final = chunk.stop_reason is not None or (out is not None and out.stopped)
+                    if out is not None and not released and not final and not first:
+                        continue  # held back for the guardrail's check
+                    metrics = None
+                    if final:
+                        stop = chunk.stop_reason or "stop"
+                        metrics = InvocationMetrics(used.prompt_tokens, used.output_tokens, _since(started),
+                                                    used.first_token_ms or 0, used.cache_read_tokens)
+                    body = stream_chunk(
+                        released, prompt_tokens=used.prompt_tokens if first else None,
+                        generation_tokens=used.output_tokens, stop_reason=stop if final else None, metrics=metrics,
+                    )
+                    if guard is not None and (final or (out is not None and guard.output_intervened)):
+                        body.update(guard.trace.native() if final else {"amazon-bedrock-guardrailAction":
+                                                                       "INTERVENED"})
+                    yield "chunk", body
+                    if final:
+                        break
+        finally:
+            if out is not None:
+                out.close()
+        generation = "".join(text)
+        if out is not None and guard is not None and guard.output_intervened:
+            generation = out.text
+        invocation.response = native_response(generation, used.prompt_tokens, used.output_tokens, stop)
+        if guard is not None:
+            invocation.response.update(guard.trace.native())
         invocation.completed = True
 
     # ------------------------------------------------------------------------------------------------ Converse
@@ -208,7 +280,10 @@ class InvocationService:
         invocation = Invocation(target, _empty(), self._usage(), request_metadata=dict(chat.request_metadata),
                                 performance_latency=chat.latency, has_images=bool(chat.images),
                                 service_tier=chat.service_tier)
-        invocation.events = self._converse_events(invocation, chat, request, started)
+        invocation.guard = self._guard(converse_config(params), region, target,
+                                       "ConverseStream" if streaming else "Converse")
+        checked = converse_input(params, invocation.guard.beyond) if invocation.guard is not None else []
+        invocation.events = self._converse_events(invocation, chat, request, started, checked, streaming)
         return invocation
 
     def _chat_request(self, target: Target, chat: ChatRequest, request_id: str,
@@ -221,40 +296,87 @@ class InvocationService:
                                              cache_marks=marks if compat.honours_cache_points(self.compat) else ())
 
     async def _converse_events(self, invocation: Invocation, chat: ChatRequest, request: GenerationRequest,
-                               started: float) -> AsyncGenerator[Event, None]:
-        """Generate, cutting the answer at the first stop sequence (which then ends the generation)."""
+                               started: float, checked: list[dict[str, Any]] | None = None,
+                               streaming: bool = False) -> AsyncGenerator[Event, None]:
+        """Generate, cutting the answer at the first stop sequence (which then ends the generation); with a
+        guardrail, check the input first (a blocked input is answered with the blocked messaging, never generated)
+        and the output as it comes (``ConverseGuard``)."""
         used = invocation.usage
+        guard = invocation.guard
+        out: ConverseGuard | None = None
+        if guard is not None:
+            blocked = await guard.check_input(checked or [])
+            if blocked is not None:
+                for event in self._blocked_input(invocation, chat, blocked, started):
+                    yield event
+                return
+            out = ConverseGuard(guard, guard.request.stream_mode if streaming else "whole")
         stops = StopFilter(() if request.json_schema is not None else chat.stop_sequences)
         assembler = StreamAssembler(chat)
         native_stop: StopReason = "length"
-        async with contextlib.aclosing(self.inference.generate(invocation.target, request)) as chunks:
-            async for chunk in chunks:
-                if used.first_token_ms is None:
-                    used.add(chunk, _since(started))
-                    for event in assembler.start():
+        try:
+            async with contextlib.aclosing(self.inference.generate(invocation.target, request)) as chunks:
+                async for chunk in chunks:
+                    if used.first_token_ms is None:
+                        used.add(chunk, _since(started))
+                        for event in assembler.start():
+                            yield event
+                    else:
+                        used.add(chunk, _since(started))
+                    text = stops.feed(chunk.text)
+                    if stops.matched is None and chunk.stop_reason is not None:
+                        text += stops.flush()
+                    for event in await _guarded(out, assembler.feed(text)):
                         yield event
-                else:
-                    used.add(chunk, _since(started))
-                text = stops.feed(chunk.text)
-                if stops.matched is None and chunk.stop_reason is not None:
-                    text += stops.flush()
-                for event in assembler.feed(text):
-                    yield event
-                if stops.matched is not None:
-                    native_stop = "stop"
-                    break
-                if chunk.stop_reason is not None:
-                    native_stop = chunk.stop_reason
-                    break
-        events, outcome, reason = assembler.finish(
-            native_stop, stops.matched, used.prompt_tokens, used.output_tokens, _since(started), used.cache_read_tokens
-        )
-        for event in events:
-            yield event
+                    if out is not None and out.stopped:
+                        native_stop = "stop"
+                        break
+                    if stops.matched is not None:
+                        native_stop = "stop"
+                        break
+                    if chunk.stop_reason is not None:
+                        native_stop = chunk.stop_reason
+                        break
+            events, outcome, reason = assembler.finish(
+                native_stop, stops.matched, used.prompt_tokens, used.output_tokens, _since(started),
+                used.cache_read_tokens
+            )
+            for event in await _guarded(out, events):
+                yield event
+        finally:
+            if out is not None:
+                out.text.close()
         counted = usage(used.prompt_tokens, used.output_tokens, used.cache_read_tokens)
-        invocation.response = converse_response(chat, outcome.text, outcome.calls, reason, counted, _since(started),
-                                                stops.matched)
+        text, calls = outcome.text, outcome.calls
+        if out is not None and guard is not None and guard.output_intervened:
+            text, calls, reason = out.text.text, out.calls(outcome.calls), STOP_REASON
+        invocation.response = converse_response(chat, text, calls, reason, counted, _since(started), stops.matched)
+        trace = guard.trace.converse() if guard is not None else None
+        if trace is not None:
+            invocation.response["trace"] = trace
         invocation.completed = True
+
+    def _blocked_input(self, invocation: Invocation, chat: ChatRequest, message: str,
+                       started: float) -> list[Event]:
+        """The answer to an input the guardrail blocked: its blocked messaging, no tokens (nothing was generated)."""
+        assert invocation.guard is not None
+        trace = invocation.guard.trace.converse()
+        counted = usage(0, 0, None)
+        latency = _since(started)
+        metadata: dict[str, Any] = {"usage": counted, "metrics": {"latencyMs": latency}}
+        if trace is not None:
+            metadata["trace"] = trace
+        invocation.response = converse_response(chat, message, [], STOP_REASON, counted, latency, None)
+        if trace is not None:
+            invocation.response["trace"] = trace
+        invocation.completed = True
+        return [
+            ("messageStart", {"role": "assistant"}),
+            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": message}}),
+            ("contentBlockStop", {"contentBlockIndex": 0}),
+            ("messageStop", {"stopReason": STOP_REASON}),
+            ("metadata", metadata),
+        ]
 
     # --------------------------------------------------------------------------------------------- CountTokens
 
@@ -274,6 +396,16 @@ class InvocationService:
         else:
             raise ValidationException("The input field must contain exactly one of converse or invokeModel.")
         return await target.deployment.engine.count_tokens(request), target
+
+
+async def _guarded(out: ConverseGuard | None, events: list[Event]) -> list[Event]:
+    """Converse events through the output guard, if the call has one."""
+    if out is None:
+        return events
+    passed: list[Event] = []
+    for event in events:
+        passed.extend(await out.filter(event))
+    return passed
 
 
 def _since(started: float) -> int:
