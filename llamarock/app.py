@@ -73,11 +73,11 @@ def create_app(settings: Settings) -> Starlette:
     invocations = InvocationService(inference)
     knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations, tagging, settings)
     ingestion = IngestionService(knowledge)  # ingestion jobs and documents of the knowledge bases
-    retrieval = RetrievalService(knowledge)  # Retrieve, RetrieveAndGenerate, Rerank
     guardrails = GuardrailService(GuardrailStore(database), tagging, embeddings, settings.account_id)
     # The runtime's guardrails: ApplyGuardrail, guardrailConfig and InvokeModel's headers; each check on /metrics.
     guardrail_runtime = GuardrailRuntime(guardrails, invocation_metrics.guardrail_check)
     invocations.guardrails = guardrail_runtime
+    retrieval = RetrievalService(knowledge, guardrail_runtime)  # Retrieve, RetrieveAndGenerate, Rerank
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

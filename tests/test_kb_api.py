@@ -281,6 +281,55 @@ def test_retrieve_finds_the_right_document(kb_server: Holder, corpus: dict[str, 
     assert "nextToken" in refused.value.response["Error"]["Message"]
 
 
+def test_guardrails_on_retrieval_and_generation(kb_server: Holder, corpus: dict[str, str]) -> None:
+    """guardrailConfiguration on Retrieve and RetrieveAndGenerate(+Stream): the query is checked before anything is
+    retrieved or generated, the answer before it is sent (a blocked answer has no citations)."""
+    control = kb_server.server.client("bedrock", REGION)
+    words = control.create_guardrail(
+        name="no-bananas", blockedInputMessaging="Sorry, no bananas.", blockedOutputsMessaging="Answer withheld.",
+        wordPolicyConfig={"wordsConfig": [{"text": "banana"}]})
+    answers = control.create_guardrail(  # blocks any answer with a letter in it, and no query
+        name="no-answers", blockedInputMessaging="Query blocked.", blockedOutputsMessaging="Answer withheld.",
+        sensitiveInformationPolicyConfig={"regexesConfig": [{
+            "name": "letters", "pattern": "[A-Za-z]", "action": "BLOCK", "inputEnabled": False}]})
+    runtime = kb_server.runtime()
+
+    def guard(made: dict[str, Any]) -> dict[str, str]:
+        return {"guardrailId": made["guardrailId"], "guardrailVersion": "DRAFT"}
+
+    stopped = runtime.retrieve(knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "How long can the banana fly?"},
+                               guardrailConfiguration=guard(words))
+    assert stopped["guardrailAction"] == "INTERVENED" and stopped["retrievalResults"] == []
+    passed = runtime.retrieve(knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "battery life"},
+                              guardrailConfiguration=guard(words))
+    assert passed["guardrailAction"] == "NONE" and passed["retrievalResults"]
+    assert "guardrailAction" not in runtime.retrieve(knowledgeBaseId=corpus["kb"],
+                                                     retrievalQuery={"text": "battery life"})
+
+    def rag(made: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "KNOWLEDGE_BASE", "knowledgeBaseConfiguration": {
+            "knowledgeBaseId": corpus["kb"], "modelArn": MODEL_ARN, "generationConfiguration": {
+                "guardrailConfiguration": guard(made),
+                "inferenceConfig": {"textInferenceConfig": {"maxTokens": 24, "temperature": 0}}}}}
+
+    blocked = runtime.retrieve_and_generate(input={"text": "How long can the banana fly?"},
+                                            retrieveAndGenerateConfiguration=rag(words))
+    assert blocked["output"]["text"] == "Sorry, no bananas."
+    assert blocked["guardrailAction"] == "INTERVENED" and blocked["citations"] == []
+    withheld = runtime.retrieve_and_generate(input={"text": "What is the battery life?"},
+                                             retrieveAndGenerateConfiguration=rag(answers))
+    assert withheld["output"]["text"] == "Answer withheld."
+    assert withheld["guardrailAction"] == "INTERVENED" and withheld["citations"] == []
+    events = list(runtime.retrieve_and_generate_stream(input={"text": "What is the battery life?"},
+                                                       retrieveAndGenerateConfiguration=rag(answers))["stream"])
+    assert "".join(e["output"]["text"] for e in events if "output" in e) == "Answer withheld."
+    assert [e["guardrail"]["action"] for e in events if "guardrail" in e] == ["INTERVENED"]
+    assert not [e for e in events if "citation" in e]
+    fine = runtime.retrieve_and_generate(input={"text": "What is the battery life?"},
+                                         retrieveAndGenerateConfiguration=rag(words))
+    assert fine["guardrailAction"] == "NONE" and fine["output"]["text"]
+
+
 def test_rds_knowledge_base_on_postgresql(kb_server: Holder, corpus: dict[str, str]) -> None:
     """storageConfiguration RDS: the vectors go to PostgreSQL with pgvector (knowledge_rds_url)."""
     agent = kb_server.agent()
@@ -514,10 +563,10 @@ def test_bad_input_gets_the_declared_errors(kb_server: Holder, corpus: dict[str,
                 "metadataAttributes": [{"key": "genre", "type": "STRING", "description": "genre"}],
                 "modelArn": MODEL_ARN}}})
     assert error_code(error) == "ValidationException" and "implicitFilterConfiguration" in str(error.value)
-    with pytest.raises(ClientError) as error:  # no guardrails on retrieval yet: never answered unchecked
+    with pytest.raises(ClientError) as error:  # an unknown guardrail: never answered unchecked
         runtime.retrieve(knowledgeBaseId=corpus["kb"], retrievalQuery={"text": "x"},
                          guardrailConfiguration={"guardrailId": "abc", "guardrailVersion": "1"})
-    assert error_code(error) == "ValidationException" and "guardrail" in str(error.value)
+    assert error_code(error) == "ResourceNotFoundException" and "guardrail" in str(error.value)
     with pytest.raises(ClientError) as error:
         runtime.retrieve_and_generate(input={"text": "x"}, retrieveAndGenerateConfiguration={
             "type": "KNOWLEDGE_BASE",

@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from llamarock.bedrock import rag
-from llamarock.bedrock.guardrails import check_guardrail
+from llamarock.bedrock.guardrails import GuardrailRequest, text_block
 from llamarock.context import ModelName
 from llamarock.errors import ResourceNotFoundException, ValidationException
 from llamarock.knowledge import filters, parsers
 from llamarock.knowledge.store import Hit
+from llamarock.services.guardrail_runtime import CallGuard, GuardrailRuntime
 from llamarock.services.invocation import Invocation, Resolved
 from llamarock.services.knowledge import KnowledgeService, document_location, new_id
 from llamarock.storage.knowledge import RagSession
@@ -35,8 +36,9 @@ RERANK_EMBEDDER = "amazon.titan-embed-text-v2:0"
 class RetrievalService:
     """Retrieve, RetrieveAndGenerate(+Stream) and Rerank over :class:`KnowledgeService`'s knowledge bases."""
 
-    def __init__(self, kbs: KnowledgeService) -> None:
+    def __init__(self, kbs: KnowledgeService, guardrails: GuardrailRuntime | None = None) -> None:
         self.kbs = kbs
+        self.guardrails = guardrails
         self.store = kbs.store
         self.embeddings = kbs.embeddings
         self.invocations = kbs.invocations
@@ -44,10 +46,23 @@ class RetrievalService:
 
     # ------------------------------------------------------------------------------------------- Retrieve
 
+    def guard(self, region: str, configuration: dict[str, Any] | None, operation: str) -> CallGuard | None:
+        """The guardrail a knowledge-base call names (``guardrailConfiguration``: guardrailId, guardrailVersion), to
+        check its query (INPUT) and its answer (OUTPUT); None when it names none."""
+        if not configuration:
+            return None
+        if self.guardrails is None:
+            raise ValidationException("This server runs no guardrails; remove the guardrailConfiguration.")
+        request = GuardrailRequest(configuration.get("guardrailId", ""), configuration.get("guardrailVersion", ""))
+        return self.guardrails.call(region, request, operation, beyond=False)
+
     async def retrieve(self, region: str, kb_id: str, query: str, configuration: dict[str, Any] | None,
-                       guardrail: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Retrieve's ``retrievalResults`` for ``query``."""
-        check_guardrail((guardrail or {}).get("guardrailId"), (guardrail or {}).get("guardrailVersion"))
+                       guardrail: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Retrieve's ``retrievalResults`` for ``query``, and its ``guardrailAction`` when a guardrail is named:
+        INTERVENED (and no results) when the guardrail intervenes on the query, else NONE."""
+        guard = self.guard(region, guardrail, "Retrieve")
+        if guard is not None and await guard.check_input([text_block(query)]) is not None:
+            return [], "INTERVENED"
         kb = await asyncio.to_thread(self.kbs.kb_in, region, kb_id, usable=True)
         search = (configuration or {}).get("vectorSearchConfiguration") or {}
         if search.get("implicitFilterConfiguration"):
@@ -76,7 +91,7 @@ class RetrievalService:
         if reranking:
             order = await self._rerank_scores(query, [hit.text for hit in hits])
             results = [dict(results[i], score=score) for i, score in order][:k]
-        return results[:k]
+        return results[:k], (None if guard is None else "NONE")
 
     # ------------------------------------------------------------------------------------------- Rerank
 
@@ -129,10 +144,6 @@ class RetrievalService:
         """The retrieved sources, the model ARN and the generation configuration of a RetrieveAndGenerate call."""
         configuration = params["retrieveAndGenerateConfiguration"]
         kind = configuration["type"]
-        for flavour in ("knowledgeBaseConfiguration", "externalSourcesConfiguration"):
-            guardrail = ((configuration.get(flavour) or {}).get("generationConfiguration") or {}).get(
-                "guardrailConfiguration") or {}
-            check_guardrail(guardrail.get("guardrailId"), guardrail.get("guardrailVersion"))
         if kind == "KNOWLEDGE_BASE":
             kb_config = configuration.get("knowledgeBaseConfiguration")
             if not kb_config:
@@ -145,8 +156,8 @@ class RetrievalService:
                     "orchestrationConfiguration.queryTransformationConfiguration (query decomposition) is not "
                     "supported by llamarock; leave it out."
                 )
-            results = await self.retrieve(region, kb_config["knowledgeBaseId"], rag.retrieval_query(query, turns),
-                                          kb_config.get("retrievalConfiguration"))
+            results, _ = await self.retrieve(region, kb_config["knowledgeBaseId"], rag.retrieval_query(query, turns),
+                                             kb_config.get("retrievalConfiguration"))
             found = [rag.Source(r["content"].get("text", ""), _reference(r)) for r in results]
             return found, kb_config["modelArn"], kb_config.get("generationConfiguration") or {}
         external = configuration.get("externalSourcesConfiguration")
@@ -177,6 +188,14 @@ class RetrievalService:
             text = parsed.text
             found.append(rag.Source(text, {"content": {"type": "TEXT", "text": text}, "location": location}))
         return found, external["modelArn"], external.get("generationConfiguration") or {}
+
+    def rag_guard(self, region: str, params: dict[str, Any], operation: str) -> CallGuard | None:
+        """The guardrail of a RetrieveAndGenerate call (its generationConfiguration's guardrailConfiguration)."""
+        configuration = params["retrieveAndGenerateConfiguration"]
+        flavour = configuration.get("knowledgeBaseConfiguration") or configuration.get(
+            "externalSourcesConfiguration") or {}
+        guardrail = (flavour.get("generationConfiguration") or {}).get("guardrailConfiguration")
+        return self.guard(region, guardrail, operation)
 
     def generation(self, model_arn: str, prompt: rag.Prompt,
                    generation: dict[str, Any]) -> tuple[ModelName, dict[str, Any]]:
