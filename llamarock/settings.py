@@ -446,6 +446,27 @@ class Settings(BaseSettings):
         description="Largest source document a knowledge base ingests (Bedrock's quota: 50 MB); a larger file is "
         "counted as failed in its ingestion job, and an inline document larger than this is refused.",
     )
+    jobs_executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where batch inference jobs (CreateModelInvocationJob) run their records: `local` in the "
+        "server process, on its own deployments; `ray` as Ray tasks on the cluster at `ray_address`, each worker "
+        "running llamarock's engine on its node (docs/batch.md).",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Address of the Ray cluster for `jobs_executor = \"ray\"` (e.g. `ray://10.0.0.5:10001` or "
+        "`10.0.0.5:6379`); empty means a local Ray instance.",
+    )
+    batch_concurrency: int = Field(
+        default=4, ge=1, le=128,
+        description="Records of one batch inference job run at once (local executor). Keep it below the "
+        "deployment's `max_parallel` so that on-demand requests always find a free slot: batch records are admitted "
+        "behind every on-demand request, but a running record is not preempted.",
+    )
+    batch_max_jobs: int = Field(
+        default=1, ge=1, le=64,
+        description="Batch inference jobs run at once; later ones wait as Scheduled, oldest first.",
+    )
 
     @model_validator(mode="after")
     def _default_region_is_served(self) -> Settings:

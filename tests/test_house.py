@@ -58,7 +58,7 @@ ALLOWED = {
     "storage": {"storage"},
     "knowledge": {"knowledge", "engines"},
     "scheduler": {"budget"},
-    "services": {"services", "bedrock", "context", "engines", "scheduler", "storage", "jobs", "knowledge"},
+    "services": {"services", "bedrock", "codec", "context", "engines", "scheduler", "storage", "jobs", "knowledge"},
     "observability": {"observability", "bedrock", "context", "services", "storage"},
     "auth": {"auth", "bedrock", "budget", "context", "observability", "storage"},
     "routes": {"routes", "auth", "bedrock", "codec", "context", "observability", "services"},
