@@ -454,8 +454,9 @@ class Settings(BaseSettings):
     )
     ray_address: str | None = Field(
         default=None,
-        description="Address of the Ray cluster for `jobs_executor = \"ray\"` (e.g. `ray://10.0.0.5:10001` or "
-        "`10.0.0.5:6379`); empty means a local Ray instance.",
+        description="Address of the Ray cluster for `jobs_executor = \"ray\"`: its head's GCS address (e.g. "
+        "`10.0.0.5:6379`, what `ray start --head` prints); `local` starts a single-node Ray inside the server "
+        "instead. Required with the ray executor (docs/batch.md).",
     )
     batch_concurrency: int = Field(
         default=4, ge=1, le=128,
@@ -466,6 +467,16 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(
         default=1, ge=1, le=64,
         description="Batch inference jobs run at once; later ones wait as Scheduled, oldest first.",
+    )
+    ray_workers_per_node: int = Field(
+        default=1, ge=1, le=64,
+        description="Ray executor: batch workers per node of the cluster, each with its own copy of the job's "
+        "deployment (its engine and weights) running up to the deployment's `max_parallel` records at once.",
+    )
+    ray_worker_cpus: int = Field(
+        default=1, ge=1,
+        description="Ray executor: CPUs each batch worker reserves on its node (Ray's num_cpus); its engine uses as "
+        "many threads unless the deployment or `threads` is set explicitly.",
     )
 
     @model_validator(mode="after")
