@@ -347,8 +347,9 @@ class _Job:
         """A batch's call failed: its unfinished records go back to the queue, or become error lines at the last
         attempt."""
         left = [r for r in batch if _key(r) in self.open]
-        log.warning("batch job %s: a Ray worker on node %s failed with %d record(s) unfinished: %s",
-                    self.spec.job_id, worker.node_id, len(left), error)
+        log.warning("batch job %s: a call to the Ray worker on node %s failed with %d of its %d record(s) unfinished "
+                    "(each runs again, %d attempts at most): %s", self.spec.job_id, worker.node_id, len(left),
+                    len(batch), MAX_ATTEMPTS, _first_line(error))
         again = []
         for record in left:
             self.attempts[_key(record)] += 1
