@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from llamarock.auth.gate import Gate
+from llamarock.observability.batch import BatchCollector, batch_biller
 from llamarock.observability.invocation_log import InvocationLog
 from llamarock.observability.metrics import InvocationMetrics
 from llamarock.observability.records import Observers
@@ -20,6 +21,7 @@ from llamarock.routes.dispatch import dispatch_app
 from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
+from llamarock.services.batch import BatchService
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.inference import InferenceService
@@ -32,6 +34,7 @@ from llamarock.services.provisioning import ProvisioningService
 from llamarock.services.s3 import S3Service
 from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
+from llamarock.storage.batch import BatchStore
 from llamarock.storage.blobs import open_blob_store
 from llamarock.storage.db import Database
 from llamarock.storage.keys import KeyStore
@@ -67,6 +70,9 @@ def create_app(settings: Settings) -> Starlette:
     embeddings = EmbeddingService(settings, inference)  # embedding models: InvokeModel, knowledge bases
     invocations = InvocationService(inference)
     knowledge = KnowledgeService(KnowledgeStore(database), blobs, embeddings, invocations, tagging, settings)
+    # Batch inference jobs (docs/batch.md): records billed as batch, progress on /metrics.
+    batch = BatchService(BatchStore(database), blobs, invocations, tagging, settings, batch_biller(usage))
+    invocation_metrics.registry.register(BatchCollector(batch))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -77,9 +83,11 @@ def create_app(settings: Settings) -> Starlette:
         await profiles.load()
         provisioned_models = asyncio.create_task(provisioning.run())
         await knowledge.start()  # resumes the ingestion jobs a stopped server left running
+        await batch.start()  # resumes the model invocation jobs a stopped server left unfinished
         try:
             yield
         finally:
+            await batch.close()
             await knowledge.close()
             provisioned_models.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,6 +123,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.model_access = model_access
     app.state.invocations = invocations
     app.state.knowledge = knowledge
+    app.state.batch = batch
     app.state.peers = peers
     app.state.embeddings = embeddings
     app.state.s3 = S3Service(settings)

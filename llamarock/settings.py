@@ -464,6 +464,11 @@ class Settings(BaseSettings):
         "deployment's `max_parallel` so that on-demand requests always find a free slot: batch records are admitted "
         "behind every on-demand request, but a running record is not preempted.",
     )
+    batch_price_multiplier: Decimal = Field(
+        default=Decimal("0.5"), ge=0,
+        description="Per-token price of batch inference records as a multiple of the on-demand price (Bedrock's batch "
+        "inference: 0.5, 50% off). Batch records show as service tier `batch` in the usage report.",
+    )
     batch_max_jobs: int = Field(
         default=1, ge=1, le=64,
         description="Batch inference jobs run at once; later ones wait as Scheduled, oldest first.",

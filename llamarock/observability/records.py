@@ -61,6 +61,8 @@ class InvocationRecord:
     output_content_type: str = "application/json"
     has_images: bool = False
     streaming: bool = False
+    # Set for a record of a batch inference job (model invocation job): billed at batch_price_multiplier.
+    batch_job_arn: str | None = None
 
     @property
     def throttled(self) -> bool:

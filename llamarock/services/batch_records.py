@@ -80,6 +80,9 @@ class RecordOutcome:
     ok: bool
     input_tokens: int
     output_tokens: int
+    model_id: str | None = None  # the catalog model that ran it (None: it did not run), for pricing
+    deployment: str | None = None
+    provisioned_arn: str | None = None  # ran on a provisioned model's capacity (billed by the hour, not the token)
 
 
 class BatchExecutor(Protocol):
@@ -137,5 +140,7 @@ async def run_record(invocations: InvocationService, spec: BatchJobSpec, record:
             return error_line(record, error_status(error.code) or error.fallback_status, error.message)
         used = invocation.usage
         output = {"recordId": record.record_id, "modelInput": record.model_input, "modelOutput": response}
+        target = invocation.target
         return RecordOutcome(record.file, record.line, record.record_id, output, True, used.input_tokens,
-                             used.output_tokens)
+                             used.output_tokens, target.model.model_id, target.deployment.name,
+                             target.provisioned_arn)
