@@ -129,7 +129,7 @@ class BatchService:
         if self.settings.jobs_executor == "ray":
             from llamarock.services.batch_ray import make_ray_executor  # only with the ray extra installed
 
-            return make_ray_executor(self.settings)
+            return make_ray_executor(self.settings, self.invocations)
         return LocalExecutor(self.invocations, self.settings.batch_concurrency)
 
     def _exists(self, region: str, arn: str) -> bool:

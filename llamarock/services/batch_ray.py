@@ -368,13 +368,24 @@ class _Job:
             self.changed.notify_all()
 
     async def _alive(self, worker: _Worker) -> bool:
-        """Whether a worker that failed a call is back (Ray restarts it where it can); False drops it."""
-        try:
-            worker.stamp = await asyncio.wait_for(worker.actor.start.remote(), START_TIMEOUT_S)
-        except Exception as exc:  # the actor is gone for good, or did not come back in time
-            log.warning("Ray batch worker on node %s is gone: %s", worker.node_id, exc)
-            return False
-        return True
+        """Whether a worker that failed a call is back: Ray restarts a dead worker (on its node, or wherever there is
+        room) and answers "restarting" meanwhile. False, and its driver ends, once Ray says it is dead for good."""
+        import ray
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_S
+        while not self.stop.is_set():
+            try:
+                worker.stamp = await asyncio.wait_for(worker.actor.start.remote(), deadline - loop.time())
+                return True
+            except ray.exceptions.ActorUnavailableError:  # restarting
+                if loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            except Exception as exc:  # ActorDiedError: gone for good (or it did not come back in time)
+                log.warning("Ray batch worker on node %s is gone: %s", worker.node_id, _first_line(exc))
+                return False
+        return False
 
 
 def _first_line(error: BaseException) -> str:
