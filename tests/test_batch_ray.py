@@ -263,6 +263,41 @@ def test_a_killed_worker_loses_and_repeats_no_record(ray_head: RayHead, ray_serv
     assert "failed with" in ray_server.log_path.read_text()
 
 
+def test_stop_cancels_the_records_in_flight_on_the_workers(ray_server: Server) -> None:
+    lines = records(24, "s")
+    stopped: list[str] = []
+
+    def stop_after_the_first_records(job: dict[str, Any]) -> None:
+        if not stopped and ran_on(ray_server, job["jobArn"]):
+            ray_server.client("bedrock").stop_model_invocation_job(jobIdentifier=job["jobArn"])
+            stopped.append(job["jobArn"])
+
+    job, output = run_job(ray_server, SLOW_MODEL, lines, "stopped", stop_after_the_first_records)
+    assert stopped and job["status"] == "Stopped", job.get("message")
+    done = by_id(output)
+    assert 0 < len(done) < len(lines), "the stop took effect before the records were all run"
+    assert all("modelOutput" in line for line in output), output
+    assert sorted(ran_on(ray_server, job["jobArn"])) == sorted(done), "what the workers ran is what was written"
+
+
+def test_ray_address_local_starts_a_ray_inside_the_server(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in LOOPBACK_ENV.items():
+        monkeypatch.setenv(key, value)
+    server = start_server(tmp_path, "--log-level", "debug", config=_config("ray", "local"))
+    try:
+        lines = records(3, "l")
+        job, output = run_job(server, FAST_MODEL, lines, "local-ray")
+        assert job["status"] == "Completed", job.get("message")
+        workers = ran_on(server, job["jobArn"])
+        assert sorted(workers) == sorted(by_id(output)) == [line["recordId"] for line in lines]
+        for pid in set(workers.values()):
+            assert pid != server.process.pid
+            assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::BatchWorker")
+    finally:
+        stop_server(server)
+
+
 def test_the_server_needs_an_address_for_the_ray_executor(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="needs ray_address"):
         start_server(tmp_path, config=_config("ray"))

@@ -295,13 +295,13 @@ class _Job:
             calls = worker.actor.run_batch.remote(self.spec, batch)
             try:
                 await self._stream(calls, worker)
-            except asyncio.CancelledError:
-                ray.cancel(calls)
-                raise
             except ray.exceptions.RayError as exc:
                 await self._failed(batch, exc, worker)
                 if not await self._alive(worker):
                     return
+            except BaseException:  # cancelled (the job ended another way), or emit failed: the call is not wanted
+                ray.cancel(calls)
+                raise
             else:
                 # A call that ended without an outcome for a record it was given would lose it: put it back.
                 await self._requeue([r for r in batch if _key(r) in self.open and r not in self.queue])
