@@ -11,6 +11,7 @@ once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -301,3 +302,13 @@ def test_ray_address_local_starts_a_ray_inside_the_server(tmp_path: Path,
 def test_the_server_needs_an_address_for_the_ray_executor(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="needs ray_address"):
         start_server(tmp_path, config=_config("ray"))
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once() -> None:
+    from llamarock.services.batch_ray import RayExecutorError, _reachable
+
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(RayExecutorError, match=f"cannot reach the Ray cluster at {address}"):
+        asyncio.run(_reachable(address))
+    with pytest.raises(RayExecutorError, match="not a Ray head's host:port"):
+        asyncio.run(_reachable("ray-head"))

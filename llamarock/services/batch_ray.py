@@ -46,6 +46,7 @@ MAX_ATTEMPTS = 3
 # How long a job waits for the cluster to offer a node for its workers, and for a worker to load its weights.
 NODE_WAIT_S = 60.0
 START_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 10.0
 NAMESPACE = "llamarock"
 
 
@@ -115,6 +116,8 @@ class RayExecutor:
         import ray
 
         address = None if self.address == "local" else self.address
+        if address is not None:
+            await _reachable(address)
         try:
             await asyncio.to_thread(
                 ray.init, address=address, namespace=NAMESPACE, log_to_driver=False, ignore_reinit_error=True,
@@ -386,6 +389,20 @@ class _Job:
                 log.warning("Ray batch worker on node %s is gone: %s", worker.node_id, _first_line(exc))
                 return False
         return False
+
+
+async def _reachable(address: str) -> None:
+    """Refuse at once an address where nothing listens: Ray's own connection attempt retries for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayExecutorError(f"ray_address {address!r} is not a Ray head's host:port (e.g. 10.0.0.5:6379)")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise RayExecutorError(f"cannot reach the Ray cluster at {address}: {exc or 'timed out'}") from exc
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 def _first_line(error: BaseException) -> str:
