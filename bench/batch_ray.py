@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,7 +33,9 @@ from botocore.config import Config
 MODEL = "meta.llama3-1-8b-instruct-v1:0"
 ROLE = "arn:aws:iam::123456789012:role/BedrockBatch"
 FINISHED = ("Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired")
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Loopback only, and a token of this run's own (tests/test_batch_ray.py says why).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def free_port() -> int:

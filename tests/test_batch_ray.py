@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,9 +37,14 @@ pytestmark = pytest.mark.skipif(
     reason="Ray is not installed (pip install 'llamarock[ray]'; scripts/install --test installs it)",
 )
 
-# Ray swaps a loopback node address for the machine's network address unless told that this "cluster" is one
-# machine; with this, the head, its workers and the server (a Ray driver) all use 127.0.0.1 and listen on it only.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# The environment of the head and of the servers (Ray drivers). Ray swaps a loopback node address for the
+# machine's network address unless told that this "cluster" is one machine: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# every process uses 127.0.0.1 and listens on it only. The cluster requires a token, given to each process here:
+# left to itself, Ray 2.60 would write one to ~/.ray/auth_token (a local `ray.init()` does), which every later Ray
+# process of the user picks up.
+RAY_TOKEN = secrets.token_hex(32)
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": RAY_TOKEN}
 
 DEPLOYMENTS = """
 [[deployments]]

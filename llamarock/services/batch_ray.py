@@ -107,6 +107,8 @@ class RayExecutor:
         self._pools: dict[str, _Pool] = {}
         self._lock = asyncio.Lock()
         self._connected = False
+        self._last_start_error = ""
+        self._starting: set[asyncio.Task[_Pool]] = set()
 
     # ------------------------------------------------------------------------------------------- the cluster
 
@@ -164,6 +166,7 @@ class RayExecutor:
                     self._kill(idle)
                     del self._pools[name]
             pool = self._pools.setdefault(deployment, _Pool(model_id))
+            pool.workers = await self._started(deployment, pool.workers)  # those gone for good are dropped
             nodes = await self._alive_nodes()
             if not nodes and not pool.workers:
                 raise RayExecutorError(
@@ -172,26 +175,40 @@ class RayExecutor:
                 )
             have = Counter(w.node_id for w in pool.workers)
             actor_class = ray.remote(BatchWorker)
-            for node in nodes:
-                for _ in range(self.workers_per_node - have[node]):
-                    actor = actor_class.options(
-                        num_cpus=self.worker_cpus,
-                        # Prefer this node; a worker restarted after its node died goes wherever there is room.
-                        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
-                        max_restarts=-1, max_task_retries=0, max_concurrency=1000,
-                    ).remote(self._shipped, model_id, self.worker_cpus)
-                    pool.workers.append(_Worker(actor, node))
-            started = await asyncio.gather(*(self._start(w) for w in pool.workers), return_exceptions=True)
-            failures = [r for r in started if isinstance(r, BaseException)]
-            pool.workers = [w for w, r in zip(pool.workers, started, strict=True) if not isinstance(r, BaseException)]
+            new = [
+                _Worker(actor_class.options(
+                    num_cpus=self.worker_cpus,
+                    # Prefer this node; a worker restarted after its node died goes wherever there is room.
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+                    max_restarts=-1, max_task_retries=0, max_concurrency=1000,
+                ).remote(self._shipped, model_id, self.worker_cpus), node)
+                for node in nodes for _ in range(self.workers_per_node - have[node])
+            ]
+            pool.workers += await self._started(deployment, new)
             if not pool.workers:
-                raise RayExecutorError(f"no Ray batch worker for deployment {deployment} could start: {failures[0]}")
-            for failure in failures:
-                log.warning("a Ray batch worker for deployment %s did not start: %s", deployment, failure)
+                raise RayExecutorError(f"no Ray batch worker for deployment {deployment} could start: "
+                                       f"{self._last_start_error}")
             return pool
 
-    async def _start(self, worker: _Worker) -> None:
-        worker.stamp = await asyncio.wait_for(worker.actor.start.remote(), START_TIMEOUT_S)
+    async def _started(self, deployment: str, workers: list[_Worker]) -> list[_Worker]:
+        """The workers that are started (weights loaded); the others are killed, and logged."""
+        import ray
+
+        async def start(worker: _Worker) -> None:
+            worker.stamp = await asyncio.wait_for(worker.actor.start.remote(), START_TIMEOUT_S)
+
+        results = await asyncio.gather(*(start(w) for w in workers), return_exceptions=True)
+        started = []
+        for worker, result in zip(workers, results, strict=True):
+            if isinstance(result, BaseException):
+                self._last_start_error = _first_line(result)
+                log.warning("a Ray batch worker for deployment %s on node %s did not start: %s", deployment,
+                            worker.node_id, self._last_start_error)
+                with contextlib.suppress(Exception):
+                    ray.kill(worker.actor)
+            else:
+                started.append(worker)
+        return started
 
     # ----------------------------------------------------------------------------------------------- the job
 
@@ -201,7 +218,19 @@ class RayExecutor:
             return
         deployment, model_id, shipped = self._target(spec)
         await self._connect()
-        pool = await self._pool(deployment, model_id)
+        # Workers may take long to load their weights: a stop meanwhile returns at once (they go on starting, for
+        # the next job).
+        starting = asyncio.ensure_future(self._pool(deployment, model_id))
+        self._starting.add(starting)
+        starting.add_done_callback(_forget(self._starting))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not starting.done():
+            return
+        pool = starting.result()
         spec_deployment = next(d for d in self.settings.effective_deployments() if d.name == deployment)
         per_call = max(1, spec_deployment.max_parallel // _Job.CALLS_PER_WORKER)
         pool.jobs += 1
@@ -220,6 +249,10 @@ class RayExecutor:
         pool.workers.clear()
 
     async def close(self) -> None:
+        for task in list(self._starting):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if not self._connected:
             return
         import ray
@@ -229,6 +262,17 @@ class RayExecutor:
         self._pools.clear()
         await asyncio.to_thread(ray.shutdown)
         self._connected = False
+
+
+def _forget(tasks: set[asyncio.Task[_Pool]]) -> Callable[[asyncio.Task[_Pool]], None]:
+    """A done callback: drop the task from ``tasks``, its failure retrieved (a failure nobody awaited is logged)."""
+
+    def done(task: asyncio.Task[_Pool]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("Ray batch workers did not start: %s", task.exception())
+
+    return done
 
 
 def _key(record: BatchRecord | RecordOutcome) -> tuple[str, int]:
