@@ -8,8 +8,11 @@ server is killed with SIGKILL mid-job, repeatedly, to show that the output then 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -396,3 +399,34 @@ def test_kill_9_mid_job_then_restart_loses_and_repeats_nothing(kill_dir: Path) -
         assert job["processedRecordCount"] == job["successRecordCount"] == total
     finally:
         stop_server(server)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def jobs_cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMAROCK_", "AWS_"))}
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["LLAMAROCK_REGION"] = "us-west-2"
+    return subprocess.run([sys.executable, "-m", "llamarock", "jobs", *args, "--endpoint", server.url],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_jobs_cli_list_show_watch(fake_server: Server, bedrock: Any, s3: Any, bucket: str) -> None:
+    put_lines(s3, bucket, "cli/input.jsonl", [{"recordId": f"C{i}", "modelInput": native(f"c {i}")}
+                                              for i in range(3)])
+    arn = create(bedrock, bucket, "cli/input.jsonl", jobName="cli-job")
+    job_id = arn.rsplit("/", 1)[-1]
+    watched = jobs_cli(fake_server, "watch", job_id, "--interval", "0.1")
+    assert watched.returncode == 0, watched.stderr
+    assert "3/3" in watched.stdout and "Completed" in watched.stdout
+    listed = jobs_cli(fake_server, "list", "--name-contains", "cli-job")
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in listed.stdout and "Completed" in listed.stdout and "3/3 (0 failed)" in listed.stdout
+    shown = jobs_cli(fake_server, "show", arn, "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["jobArn"] == arn and document["processedRecordCount"] == 3
+    missing = jobs_cli(fake_server, "show", "abcdefabcdef")
+    assert missing.returncode == 2 and "ResourceNotFoundException" in missing.stderr
