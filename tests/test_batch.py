@@ -217,6 +217,27 @@ def test_stop_takes_effect_within_a_record(bedrock: Any, s3: Any, bucket: str) -
     assert (code, status) == ("ConflictException", 400)
 
 
+def test_provisioned_model_arn_as_model_id(bedrock: Any, s3: Any, bucket: str) -> None:
+    # botocore's modelId pattern for batch admits a provisioned model's name or id (not its ARN). Created while the
+    # provisioned model is still Creating: its records wait (retried) until it is InService, then run on it.
+    name = f"batch-pt-{uuid.uuid4().hex[:6]}"
+    arn = bedrock.create_provisioned_model_throughput(modelUnits=1, provisionedModelName=name,
+                                                      modelId=ECHO_MODEL)["provisionedModelArn"]
+    assert bedrock.get_provisioned_model_throughput(provisionedModelId=arn)["status"] == "Creating"
+    put_lines(s3, bucket, "pt/input.jsonl", [{"recordId": "P1", "modelInput": native("provisioned hello")}])
+    job_arn = create(bedrock, bucket, "pt/input.jsonl", model=name)
+    job = wait(bedrock, job_arn, timeout=60)
+    assert job["status"] == "Completed", job
+    assert job["modelId"] == name
+    assert bedrock.get_provisioned_model_throughput(provisionedModelId=arn)["status"] == "InService"
+    code, _, message = error_of(bedrock.create_model_invocation_job, jobName="pt-arn", roleArn=ROLE, modelId=arn,
+                                inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/pt/input.jsonl"}},
+                                outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/out/"}})
+    assert code == "ValidationException" and "modelId" in message
+    assert "provisioned hello" in output(s3, bucket, job_arn, "input.jsonl.out")[0]["modelOutput"]["generation"]
+    bedrock.delete_provisioned_model_throughput(provisionedModelId=arn)
+
+
 def test_list_filters_and_pagination(bedrock: Any, s3: Any, bucket: str) -> None:
     put_lines(s3, bucket, "list/input.jsonl", [{"recordId": "L1", "modelInput": native("hi")}])
     marker = uuid.uuid4().hex[:6]
