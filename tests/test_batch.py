@@ -451,3 +451,45 @@ def test_jobs_cli_list_show_watch(fake_server: Server, bedrock: Any, s3: Any, bu
     assert document["jobArn"] == arn and document["processedRecordCount"] == 3
     missing = jobs_cli(fake_server, "show", "abcdefabcdef")
     assert missing.returncode == 2 and "ResourceNotFoundException" in missing.stderr
+
+
+# ------------------------------------------------------------------------------------------------ priority and IAM
+
+
+def test_batch_waits_behind_standard_and_flex_and_never_ages() -> None:
+    import asyncio
+
+    from llamarock.errors import ModelTimeoutException, ThrottlingException
+    from llamarock.scheduler import BATCH_PRIORITY, TIER_PRIORITY, SlotPool
+
+    async def scenario() -> list[str]:
+        pool = SlotPool(capacity=1, extra=0, max_queue=8, aging_s=0.0)  # flex ages at once; batch must not
+        order: list[str] = []
+        await pool.acquire(0, 5, lambda: ThrottlingException("full"), lambda: ModelTimeoutException("late"))
+
+        async def wait_for_slot(name: str, priority: int) -> None:
+            await pool.acquire(priority, 5, lambda: ThrottlingException("full"), lambda: ModelTimeoutException("late"))
+            order.append(name)
+            pool.release()
+
+        waiters = [asyncio.create_task(wait_for_slot("batch", BATCH_PRIORITY))]
+        await asyncio.sleep(0.01)
+        waiters.append(asyncio.create_task(wait_for_slot("flex", TIER_PRIORITY["flex"])))
+        waiters.append(asyncio.create_task(wait_for_slot("standard", 0)))
+        await asyncio.sleep(0.01)
+        pool.release()
+        await asyncio.gather(*waiters)
+        return order
+
+    assert asyncio.run(scenario()) == ["flex", "standard", "batch"]
+
+
+def test_iam_resources_of_the_job_operations() -> None:
+    from llamarock.auth.actions import label_resources
+
+    job = "arn:aws:bedrock:us-west-2:123456789012:model-invocation-job/abcdefabcdef"
+    assert label_resources("model-invocation-job", {"jobIdentifier": "abcdefabcdef"}, "us-west-2",
+                           "123456789012") == (job,)
+    assert label_resources("model-invocation-job", {"jobIdentifier": job}, "us-west-2", "123456789012") == (job,)
+    assert label_resources("model-invocation-job", {}, "us-west-2", "123456789012") == (
+        "arn:aws:bedrock:us-west-2:123456789012:model-invocation-job/*",)
