@@ -8,8 +8,11 @@ server is killed with SIGKILL mid-job, repeatedly, to show that the output then 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -214,6 +217,27 @@ def test_stop_takes_effect_within_a_record(bedrock: Any, s3: Any, bucket: str) -
     assert (code, status) == ("ConflictException", 400)
 
 
+def test_provisioned_model_arn_as_model_id(bedrock: Any, s3: Any, bucket: str) -> None:
+    # botocore's modelId pattern for batch admits a provisioned model's name or id (not its ARN). Created while the
+    # provisioned model is still Creating: its records wait (retried) until it is InService, then run on it.
+    name = f"batch-pt-{uuid.uuid4().hex[:6]}"
+    arn = bedrock.create_provisioned_model_throughput(modelUnits=1, provisionedModelName=name,
+                                                      modelId=ECHO_MODEL)["provisionedModelArn"]
+    assert bedrock.get_provisioned_model_throughput(provisionedModelId=arn)["status"] == "Creating"
+    put_lines(s3, bucket, "pt/input.jsonl", [{"recordId": "P1", "modelInput": native("provisioned hello")}])
+    job_arn = create(bedrock, bucket, "pt/input.jsonl", model=name)
+    job = wait(bedrock, job_arn, timeout=60)
+    assert job["status"] == "Completed", job
+    assert job["modelId"] == name
+    assert bedrock.get_provisioned_model_throughput(provisionedModelId=arn)["status"] == "InService"
+    code, _, message = error_of(bedrock.create_model_invocation_job, jobName="pt-arn", roleArn=ROLE, modelId=arn,
+                                inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/pt/input.jsonl"}},
+                                outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/out/"}})
+    assert code == "ValidationException" and "modelId" in message
+    assert "provisioned hello" in output(s3, bucket, job_arn, "input.jsonl.out")[0]["modelOutput"]["generation"]
+    bedrock.delete_provisioned_model_throughput(provisionedModelId=arn)
+
+
 def test_list_filters_and_pagination(bedrock: Any, s3: Any, bucket: str) -> None:
     put_lines(s3, bucket, "list/input.jsonl", [{"recordId": "L1", "modelInput": native("hi")}])
     marker = uuid.uuid4().hex[:6]
@@ -396,3 +420,76 @@ def test_kill_9_mid_job_then_restart_loses_and_repeats_nothing(kill_dir: Path) -
         assert job["processedRecordCount"] == job["successRecordCount"] == total
     finally:
         stop_server(server)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def jobs_cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMAROCK_", "AWS_"))}
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["LLAMAROCK_REGION"] = "us-west-2"
+    return subprocess.run([sys.executable, "-m", "llamarock", "jobs", *args, "--endpoint", server.url],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_jobs_cli_list_show_watch(fake_server: Server, bedrock: Any, s3: Any, bucket: str) -> None:
+    put_lines(s3, bucket, "cli/input.jsonl", [{"recordId": f"C{i}", "modelInput": native(f"c {i}")}
+                                              for i in range(3)])
+    arn = create(bedrock, bucket, "cli/input.jsonl", jobName="cli-job")
+    job_id = arn.rsplit("/", 1)[-1]
+    watched = jobs_cli(fake_server, "watch", job_id, "--interval", "0.1")
+    assert watched.returncode == 0, watched.stderr
+    assert "3/3" in watched.stdout and "Completed" in watched.stdout
+    listed = jobs_cli(fake_server, "list", "--name-contains", "cli-job")
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in listed.stdout and "Completed" in listed.stdout and "3/3 (0 failed)" in listed.stdout
+    shown = jobs_cli(fake_server, "show", arn, "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["jobArn"] == arn and document["processedRecordCount"] == 3
+    missing = jobs_cli(fake_server, "show", "abcdefabcdef")
+    assert missing.returncode == 2 and "ResourceNotFoundException" in missing.stderr
+
+
+# ------------------------------------------------------------------------------------------------ priority and IAM
+
+
+def test_batch_waits_behind_standard_and_flex_and_never_ages() -> None:
+    import asyncio
+
+    from llamarock.errors import ModelTimeoutException, ThrottlingException
+    from llamarock.scheduler import BATCH_PRIORITY, TIER_PRIORITY, SlotPool
+
+    async def scenario() -> list[str]:
+        pool = SlotPool(capacity=1, extra=0, max_queue=8, aging_s=0.0)  # flex ages at once; batch must not
+        order: list[str] = []
+        await pool.acquire(0, 5, lambda: ThrottlingException("full"), lambda: ModelTimeoutException("late"))
+
+        async def wait_for_slot(name: str, priority: int) -> None:
+            await pool.acquire(priority, 5, lambda: ThrottlingException("full"), lambda: ModelTimeoutException("late"))
+            order.append(name)
+            pool.release()
+
+        waiters = [asyncio.create_task(wait_for_slot("batch", BATCH_PRIORITY))]
+        await asyncio.sleep(0.01)
+        waiters.append(asyncio.create_task(wait_for_slot("flex", TIER_PRIORITY["flex"])))
+        waiters.append(asyncio.create_task(wait_for_slot("standard", 0)))
+        await asyncio.sleep(0.01)
+        pool.release()
+        await asyncio.gather(*waiters)
+        return order
+
+    assert asyncio.run(scenario()) == ["flex", "standard", "batch"]
+
+
+def test_iam_resources_of_the_job_operations() -> None:
+    from llamarock.auth.actions import label_resources
+
+    job = "arn:aws:bedrock:us-west-2:123456789012:model-invocation-job/abcdefabcdef"
+    assert label_resources("model-invocation-job", {"jobIdentifier": "abcdefabcdef"}, "us-west-2",
+                           "123456789012") == (job,)
+    assert label_resources("model-invocation-job", {"jobIdentifier": job}, "us-west-2", "123456789012") == (job,)
+    assert label_resources("model-invocation-job", {}, "us-west-2", "123456789012") == (
+        "arn:aws:bedrock:us-west-2:123456789012:model-invocation-job/*",)

@@ -31,7 +31,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llamarock.context import ModelName
-from llamarock.errors import ConflictException, ResourceNotFoundException, ValidationException
+from llamarock.errors import (
+    ConflictException,
+    ModelNotReadyException,
+    ResourceNotFoundException,
+    ValidationException,
+)
 from llamarock.services.batch_local import LocalExecutor
 from llamarock.services.batch_records import BatchExecutor, BatchJobSpec, BatchRecord, RecordOutcome
 from llamarock.services.idempotency import insert_once, request_digest, same_request
@@ -166,8 +171,9 @@ class BatchService:
         """CreateModelInvocationJob: the job is stored Submitted and starts at once."""
         name: str = params["jobName"]
         model_id: str = params["modelId"]
-        model = ModelName.parse(model_id, self.settings.aliases, account)
-        self.invocations.inference.resolve(model, region)  # an unknown model is refused now, not at run time
+        model = ModelName.parse(self.run_model_id(region, model_id), self.settings.aliases, account)
+        with contextlib.suppress(ModelNotReadyException):  # e.g. a provisioned model still Creating: records wait
+            self.invocations.inference.resolve(model, region)  # an unknown model is refused now, not at run time
         input_config = params["inputDataConfig"].get("s3InputDataConfig")
         output_config = params["outputDataConfig"].get("s3OutputDataConfig")
         if input_config is None:
@@ -349,9 +355,19 @@ class BatchService:
         stored: BatchJob | None = await asyncio.to_thread(self.store.get, job.job_id)
         return stored or job
 
+    def run_model_id(self, region: str, model_id: str) -> str:
+        """The identifier records run with: a provisioned model named by its name or id (the only forms of it that
+        botocore's ``modelId`` pattern for batch admits) runs through its ARN; anything else as given."""
+        provisioning = self.invocations.inference.provisioning
+        if provisioning is not None and not model_id.startswith("arn:"):
+            for provisioned in provisioning.live():
+                if provisioned.region == region and model_id in (provisioned.name, provisioned.provisioned_id):
+                    return provisioned.arn
+        return model_id
+
     def spec(self, job: BatchJob) -> BatchJobSpec:
         return BatchJobSpec(
-            job_arn=job.arn, job_id=job.job_id, region=job.region, model_id=job.model_id,
+            job_arn=job.arn, job_id=job.job_id, region=job.region, model_id=self.run_model_id(job.region, job.model_id),
             invocation_type="Converse" if job.invocation_type == "Converse" else "InvokeModel",
             account_id=self.settings.account_id, caller_arn=job.caller_arn,
         )
@@ -394,12 +410,7 @@ class BatchService:
         uri = job.input_config["s3InputDataConfig"]["s3Uri"]
         bucket, key = split_s3_uri(uri, "s3Uri")
         try:
-            if key and not key.endswith("/"):
-                with contextlib.suppress(BlobStoreError):
-                    self.blobs.get(bucket, key)
-                    return bucket, [key], key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-                key += "/"
-            keys = [k for k in self.blobs.list(bucket, key) if k.endswith(".jsonl")]
+            listed = self.blobs.list(bucket, key)
         except BucketMissingError as error:
             raise InputMissing(
                 f"The S3 bucket {bucket} of the input {uri} does not exist ({self.blobs.location}). Create it and "
@@ -407,12 +418,16 @@ class BatchService:
             ) from error
         except BlobStoreError as error:
             raise InputMissing(f"Unable to read the input {uri}: {error}") from error
+        if key and not key.endswith("/") and key in listed:  # one object
+            return bucket, [key], key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        prefix = key + "/" if key and not key.endswith("/") else key
+        keys = [k for k in listed if k.startswith(prefix) and k.endswith(".jsonl")]
         if not keys:
             raise InputMissing(
                 f"The input location {uri} does not exist or has no .jsonl files. Upload the records as JSONL "
                 "(one {\"recordId\": ..., \"modelInput\": {...}} object per line) and create the job again."
             )
-        return bucket, keys, key
+        return bucket, keys, prefix
 
     def _read_input(self, job: BatchJob) -> list[BatchRecord]:
         bucket, keys, _ = self._input_keys(job)
@@ -446,11 +461,16 @@ class BatchService:
         await self._set(job.job_id, status, message)
 
     def _write_output(self, job: BatchJob, records: Sequence[BatchRecord]) -> None:
-        _, _, base = self._input_keys(job)
+        _, key = split_s3_uri(job.input_config["s3InputDataConfig"]["s3Uri"], "s3Uri")
+        files = list(dict.fromkeys(r.file for r in records))
+        if files == [key]:  # one object: its name
+            base = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        else:  # a prefix: the path below it
+            base = key + "/" if key and not key.endswith("/") else key
         bucket, prefix = self.output_location(job)
         if not self.blobs.bucket_exists(bucket):
             raise BlobStoreError(f"the output bucket {bucket} does not exist ({self.blobs.location})")
-        for file in dict.fromkeys(r.file for r in records):
+        for file in files:
             lines = self.store.results(job.job_id, file)
             name = file[len(base):] if base and file.startswith(base) else file.rsplit("/", 1)[-1]
             body = "".join(line + "\n" for line in lines).encode()

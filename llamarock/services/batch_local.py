@@ -23,13 +23,23 @@ class LocalExecutor:
         pending = iter(records)
 
         async def worker() -> None:
-            # Each worker takes the next record only while the job is not stopped: a stop takes effect within the
-            # record each worker is running.
+            # A stop ends each worker at once: the record it was running is abandoned (not emitted, so it is not
+            # processed), and no other starts.
             for record in pending:
                 if stop.is_set():
                     return
-                outcome = await run_record(self.invocations, spec, record)
-                await emit(outcome)
+                running = asyncio.ensure_future(run_record(self.invocations, spec, record))
+                stopped = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if not running.done():
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
+                    return
+                await emit(running.result())
 
         workers = [asyncio.create_task(worker()) for _ in range(max(1, min(self.concurrency, len(records))))]
         try:

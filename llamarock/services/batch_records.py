@@ -22,23 +22,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from llamarock.codec.service_model import error_status
 from llamarock.codec.shapes import parse_json_body
 from llamarock.context import ModelName
-from llamarock.errors import (
-    BedrockError,
-    ModelNotReadyException,
-    ModelTimeoutException,
-    ServiceUnavailableException,
-    ThrottlingException,
-)
+from llamarock.errors import BedrockError, ModelNotReadyException, ModelTimeoutException, ThrottlingException
 from llamarock.scheduler import BATCH_PRIORITY
 
 if TYPE_CHECKING:
     from llamarock.services.invocation import InvocationService
 
 InvocationType = Literal["InvokeModel", "Converse"]
-# Errors that say "not now" rather than "this record is wrong": the record is retried, not failed.
-RETRIED: tuple[type[BedrockError], ...] = (ThrottlingException, ModelTimeoutException, ModelNotReadyException,
-                                          ServiceUnavailableException)
+# Errors that say "not now" rather than "this record is wrong": the record is retried, not failed, for up to
+# RETRY_FOR_S (then the last error is its error line).
+RETRIED: tuple[type[BedrockError], ...] = (ThrottlingException, ModelTimeoutException, ModelNotReadyException)
 RETRY_WAIT_S = 0.5
+RETRY_FOR_S = 900.0
 
 
 @dataclass
@@ -111,14 +106,15 @@ def error_line(record: BatchRecord, code: int, message: str) -> RecordOutcome:
 async def run_record(invocations: InvocationService, spec: BatchJobSpec, record: BatchRecord) -> RecordOutcome:
     """Run one record as an online call of the job's invocation type would run, at the job's (batch) priority.
 
-    A record the engines cannot take now (throttled, queue timeout, model not ready) waits and is retried: batch
-    traffic yields to on-demand traffic, it does not fail because of it. Any other Bedrock error is the record's
-    ``error`` line, with the HTTP status botocore gives the error.
+    A record the engines cannot take now (throttled, queue timeout, model not ready) waits and is retried for up to
+    :data:`RETRY_FOR_S`: batch traffic yields to on-demand traffic, it does not fail because of it. Any other Bedrock
+    error is the record's ``error`` line, with the HTTP status botocore gives the error.
     """
     if record.problem is not None or record.model_input is None:
         return error_line(record, 400, record.problem or "The record has no modelInput.")
     settings = invocations.inference.settings
     model = ModelName.parse(spec.model_id, settings.aliases, settings.account_id)
+    give_up = time.monotonic() + RETRY_FOR_S
     while True:
         request_id = str(uuid.uuid4())
         started = time.monotonic()
@@ -133,9 +129,11 @@ async def run_record(invocations: InvocationService, spec: BatchJobSpec, record:
                 invocation = invocations.invoke(model, spec.region, body, {}, request_id, started,
                                                 priority=spec.priority)
             response = await invocation.drain()
-        except RETRIED:
-            await asyncio.sleep(RETRY_WAIT_S)
-            continue
+        except RETRIED as error:
+            if time.monotonic() < give_up:
+                await asyncio.sleep(RETRY_WAIT_S)
+                continue
+            return error_line(record, error_status(error.code) or error.fallback_status, error.message)
         except BedrockError as error:
             return error_line(record, error_status(error.code) or error.fallback_status, error.message)
         used = invocation.usage
