@@ -305,9 +305,13 @@ def test_ray_address_local_starts_a_ray_inside_the_server(tmp_path: Path,
         stop_server(server)
 
 
-def test_the_server_needs_an_address_for_the_ray_executor(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="needs ray_address"):
-        start_server(tmp_path, config=_config("ray"))
+def test_the_ray_executor_needs_an_address(tmp_path: Path) -> None:
+    from llamarock.errors import ConfigError
+    from llamarock.services.batch_ray import make_ray_executor
+    from llamarock.settings import Settings
+
+    with pytest.raises(ConfigError, match="needs ray_address"):
+        make_ray_executor(Settings(jobs_executor="ray", data_dir=tmp_path))
 
 
 def test_an_address_where_nothing_listens_is_refused_at_once() -> None:
