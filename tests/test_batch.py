@@ -258,6 +258,9 @@ def test_list_filters_and_pagination(bedrock: Any, s3: Any, bucket: str) -> None
     assert not {job["jobArn"] for job in failed} & set(arns)
     later = bedrock.list_model_invocation_jobs(nameContains=marker, submitTimeAfter=time.time() + 3600)
     assert later["invocationJobSummaries"] == []
+    earlier = bedrock.list_model_invocation_jobs(nameContains=marker, submitTimeBefore=time.time() + 3600,
+                                                 submitTimeAfter=time.time() - 3600)
+    assert len(earlier["invocationJobSummaries"]) == 3
     paginator = bedrock.get_paginator("list_model_invocation_jobs")
     pages = list(paginator.paginate(nameContains=marker, PaginationConfig={"PageSize": 1}))
     assert sum(len(page["invocationJobSummaries"]) for page in pages) == 3
