@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from llamarock.auth.gate import Gate
+from llamarock.observability.batch import BatchCollector, batch_biller
 from llamarock.observability.invocation_log import InvocationLog
 from llamarock.observability.metrics import InvocationMetrics
 from llamarock.observability.records import Observers
@@ -20,6 +21,7 @@ from llamarock.routes.dispatch import dispatch_app
 from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
+from llamarock.services.batch import BatchService
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.guardrail_runtime import GuardrailRuntime
@@ -36,6 +38,7 @@ from llamarock.services.provisioning import ProvisioningService
 from llamarock.services.s3 import S3Service
 from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
+from llamarock.storage.batch import BatchStore
 from llamarock.storage.blobs import open_blob_store
 from llamarock.storage.db import Database
 from llamarock.storage.guardrails import GuardrailStore
@@ -78,6 +81,9 @@ def create_app(settings: Settings) -> Starlette:
     guardrail_runtime = GuardrailRuntime(guardrails, invocation_metrics.guardrail_check)
     invocations.guardrails = guardrail_runtime
     retrieval = RetrievalService(knowledge, guardrail_runtime)  # Retrieve, RetrieveAndGenerate, Rerank
+    # Batch inference jobs (docs/batch.md): records billed as batch, progress on /metrics.
+    batch = BatchService(BatchStore(database), blobs, invocations, tagging, settings, batch_biller(usage))
+    invocation_metrics.registry.register(BatchCollector(batch))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -90,9 +96,11 @@ def create_app(settings: Settings) -> Starlette:
         provisioned_models = asyncio.create_task(provisioning.run())
         await knowledge.start()  # finishes knowledge-base creations and deletions a stopped server left half-done
         await ingestion.start()  # resumes the ingestion jobs a stopped server left running
+        await batch.start()  # resumes the model invocation jobs a stopped server left unfinished
         try:
             yield
         finally:
+            await batch.close()
             await ingestion.close()
             await knowledge.close()
             provisioned_models.cancel()
@@ -131,6 +139,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.knowledge = knowledge
     app.state.ingestion = ingestion
     app.state.retrieval = retrieval
+    app.state.batch = batch
     app.state.peers = peers
     app.state.embeddings = embeddings
     app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig

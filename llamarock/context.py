@@ -62,7 +62,7 @@ class Operation:
     handler: Callable[..., Awaitable[Any]] | None
     resource: Literal[
         "model", "foundation-model", "inference-profile", "provisioned-model", "tagged-resource", "knowledge-base",
-        "guardrail", "s3-bucket", "s3-object", "*"
+        "guardrail", "s3-bucket", "s3-object", "model-invocation-job", "*"
     ] = "*"
     streaming: bool = False
     invocation: bool = False

@@ -43,6 +43,9 @@ from llamarock.types import GenerationChunk, GenerationRequest
 PROVISIONED_PRIORITY = 10
 # Admission priority of each service tier (serviceTier); standard traffic is 0, latency-optimized 1.
 TIER_PRIORITY: dict[str, int] = {"priority": 1, "reserved": 1, "default": 0, "flex": -1}
+# Admission priority of batch inference records (model invocation jobs): behind every online tier, flex included,
+# and never aged up to standard traffic as flex is (a batch record that waits too long is retried by its job).
+BATCH_PRIORITY = -2
 TOO_MANY_REQUESTS = "Too many requests, please wait before trying again."
 TOO_MANY_TOKENS = "Too many tokens, please wait before trying again."
 TIMED_OUT = "The request took too long to process. Processing time exceeded the model timeout length."
@@ -86,7 +89,7 @@ class SlotPool:
         return self.capacity + (self.extra if priority > 0 else 0)
 
     def _effective(self, waiter: _Waiter, now: float) -> int:
-        if waiter.priority < 0 and now - waiter.since >= self.aging_s:
+        if waiter.priority == TIER_PRIORITY["flex"] and now - waiter.since >= self.aging_s:
             return 0
         return waiter.priority
 

@@ -446,6 +446,43 @@ class Settings(BaseSettings):
         description="Largest source document a knowledge base ingests (Bedrock's quota: 50 MB); a larger file is "
         "counted as failed in its ingestion job, and an inline document larger than this is refused.",
     )
+    jobs_executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where batch inference jobs (CreateModelInvocationJob) run their records: `local` in the "
+        "server process, on its own deployments; `ray` as Ray tasks on the cluster at `ray_address`, each worker "
+        "running llamarock's engine on its node (docs/batch.md).",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Address of the Ray cluster for `jobs_executor = \"ray\"`: its head's GCS address (e.g. "
+        "`10.0.0.5:6379`, what `ray start --head` prints); `local` starts a single-node Ray inside the server "
+        "instead. Required with the ray executor (docs/batch.md).",
+    )
+    batch_concurrency: int = Field(
+        default=4, ge=1, le=128,
+        description="Records of one batch inference job run at once (local executor). Keep it below the "
+        "deployment's `max_parallel` so that on-demand requests always find a free slot: batch records are admitted "
+        "behind every on-demand request, but a running record is not preempted.",
+    )
+    batch_price_multiplier: Decimal = Field(
+        default=Decimal("0.5"), ge=0,
+        description="Per-token price of batch inference records as a multiple of the on-demand price (Bedrock's batch "
+        "inference: 0.5, 50% off). Batch records show as service tier `batch` in the usage report.",
+    )
+    batch_max_jobs: int = Field(
+        default=1, ge=1, le=64,
+        description="Batch inference jobs run at once; later ones wait as Scheduled, oldest first.",
+    )
+    ray_workers_per_node: int = Field(
+        default=1, ge=1, le=64,
+        description="Ray executor: batch workers per node of the cluster, each with its own copy of the job's "
+        "deployment (its engine and weights) running up to the deployment's `max_parallel` records at once.",
+    )
+    ray_worker_cpus: int = Field(
+        default=1, ge=1,
+        description="Ray executor: CPUs each batch worker reserves on its node (Ray's num_cpus); its engine uses as "
+        "many threads unless the deployment or `threads` is set explicitly.",
+    )
 
     @model_validator(mode="after")
     def _default_region_is_served(self) -> Settings:

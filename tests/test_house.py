@@ -58,7 +58,7 @@ ALLOWED = {
     "storage": {"storage"},
     "knowledge": {"knowledge", "engines"},
     "scheduler": {"budget"},
-    "services": {"services", "bedrock", "context", "engines", "scheduler", "storage", "jobs", "knowledge",
+    "services": {"services", "bedrock", "codec", "context", "engines", "scheduler", "storage", "jobs", "knowledge",
                  "guardrails"},
     "guardrails": {"guardrails"},
     "observability": {"observability", "bedrock", "context", "services", "storage"},

@@ -54,6 +54,7 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
     A provisioned model named by its name or id becomes its ARN's form, so that a policy on
     ``arn:aws:bedrock:*:*:provisioned-model/*`` governs Create, Get, Update and Delete alike (Create, whose model
     has no id yet, is on ``provisioned-model/*``). The tagging operations are on the ``resourceARN`` of their body.
+    Model invocation jobs' operations are on the job's ARN (``model-invocation-job/*`` for Create).
     Knowledge-base operations are on the knowledge base's ARN (CreateKnowledgeBase and ListKnowledgeBases, which name
     none, are on ``*``, as in IAM).
     """
@@ -69,6 +70,12 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
         bucket = labels.get("Bucket", "")
         return (f"arn:aws:s3:::{bucket}/{labels.get('Key', '')}" if kind == "s3-object" else f"arn:aws:s3:::{bucket}",)
     label = next(iter(labels.values()), "")
+    if kind == "model-invocation-job":
+        # Batch inference: Get and Stop are on the job's ARN (an id becomes its ARN's form), Create, whose job has
+        # no id yet, on model-invocation-job/*, as in IAM.
+        if label.startswith("arn:"):
+            return (label,)
+        return (f"arn:aws:bedrock:{region}:{account}:model-invocation-job/{label or '*'}",)
     if kind == "*" or (not label and kind != "provisioned-model"):
         return ("*",)
     if label.startswith("arn:"):

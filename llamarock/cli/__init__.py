@@ -1,4 +1,4 @@
-"""The ``llamarock`` command: ``serve``, ``models``, ``keys``, ``usage`` and ``quotas``, one module each.
+"""The ``llamarock`` command: ``serve``, ``models``, ``keys``, ``usage``, ``quotas`` and ``jobs``, one module each.
 
 Settings flags are generated from the settings tree (:mod:`llamarock.cli.flags`). Every command raises
 :class:`~llamarock.errors.CliError` when it cannot do what it was asked; :func:`main` prints it, and any
@@ -21,7 +21,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llamarock.cli import keys, models, quotas, serve, usage
+    from llamarock.cli import jobs, keys, models, quotas, serve, usage
 
     parser = flags.Parser(
         prog="llamarock", formatter_class=flags.Formatter,
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flag.",
     )
     commands = flags.subcommands(parser, "command", "commands")
-    for module in (serve, models, keys, usage, quotas):
+    for module in (serve, models, keys, usage, quotas, jobs):
         module.register(commands)
     return parser
 

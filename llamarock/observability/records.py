@@ -67,6 +67,8 @@ class InvocationRecord:
     guardrail_version: str | None = None
     guardrail_action: str | None = None
     guardrail_intervened: tuple[str, ...] = ()
+    # Set for a record of a batch inference job (model invocation job): billed at batch_price_multiplier.
+    batch_job_arn: str | None = None
 
     @property
     def throttled(self) -> bool:

@@ -79,6 +79,7 @@ from llamarock.storage.db import Base, Store
 
 log = logging.getLogger(__name__)
 
+BATCH_TIER = "batch"  # the report's service tier of batch inference records
 Grouping = Literal["model", "principal", "tag", "day", "tier"]
 GROUPINGS: tuple[Grouping, ...] = ("model", "principal", "tag", "day", "tier")
 KEY_NAMES: dict[str, str] = {"model": "modelId", "principal": "principal", "tag": "tag", "day": "day",
@@ -420,6 +421,7 @@ class UsageRecorder:
         self._prices: Mapping[str, PriceSettings] = settings.prices
         self._cache_fraction = settings.cache_read_price_fraction
         self._tier_multipliers: Mapping[ServiceTier, Decimal] = settings.tier_price_multipliers
+        self._batch_multiplier = settings.batch_price_multiplier
         for model_id in settings.prices:
             if catalog.get(model_id) is None:
                 log.warning("prices: %r is not a catalog model id; its price is never used", model_id)
@@ -467,9 +469,14 @@ class UsageRecorder:
         model_id = catalog_model_id(record)
         model_rates = pricing.rates(model_id, self._prices) if model_id else None
         tier = tier_of(record.service_tier)
+        # A batch inference record is billed at batch_price_multiplier (Bedrock's batch: 50% of on-demand); its rows
+        # are the service tier "batch" in the report.
+        multiplier = self._tier_multipliers.get(tier, Decimal(1))
+        if record.batch_job_arn is not None:
+            multiplier = self._batch_multiplier
         cost = pricing.token_cost(
             model_rates, record.input_tokens, record.output_tokens, record.cache_read_tokens, self._cache_fraction,
-            self._tier_multipliers.get(tier, Decimal(1)),
+            multiplier,
         )
         if record.provisioned_model_arn:
             # Provisioned Throughput is billed per model unit and hour (pricing.provisioned_cost), not per token.
@@ -495,7 +502,7 @@ class UsageRecorder:
             "request_metadata": json.dumps(record.request_metadata, ensure_ascii=False, sort_keys=True),
             "region": record.region,
             "performance_tier": record.performance_latency,
-            "service_tier": tier,
+            "service_tier": BATCH_TIER if record.batch_job_arn is not None else tier,
             "provisioned_model_arn": record.provisioned_model_arn,
             "cost_picousd": to_picousd(cost),
             "tags": record.cost_tags(),

@@ -39,6 +39,7 @@ from llamarock.codec.service_model import service_model
 from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, LLAMAROCK, RUNTIME, S3, Operation
 from llamarock.routes import (
     agent_runtime,
+    batch,
     converse,
     foundation_models,
     guardrail_runtime,
@@ -124,6 +125,11 @@ ROWS: tuple[Operation, ...] = (
         guardrails.delete_guardrail,
         guardrails.create_guardrail_version,
     )),
+    # Batch inference (docs/batch.md): Create is on model-invocation-job/*, Get and Stop on the job's ARN.
+    _aws(BEDROCK, batch.create_model_invocation_job, resource="model-invocation-job"),
+    _aws(BEDROCK, batch.get_model_invocation_job, resource="model-invocation-job"),
+    _aws(BEDROCK, batch.list_model_invocation_jobs),
+    _aws(BEDROCK, batch.stop_model_invocation_job, resource="model-invocation-job"),
     # bedrock-agent: knowledge bases (docs/knowledge-bases.md). Data sources, ingestion jobs and documents are
     # authorised on their knowledge base's ARN; the tagging operations on the ARN in their path.
     _aws(AGENT, knowledge_bases.create_knowledge_base),

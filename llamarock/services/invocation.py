@@ -16,6 +16,7 @@ ordinary error response rather than inside a stream.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -169,10 +170,12 @@ class InvocationService:
     # --------------------------------------------------------------------------------------------- InvokeModel
 
     def invoke(self, model: ModelName, region: str | None, body: bytes, headers: Mapping[str, str],
-               request_id: str, started: float, resolved: Resolved = None, streaming: bool = False) -> Invocation:
+               request_id: str, started: float, resolved: Resolved = None, streaming: bool = False,
+               priority: int | None = None) -> Invocation:
         """InvokeModel (and its stream) with Bedrock's native Llama body; ``headers`` are the operation's header
         members (already checked against the service model). ``resolved`` hears the target as soon as it is
-        known, so that a call refused by a later check is still recorded against its model."""
+        known, so that a call refused by a later check is still recorded against its model. ``priority``, when
+        given, is the admission priority instead of the tiers' (batch records: ``scheduler.BATCH_PRIORITY``)."""
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
@@ -189,6 +192,8 @@ class InvocationService:
         latency = headers.get("performanceConfigLatency")
         tier = headers.get("serviceTier")
         request = self.inference.tiered(target, request, latency, tier)
+        if priority is not None:
+            request = dataclasses.replace(request, priority=priority)
         echoed = {}
         if latency is not None:
             echoed["X-Amzn-Bedrock-PerformanceConfig-Latency"] = latency
@@ -264,10 +269,10 @@ class InvocationService:
 
     def converse(self, model: ModelName, region: str | None, params: dict[str, Any], request_id: str,
                  started: float, resolved: Resolved = None, seed: int | None = None,
-                 streaming: bool = False) -> Invocation:
-        """Converse (and ConverseStream, ``streaming``) with a shape-valid body (``params``); ``resolved`` as for
-        :meth:`invoke`. ``seed`` fixes the sampler's random state (OpenAI Chat Completions' ``seed``; Converse has
-        none)."""
+                 streaming: bool = False, priority: int | None = None) -> Invocation:
+        """Converse (and ConverseStream, ``streaming``) with a shape-valid body (``params``); ``resolved`` and
+        ``priority`` as for :meth:`invoke`. ``seed`` fixes the sampler's random state (OpenAI Chat Completions'
+        ``seed``; Converse has none)."""
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
@@ -276,6 +281,8 @@ class InvocationService:
         chat = parse_chat_request(params, target.model)
         request = self.inference.tiered(target, self._chat_request(target, chat, request_id, seed), chat.latency,
                                         chat.service_tier)
+        if priority is not None:
+            request = dataclasses.replace(request, priority=priority)
         self.inference.check_images(target, chat.images)
         invocation = Invocation(target, _empty(), self._usage(), request_metadata=dict(chat.request_metadata),
                                 performance_latency=chat.latency, has_images=bool(chat.images),
