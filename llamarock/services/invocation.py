@@ -25,7 +25,14 @@ from llamarock.bedrock import compat
 from llamarock.bedrock.converse import ChatRequest, chat_messages, converse_response, parse_chat_request, usage
 from llamarock.bedrock.converse_stream import Event, StreamAssembler, output_schema
 from llamarock.bedrock.guardrails import check_guardrail
-from llamarock.bedrock.native import InvocationMetrics, native_response, parse_native_request, stream_chunk
+from llamarock.bedrock.images import native_images, place_image_tokens
+from llamarock.bedrock.native import (
+    InvocationMetrics,
+    NativeRequest,
+    native_response,
+    parse_native_request,
+    stream_chunk,
+)
 from llamarock.context import ModelName
 from llamarock.errors import ValidationException
 from llamarock.services.inference import InferenceService, Target
@@ -149,8 +156,7 @@ class InvocationService:
         compat.check_tier(self.compat, headers.get("serviceTier"), target.model.model_id)
         self.inference.check_ready(target)
         self.inference.check_images(target, native.images)
-        sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
-        request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
+        request = self._native_request(target, native, request_id)
         latency = headers.get("performanceConfigLatency")
         tier = headers.get("serviceTier")
         request = self.inference.tiered(target, request, latency, tier)
@@ -163,6 +169,13 @@ class InvocationService:
                                 has_images=bool(native.images), service_tier=tier)
         invocation.events = self._native_events(invocation, request, started)
         return invocation
+
+    def _native_request(self, target: Target, native: NativeRequest, request_id: str) -> GenerationRequest:
+        """The engine request of a native body: its images decoded and checked, their ``<|image|>`` placed."""
+        images = native_images(target.model, native.images) if native.images else ()
+        prompt = place_image_tokens(native.prompt, len(images)) if images else native.prompt
+        sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
+        return self.inference.engine_request(target, sampling, request_id, prompt=prompt, images=images)
 
     async def _native_events(self, invocation: Invocation, request: GenerationRequest,
                              started: float) -> AsyncGenerator[Event, None]:
@@ -202,9 +215,9 @@ class InvocationService:
         compat.check_converse(self.compat, params, streaming, target.model.model_id)
         self.inference.check_ready(target)
         chat = parse_chat_request(params, target.model)
+        self.inference.check_images(target, chat.images)
         request = self.inference.tiered(target, self._chat_request(target, chat, request_id, seed), chat.latency,
                                         chat.service_tier)
-        self.inference.check_images(target, chat.images)
         invocation = Invocation(target, _empty(), self._usage(), request_metadata=dict(chat.request_metadata),
                                 performance_latency=chat.latency, has_images=bool(chat.images),
                                 service_tier=chat.service_tier)
@@ -218,7 +231,8 @@ class InvocationService:
                                   seed=seed)
         return self.inference.engine_request(target, sampling, request_id, messages=messages, prefix=prefix,
                                              json_schema=output_schema(chat),
-                                             cache_marks=marks if compat.honours_cache_points(self.compat) else ())
+                                             cache_marks=marks if compat.honours_cache_points(self.compat) else (),
+                                             images=chat.images)
 
     async def _converse_events(self, invocation: Invocation, chat: ChatRequest, request: GenerationRequest,
                                started: float) -> AsyncGenerator[Event, None]:
@@ -265,12 +279,13 @@ class InvocationService:
         self.inference.check_ready(target)
         source: dict[str, Any] = params.get("input") or {}
         if "converse" in source:
-            request = self._chat_request(target, parse_chat_request(source["converse"], target.model), request_id)
+            chat = parse_chat_request(source["converse"], target.model)
+            self.inference.check_images(target, chat.images)
+            request = self._chat_request(target, chat, request_id)
         elif "invokeModel" in source:
             native = parse_native_request(source["invokeModel"]["body"])
-            sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p,
-                                      max_tokens=native.max_gen_len)
-            request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
+            self.inference.check_images(target, native.images)
+            request = self._native_request(target, native, request_id)
         else:
             raise ValidationException("The input field must contain exactly one of converse or invokeModel.")
         return await target.deployment.engine.count_tokens(request), target
