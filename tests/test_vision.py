@@ -230,3 +230,36 @@ def test_text_only_requests_still_work(runtime: Any) -> None:
     response = runtime.converse(modelId=VISION_11B, messages=[{"role": "user", "content": [{"text": "Hello"}]}],
                                 inferenceConfig={"maxTokens": 5, "temperature": 0})
     assert response["usage"]["outputTokens"] > 0
+
+
+def test_make_tiny_refusals(tmp_path: Path) -> None:
+    def make(family: str, folder: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llamarock", "models", "make-tiny", family, str(folder)],
+                              capture_output=True, text=True, timeout=120)
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    for family, folder, words in (("llama4", tmp_path / "new", "not implemented yet"),
+                                  ("llama9", tmp_path / "new", "unknown family"),
+                                  ("llama3.2-vision", tmp_path / "taken", "not an empty folder")):
+        done = make(family, folder)
+        assert done.returncode == 2 and words in done.stderr, done.stderr
+        assert not (tmp_path / "new").exists()
+
+
+def test_a_client_that_leaves_stops_its_generation(vision_server: Server, runtime: Any) -> None:
+    def generated() -> int:
+        return int(vision_server.health()[1]["deployments"]["tiny-llama3-2-vision"]["generated_tokens"])
+
+    before = generated()
+    stream = runtime.converse_stream(
+        modelId=VISION_11B, inferenceConfig={"maxTokens": 2000, "temperature": 0},
+        messages=[{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": RED}}},
+                                               {"text": "Talk for a long time."}]}])
+    events = iter(stream["stream"])
+    assert any("contentBlockDelta" in event for event in events)
+    stream["stream"].close()
+    # Generations run one at a time: this one runs once the abandoned one has stopped.
+    small = converse_image(runtime, BLUE)
+    assert small["usage"]["outputTokens"] == 12
+    assert generated() - before < 2000

@@ -88,7 +88,8 @@ class _Stream:
     partial UTF-8 character, and hands them to ``emit``."""
 
     def __init__(self, tokenizer: Any, stop_ids: set[int], prompt_tokens: int,
-                 emit: Callable[[GenerationChunk | BaseException], None]) -> None:
+                 emit: Callable[[GenerationChunk | BaseException], None], counted: Callable[[], None]) -> None:
+        self.counted = counted
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
         self.prompt_tokens: int | None = prompt_tokens
@@ -109,6 +110,7 @@ class _Stream:
                 self.stopped = True
                 return
             self.tokens.append(int(token))
+            self.counted()
             text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
                 self._send("", 1)
@@ -295,7 +297,7 @@ class TransformersEngine(Engine):
                     return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool,
                                       device=input_ids.device)
 
-            stream = _Stream(self._tokenizer, self._stop_ids, prepared.prompt_tokens, emit)
+            stream = _Stream(self._tokenizer, self._stop_ids, prepared.prompt_tokens, emit, self._count_token)
             inputs = {k: v.to(self._device) if hasattr(v, "to") else v for k, v in prepared.inputs.items()}
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
@@ -318,6 +320,11 @@ class TransformersEngine(Engine):
                 stream.finish()
         except BaseException as exc:
             emit(exc)
+
+    def _count_token(self) -> None:
+        """One more token generated (counted on the worker thread, where generation happens, so that tokens of a
+        cancelled generation count too)."""
+        self._generated_tokens += 1
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         if not self._ready or self._worker is None:
@@ -347,7 +354,6 @@ class TransformersEngine(Engine):
                     if isinstance(item, EngineError):
                         raise item
                     raise EngineError(f"transformers failed while generating: {item}") from item
-                self._generated_tokens += item.token_count
                 ended = item.stop_reason is not None
                 yield item
                 if ended:
