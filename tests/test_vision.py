@@ -19,7 +19,9 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from llamarock.storage.blobs import LocalBlobStore
 from tests.conftest import Server, start_server, stop_server
+from tests.test_invocation_logging import bedrock, data_dir, wait_records
 
 try:
     import torch  # noqa: F401
@@ -67,7 +69,8 @@ def tiny_toml(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def vision_server(tmp_path_factory: pytest.TempPathFactory, tiny_toml: str) -> Iterator[Server]:
-    config = tiny_toml + '\nthreads = 1\n\n[[deployments]]\nname = "text"\nengine = "fake"\nmodels = ["*"]\n'
+    config = ("invocation_log_retry_max_s = 0.5\n\n" + tiny_toml
+              + '\nthreads = 1\n\n[[deployments]]\nname = "text"\nengine = "fake"\nmodels = ["*"]\n')
     server = start_server(tmp_path_factory.mktemp("vision"), config=config)
     yield server
     stop_server(server)
@@ -263,3 +266,24 @@ def test_a_client_that_leaves_stops_its_generation(vision_server: Server, runtim
     small = converse_image(runtime, BLUE)
     assert small["usage"]["outputTokens"] == 12
     assert generated() - before < 2000
+
+
+def test_invocation_logs_honour_image_delivery(vision_server: Server, runtime: Any) -> None:
+    store = LocalBlobStore(data_dir(vision_server) / "blobs")
+    (data_dir(vision_server) / "blobs" / "vision-logs").mkdir(parents=True)
+    control = bedrock(vision_server)
+    try:
+        for prefix, delivered in (("with-images", True), ("without-images", False)):
+            control.put_model_invocation_logging_configuration(loggingConfig={
+                "s3Config": {"bucketName": "vision-logs", "keyPrefix": prefix}, "textDataDeliveryEnabled": True,
+                "imageDataDeliveryEnabled": delivered})
+            answer = converse_image(runtime, RED, text="Log this.")
+            request_id = answer["ResponseMetadata"]["RequestId"]
+            record = next(r for r in wait_records(store, "vision-logs", prefix, 1) if r["requestId"] == request_id)
+            content = record["input"]["inputBodyJson"]["messages"][0]["content"]
+            assert content[1] == {"text": "Log this."}
+            assert content[0]["image"]["format"] == "png"
+            assert content[0]["image"]["source"]["bytes"] == (base64.b64encode(RED).decode() if delivered else "")
+            assert record["input"]["inputTokenCount"] == answer["usage"]["inputTokens"]
+    finally:
+        control.delete_model_invocation_logging_configuration()

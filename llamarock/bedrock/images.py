@@ -109,7 +109,7 @@ def check_image(data: bytes, where: str, declared: str | None = None) -> Checked
             f"{MODEL_ERRORS}{where}: the bytes are not a png, jpeg, gif or webp image. Send the image file's bytes "
             "in one of those formats."
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # Pillow's decoders raise many kinds (OSError, SyntaxError, struct.error...) on bad bytes
         raise ValidationException(
             f"{MODEL_ERRORS}{where}: the {found or 'image'} bytes could not be decoded ({exc}). Send an intact "
             "image file."
