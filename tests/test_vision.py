@@ -287,3 +287,15 @@ def test_invocation_logs_honour_image_delivery(vision_server: Server, runtime: A
             assert record["input"]["inputTokenCount"] == answer["usage"]["inputTokens"]
     finally:
         control.delete_model_invocation_logging_configuration()
+
+
+def test_openai_image_url_is_the_same_image(vision_server: Server, runtime: Any) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=vision_server.url + "/openai/v1", api_key="anything", max_retries=0, timeout=300)
+    url = "data:image/png;base64," + base64.b64encode(BLUE).decode()
+    answer = client.chat.completions.create(
+        model=VISION_11B, max_tokens=12, temperature=0,
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                               {"type": "text", "text": "What is this?"}]}])
+    assert answer.choices[0].message.content == converse_image(runtime, BLUE)["output"]["message"]["content"][0]["text"]
