@@ -19,6 +19,8 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from llamarock.engines.tiny_vision import make_tiny
+from llamarock.services.tiny_models import deployment_toml
 from llamarock.storage.blobs import LocalBlobStore
 from tests.conftest import Server, start_server, stop_server
 from tests.test_invocation_logging import bedrock, data_dir, wait_records
@@ -32,7 +34,8 @@ except ImportError:  # pragma: no cover - the test extras install llamarock[visi
 VISION_11B = "meta.llama3-2-11b-instruct-v1:0"
 VISION_90B = "meta.llama3-2-90b-instruct-v1:0"
 TEXT_ONLY = "meta.llama3-1-8b-instruct-v1:0"
-LLAMA4 = "us.meta.llama4-scout-17b-instruct-v1:0"
+SCOUT = "us.meta.llama4-scout-17b-instruct-v1:0"
+MAVERICK = "meta.llama4-maverick-17b-instruct-v1:0"
 
 
 def image_bytes(color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> bytes:
@@ -68,9 +71,17 @@ def tiny_toml(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def vision_server(tmp_path_factory: pytest.TempPathFactory, tiny_toml: str) -> Iterator[Server]:
-    config = ("invocation_log_retry_max_s = 0.5\n\n" + tiny_toml
-              + '\nthreads = 1\n\n[[deployments]]\nname = "text"\nengine = "fake"\nmodels = ["*"]\n')
+def llama4_toml(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny Llama 4 (built in this process, which has torch loaded already), served for Scout only: Maverick
+    stays on the fake engine, a vision model whose deployment takes no images."""
+    model = make_tiny("llama4", tmp_path_factory.mktemp("tiny4") / "llama4")
+    return deployment_toml(model).replace(f', "{MAVERICK}"', "")
+
+
+@pytest.fixture(scope="module")
+def vision_server(tmp_path_factory: pytest.TempPathFactory, tiny_toml: str, llama4_toml: str) -> Iterator[Server]:
+    config = ("invocation_log_retry_max_s = 0.5\n\n" + tiny_toml + "threads = 1\n\n" + llama4_toml
+              + 'threads = 1\n\n[[deployments]]\nname = "text"\nengine = "fake"\nmodels = ["*"]\n')
     server = start_server(tmp_path_factory.mktemp("vision"), config=config)
     yield server
     stop_server(server)
@@ -222,7 +233,7 @@ def test_images_where_they_cannot_go(runtime: Any) -> None:
     assert "is text-only" in refusal(lambda: converse_image(runtime, RED, model=TEXT_ONLY))
     body = json.dumps({"prompt": "Describe.", "images": [base64.b64encode(RED).decode()]})
     assert "extraneous key [images]" in refusal(lambda: runtime.invoke_model(modelId=TEXT_ONLY, body=body))
-    assert "doesn't support image input" in refusal(lambda: converse_image(runtime, RED, model=LLAMA4))
+    assert "doesn't support image input" in refusal(lambda: converse_image(runtime, RED, model="us." + MAVERICK))
     assistant = [{"role": "user", "content": [{"text": "Hi"}]},
                  {"role": "assistant", "content": [{"image": {"format": "png", "source": {"bytes": RED}}}]}]
     assert "allowed only in user messages" in refusal(
@@ -242,8 +253,7 @@ def test_make_tiny_refusals(tmp_path: Path) -> None:
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    for family, folder, words in (("llama4", tmp_path / "new", "not implemented yet"),
-                                  ("llama9", tmp_path / "new", "unknown family"),
+    for family, folder, words in (("llama9", tmp_path / "new", "unknown family"),
                                   ("llama3.2-vision", tmp_path / "taken", "not an empty folder")):
         done = make(family, folder)
         assert done.returncode == 2 and words in done.stderr, done.stderr
@@ -299,3 +309,26 @@ def test_openai_image_url_is_the_same_image(vision_server: Server, runtime: Any)
         messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                {"type": "text", "text": "What is this?"}]}])
     assert answer.choices[0].message.content == converse_image(runtime, BLUE)["output"]["message"]["content"][0]["text"]
+
+
+def test_llama4_end_to_end(runtime: Any) -> None:
+    def text(response: dict[str, Any]) -> str:
+        return str(response["output"]["message"]["content"][0]["text"])
+
+    red, blue = converse_image(runtime, RED, model=SCOUT), converse_image(runtime, BLUE, model=SCOUT)
+    assert text(red) == text(converse_image(runtime, RED, model=SCOUT)) != text(blue)
+    plain = runtime.converse(modelId=SCOUT, messages=[{"role": "user", "content": [{"text": "What is this?"}]}],
+                             inferenceConfig={"maxTokens": 12, "temperature": 0})
+    # Early fusion: the image is its own tokens in the prompt, <|image_start|> ... <|image_end|>, counted as such.
+    counted = runtime.count_tokens(modelId=SCOUT, input={"converse": {"messages": [{"role": "user", "content": [
+        {"image": {"format": "png", "source": {"bytes": RED}}}, {"text": "What is this?"}]}]}})["inputTokens"]
+    assert counted == red["usage"]["inputTokens"] > plain["usage"]["inputTokens"] + 3
+    two = runtime.converse(modelId=SCOUT, inferenceConfig={"maxTokens": 12, "temperature": 0}, messages=[
+        {"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": RED}}},
+                                     {"image": {"format": "png", "source": {"bytes": BLUE}}},
+                                     {"text": "Compare them."}]}])
+    assert two["usage"]["inputTokens"] > red["usage"]["inputTokens"]
+    body = json.dumps({"prompt": "What do you see?", "images": [base64.b64encode(BLUE).decode()],
+                       "temperature": 0, "max_gen_len": 12})
+    native = json.loads(runtime.invoke_model(modelId=SCOUT, body=body)["body"].read())
+    assert native["generation_token_count"] == 12

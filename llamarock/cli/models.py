@@ -29,7 +29,7 @@ def register(commands: flags.Commands) -> None:
         "Build a tiny random-weight model of a vision family (a few hundred kB, about a second on a CPU, nothing "
         "downloaded; needs llamarock[vision]) in DIR, and print the [[deployments]] entry that serves it for the "
         "family's catalog ids. Its answers are noise, but they change with the image.", run=make_tiny)
-    tiny.add_argument("family", metavar="FAMILY", help=f"one of: {', '.join(FAMILIES)} (llama4: not yet)")
+    tiny.add_argument("family", metavar="FAMILY", help=f"one of: {', '.join(FAMILIES)}")
     tiny.add_argument("directory", metavar="DIR", type=Path, help="a new or empty folder for the model")
 
 

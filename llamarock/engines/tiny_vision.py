@@ -1,9 +1,11 @@
-"""Tiny random-weight vision Llamas for tests and CI: a Hugging Face folder the transformers engine serves.
+"""Tiny random-weight vision Llamas (Llama 3.2 Vision, Llama 4) for tests and CI: a Hugging Face folder the
+transformers engine serves.
 
 :func:`make_tiny` builds, in about a second on a CPU and without downloading anything, a model of the real
 architecture with a few hundred thousand parameters: its tokenizer is a byte-level BPE trained on the spot on a few
 sentences (every UTF-8 text still encodes, a byte at a time where no merge applies) with the family's special tokens;
-its chat template is the family's; its image processor is the family's, at a small tile size. The cross-attention
+its chat template is the family's; its image processor is the family's, at a small tile size (Llama 4's processor
+files are written directly: building the processor needs torchvision). The cross-attention
 gates, which a freshly initialised Llama 3.2 Vision keeps closed (tanh(0) = 0, so images would change nothing), are
 opened, so that with greedy decoding two different images give two different answers. The answers are noise (the
 weights are random) made only of printable ASCII, and always run to their token limit (no end-of-turn token is ever
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("llama3.2-vision",)
+FAMILIES = ("llama3.2-vision", "llama4")
 # The catalog ids each family's tiny model is served for.
 CATALOG_IDS = {
     "llama3.2-vision": ("meta.llama3-2-11b-instruct-v1:0", "meta.llama3-2-90b-instruct-v1:0"),
+    "llama4": ("meta.llama4-scout-17b-instruct-v1:0", "meta.llama4-maverick-17b-instruct-v1:0"),
 }
 _CORPUS = (
     "The quick brown fox jumps over the lazy dog. What do you see in this image? Describe it in detail. "
@@ -123,6 +126,67 @@ def _mllama(directory: Path, seed: int) -> tuple[str, int]:
     return "MllamaForConditionalGeneration", sum(p.numel() for p in model.parameters())
 
 
+_LLAMA4_SPECIALS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|eom|>",
+    "<|python_start|>", "<|python_end|>", "<|finetune_right_pad|>", "<|image_start|>", "<|image_end|>", "<|image|>",
+    "<|patch|>", "<|tile_x_separator|>", "<|tile_y_separator|>",
+)
+# Llama 4 headers; an image part becomes <|image|>, which the processor expands into the image's tokens.
+_LLAMA4_TEMPLATE = _MLLAMA_TEMPLATE.replace("<|start_header_id|>", "<|header_start|>").replace(
+    "<|end_header_id|>", "<|header_end|>").replace("<|eot_id|>", "<|eot|>")
+
+
+def _llama4(directory: Path, seed: int) -> tuple[str, int]:
+    import importlib
+    import json
+
+    import torch
+
+    hf: Any = importlib.import_module("transformers")
+    tokenizer, _ = _tokenizer(_LLAMA4_SPECIALS[:-1], _LLAMA4_SPECIALS[-1], 384)
+    vocab = tokenizer.get_vocab_size()  # type: ignore[attr-defined]
+    ids = {token: tokenizer.token_to_id(token) for token in _LLAMA4_SPECIALS}  # type: ignore[attr-defined]
+    fast = hf.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>",
+                                      eos_token="<|eot|>", pad_token="<|finetune_right_pad|>")
+    fast.chat_template = _LLAMA4_TEMPLATE
+    config = hf.Llama4Config(
+        vision_config={
+            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128,
+            "vision_output_dim": 64, "image_size": 28, "patch_size": 14, "pixel_shuffle_ratio": 0.5,
+            "projector_input_dim": 64, "projector_output_dim": 64,
+        },
+        text_config={
+            "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128, "intermediate_size_mlp": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "num_local_experts": 2, "num_experts_per_tok": 1, "max_position_embeddings": 8192,
+            "attention_chunk_size": 8192, "bos_token_id": ids["<|begin_of_text|>"],
+            "eos_token_id": [ids["<|eot|>"], ids["<|eom|>"], ids["<|end_of_text|>"]],
+            "pad_token_id": ids["<|finetune_right_pad|>"],
+        },
+        boi_token_index=ids["<|image_start|>"], eoi_token_index=ids["<|image_end|>"],
+        image_token_index=ids["<|patch|>"],
+    )
+    torch.manual_seed(seed)
+    model = hf.Llama4ForConditionalGeneration(config).eval()
+    model.generation_config.suppress_tokens = [
+        i for i in range(vocab) if not (text := fast.decode([i])) or not (text.isascii() and text.isprintable())
+        or i in ids.values()
+    ]
+    model.save_pretrained(str(directory))
+    fast.save_pretrained(str(directory))
+    # The processor's files as transformers writes them (it needs torchvision to build the processor itself).
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Llama4ImageProcessor", "processor_class": "Llama4Processor",
+        "size": {"height": 28, "width": 28}, "max_patches": 4, "resize_to_max_canvas": False,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_resize": True, "do_rescale": True,
+        "do_normalize": True, "do_convert_rgb": True, "rescale_factor": 1 / 255, "resample": 2,
+    }, indent=2))
+    (directory / "processor_config.json").write_text(json.dumps({
+        "processor_class": "Llama4Processor", "patch_size": 14, "pixel_shuffle_ratio": 0.5,
+    }, indent=2))
+    return "Llama4ForConditionalGeneration", sum(p.numel() for p in model.parameters())
+
+
 def make_tiny(family: str, directory: Path, seed: int = 0) -> TinyModel:
     """Build the tiny model of ``family`` (one of :data:`FAMILIES`) in ``directory`` (created; must be empty)."""
     if family not in FAMILIES:
@@ -130,6 +194,6 @@ def make_tiny(family: str, directory: Path, seed: int = 0) -> TinyModel:
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):
         raise ValueError(f"{directory} is not empty; give a new or empty folder")
-    architecture, parameters = _mllama(directory, seed)
+    architecture, parameters = (_llama4 if family == "llama4" else _mllama)(directory, seed)
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     return TinyModel(family, directory, architecture, parameters, size)

@@ -4,7 +4,7 @@ Serves a Hugging Face model folder (``config.json``, safetensors weights, the pr
 processor files) of one of :data:`ARCHITECTURES`: Llama 3.2 Vision (``MllamaForConditionalGeneration``, images
 through cross-attention layers) and Llama 4 (``Llama4ForConditionalGeneration``, early fusion: each image becomes
 ``<|patch|>`` tokens in the prompt). The folder's processor turns the prompt and the request's images into model
-inputs; generation is transformers' own ``generate`` with a streamer and a stopping criterion that ends it as soon as
+inputs (for Llama 4 without torchvision, :mod:`llamarock.engines.llama4_images` does); generation is transformers' own ``generate`` with a streamer and a stopping criterion that ends it as soon as
 the caller goes away.
 
 Generations run one at a time on one worker thread (the image and prompt preparation of the next request overlaps
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
+import importlib.util
 import io
 import json
 import logging
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from llamarock.engines.base import Engine
+from llamarock.engines.llama4_images import Llama4ImageSettings
 from llamarock.errors import (
     ContextOverflowError,
     EmptyPromptError,
@@ -130,6 +132,25 @@ class _Stream:
         self._send(text[len(self.sent):], 0, "stop" if self.stopped else "length")
 
 
+def _llama4_settings(path: Path) -> Llama4ImageSettings:
+    """Llama 4's image settings from the folder's processor files (transformers' defaults where they say nothing)."""
+    found: dict[str, Any] = {}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        try:
+            document = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        found.update(document.get("image_processor", {}) if isinstance(document.get("image_processor"), dict)
+                     else {})
+        found.update(document)
+    size = found.get("size") or {}
+    return Llama4ImageSettings(
+        tile=int(size.get("height", 336)), max_tiles=int(found.get("max_patches", 16)),
+        patch_size=int(found.get("patch_size", 14)), pixel_shuffle_ratio=float(found.get("pixel_shuffle_ratio", 0.5)),
+        mean=tuple(found.get("image_mean", (0.5, 0.5, 0.5))), std=tuple(found.get("image_std", (0.5, 0.5, 0.5))),
+    )
+
+
 class TransformersEngine(Engine):
     """Serves one Hugging Face vision-Llama folder with transformers, one generation at a time."""
 
@@ -144,6 +165,7 @@ class TransformersEngine(Engine):
         self._stop_ids: set[int] = set()
         self._info: EngineInfo | None = None
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._llama4: Llama4ImageSettings | None = None
 
     @property
     def info(self) -> EngineInfo:
@@ -190,14 +212,22 @@ class TransformersEngine(Engine):
         dtype = getattr(torch, dtype_name)
         model_class = getattr(transformers, architecture)
         try:
-            self._processor = transformers.AutoProcessor.from_pretrained(str(path), local_files_only=True)
+            try:
+                self._processor = transformers.AutoProcessor.from_pretrained(str(path), local_files_only=True)
+                self._tokenizer = self._processor.tokenizer
+            except Exception:
+                if architecture != "Llama4ForConditionalGeneration" or importlib.util.find_spec("torchvision"):
+                    raise
+                # Llama 4's image processor needs torchvision, which a CPU-only torch lacks: do its work here.
+                self._processor = None
+                self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                self._llama4 = _llama4_settings(path)
             model = model_class.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         except Exception as exc:  # transformers raises many kinds for a broken folder
             raise EngineError(f"transformers could not load {path}: {exc}") from exc
         self._model = model.to(device).eval()
         self._device = device
         self._architecture = architecture
-        self._tokenizer = self._processor.tokenizer
         generation = getattr(model, "generation_config", None)
         eos = getattr(generation, "eos_token_id", None) or self._tokenizer.eos_token_id
         self._stop_ids = {int(t) for t in (eos if isinstance(eos, list) else [eos]) if t is not None}
@@ -258,7 +288,9 @@ class TransformersEngine(Engine):
             with Image.open(io.BytesIO(data)) as image:
                 images.append(image.convert("RGB"))
         try:
-            if images:
+            if self._processor is None:
+                inputs = self._llama4_inputs(text, images)
+            elif images:
                 inputs = self._processor(text=text, images=images, add_special_tokens=False, return_tensors="pt")
             else:
                 inputs = self._processor(text=text, add_special_tokens=False, return_tensors="pt")
@@ -275,6 +307,27 @@ class TransformersEngine(Engine):
             tiles = int(inputs["aspect_ratio_mask"].sum())
             prompt_tokens = text_tokens - len(images) + tiles * per_tile
         return _Prepared(inputs=inputs, text_tokens=text_tokens, prompt_tokens=prompt_tokens)
+
+    def _llama4_inputs(self, text: str, images: list[Any]) -> dict[str, Any]:
+        """Llama 4's model inputs made here (``llama4_images``), for when its processor cannot load."""
+        import numpy as np
+        import torch
+
+        from llamarock.engines.llama4_images import image_tokens, pixel_tiles
+
+        assert self._llama4 is not None
+        pieces = text.split(IMAGE_TOKEN)
+        tiles = []
+        expanded = pieces[0]
+        for image, piece in zip(images, pieces[1:], strict=True):
+            pixels, grid = pixel_tiles(image, self._llama4)
+            tiles.append(pixels)
+            expanded += image_tokens(grid, self._llama4) + piece
+        encoded = self._tokenizer(expanded, add_special_tokens=False, return_tensors="pt")
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if tiles:
+            inputs["pixel_values"] = torch.from_numpy(np.concatenate(tiles))
+        return inputs
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         if not self._ready:

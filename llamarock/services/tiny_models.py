@@ -28,12 +28,6 @@ def deployment_toml(model: TinyModel) -> str:
 
 def build(family: str, directory: Path) -> TinyModel:
     """Build the tiny model, or a CliError saying what is missing or wrong."""
-    if family == "llama4":
-        raise CliError(
-            "make-tiny llama4 is not implemented yet: transformers' Llama 4 image processor needs torchvision, whose "
-            "published builds need a CUDA torch (llamarock[vision] pins the CPU torch 2.13.0); make-tiny builds "
-            f"{', '.join(FAMILIES)}"
-        )
     if family not in FAMILIES:
         raise CliError(f"unknown family {family!r}: make-tiny builds {', '.join(FAMILIES)}")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
