@@ -4,8 +4,9 @@ Serves a Hugging Face model folder (``config.json``, safetensors weights, the pr
 processor files) of one of :data:`ARCHITECTURES`: Llama 3.2 Vision (``MllamaForConditionalGeneration``, images
 through cross-attention layers) and Llama 4 (``Llama4ForConditionalGeneration``, early fusion: each image becomes
 ``<|patch|>`` tokens in the prompt). The folder's processor turns the prompt and the request's images into model
-inputs (for Llama 4 without torchvision, :mod:`llamarock.engines.llama4_images` does); generation is transformers' own ``generate`` with a streamer and a stopping criterion that ends it as soon as
-the caller goes away.
+inputs (for Llama 4 without torchvision, :mod:`llamarock.engines.llama4_images` does); generation is
+transformers' own ``generate`` with a streamer and a stopping criterion that ends it as soon as the caller goes
+away.
 
 Generations run one at a time on one worker thread (the image and prompt preparation of the next request overlaps
 the running one): the two architectures take images of different tile counts per request, and a padded batch of
