@@ -1,5 +1,5 @@
 """Vision: image preprocessing time, TTFT with one image, and tok/s at concurrency 1 and 4, on the transformers
-engine serving a tiny random-weight Llama 3.2 Vision (`llamarock models make-tiny`), or a folder you name.
+engine serving a tiny random-weight Llama 3.2 Vision or Llama 4 (`llamarock models make-tiny`), or a folder you name.
 
 1. Preprocessing, in process: the Bedrock layer's checks and decode (`bedrock/images.check_image`) and the
    engine's processor (resize, tiling, normalisation: `TransformersEngine._prepare`) of a 1120 x 1120 JPEG photo-like
@@ -8,8 +8,8 @@ engine serving a tiny random-weight Llama 3.2 Vision (`llamarock models make-tin
    tokens; TTFT is the time to the first contentBlockDelta, tok/s the output tokens over the whole stream time, at
    concurrency 1 and 4 (--requests streams each; the engine serialises generations, so 4 measures queueing).
 
-Usage: .venv/bin/python bench/vision.py [--model-dir DIR] [--tokens 32] [--requests 8] [--repeats 20]
-       [--threads N]
+Usage: .venv/bin/python bench/vision.py [--family llama3.2-vision|llama4] [--model-dir DIR] [--tokens 32]
+       [--requests 8] [--repeats 20] [--threads N]
 Prints one JSON object. Run by hand; never a test. Needs llamarock[vision].
 """
 
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-MODEL_ID = "meta.llama3-2-11b-instruct-v1:0"
+MODEL_IDS = {"llama3.2-vision": "meta.llama3-2-11b-instruct-v1:0", "llama4": "us.meta.llama4-scout-17b-instruct-v1:0"}
 
 
 def _free_port() -> int:
@@ -82,10 +82,10 @@ def preprocessing(model_dir: Path, repeats: int, threads: int | None) -> dict[st
     return out
 
 
-def _stream(client: Any, image: bytes, tokens: int) -> tuple[float, float, int]:
+def _stream(client: Any, model_id: str, image: bytes, tokens: int) -> tuple[float, float, int]:
     started = time.perf_counter()
     response = client.converse_stream(
-        modelId=MODEL_ID,
+        modelId=model_id,
         messages=[{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": image}}},
                                                {"text": "Describe this image."}]}],
         inferenceConfig={"maxTokens": tokens, "temperature": 0},
@@ -99,7 +99,7 @@ def _stream(client: Any, image: bytes, tokens: int) -> tuple[float, float, int]:
     return first or 0.0, time.perf_counter() - started, output
 
 
-def serving(toml: str, tokens: int, requests: int, threads: int | None) -> dict[str, Any]:
+def serving(toml: str, model_id: str, tokens: int, requests: int, threads: int | None) -> dict[str, Any]:
     import boto3
     from botocore.config import Config
 
@@ -126,13 +126,13 @@ def serving(toml: str, tokens: int, requests: int, threads: int | None) -> dict[
                                   config=Config(retries={"max_attempts": 1}, read_timeout=600,
                                                 max_pool_connections=8))
             image = _images()["png_64x48"]
-            _stream(client, image, 4)  # warm-up
+            _stream(client, model_id, image, 4)  # warm-up
             results: dict[str, Any] = {}
             for level in (1, 4):
                 count = max(requests, level)
                 started = time.perf_counter()
                 with ThreadPoolExecutor(level) as pool:
-                    runs = list(pool.map(lambda _: _stream(client, image, tokens), range(count)))
+                    runs = list(pool.map(lambda _: _stream(client, model_id, image, tokens), range(count)))
                 wall = time.perf_counter() - started
                 results[f"concurrency_{level}"] = {
                     "ttft_ms_p50": round(statistics.median(r[0] for r in runs) * 1000, 1),
@@ -147,6 +147,7 @@ def serving(toml: str, tokens: int, requests: int, threads: int | None) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=tuple(MODEL_IDS), default="llama3.2-vision")
     parser.add_argument("--model-dir", type=Path, help="a Hugging Face folder (default: a tiny one, built now)")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=8)
@@ -159,17 +160,18 @@ def main() -> None:
             from llamarock.engines.tiny_vision import make_tiny
 
             started = time.perf_counter()
-            model_dir = make_tiny("llama3.2-vision", Path(tmp) / "tiny").directory
+            model_dir = make_tiny(args.family, Path(tmp) / "tiny").directory
             build_s = round(time.perf_counter() - started, 2)
         else:
             build_s = None
+        model_id = MODEL_IDS[args.family]
         toml = ('[[deployments]]\nname = "vision"\nengine = "transformers"\n'
-                f'model_path = "{model_dir}"\nmodels = ["{MODEL_ID}"]\n')
+                f'model_path = "{model_dir}"\nmodels = ["{model_id.removeprefix("us.")}"]\n')
         report = {
-            "model_dir": str(args.model_dir or "tiny llama3.2-vision"),
+            "model_dir": str(args.model_dir or f"tiny {args.family}"),
             "build_s": build_s,
             "preprocessing": preprocessing(model_dir, args.repeats, args.threads),
-            "serving": serving(toml, args.tokens, args.requests, args.threads),
+            "serving": serving(toml, model_id, args.tokens, args.requests, args.threads),
         }
     print(json.dumps(report, indent=2))
 
