@@ -14,6 +14,7 @@ generated: its generation config suppresses it).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,6 @@ def _tokenizer(specials: tuple[str, ...], image_token: str, vocab_size: int) -> 
 
 
 def _mllama(directory: Path, seed: int) -> tuple[str, int]:
-    import importlib
-
     import torch
 
     hf: Any = importlib.import_module("transformers")  # untyped calls, seen as Any
@@ -137,7 +136,6 @@ _LLAMA4_TEMPLATE = _MLLAMA_TEMPLATE.replace("<|start_header_id|>", "<|header_sta
 
 
 def _llama4(directory: Path, seed: int) -> tuple[str, int]:
-    import importlib
     import json
 
     import torch
@@ -194,6 +192,7 @@ def make_tiny(family: str, directory: Path, seed: int = 0) -> TinyModel:
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):
         raise ValueError(f"{directory} is not empty; give a new or empty folder")
+    importlib.import_module("transformers").utils.logging.disable_progress_bar()
     architecture, parameters = (_llama4 if family == "llama4" else _mllama)(directory, seed)
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     return TinyModel(family, directory, architecture, parameters, size)

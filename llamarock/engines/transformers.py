@@ -202,6 +202,7 @@ class TransformersEngine(Engine):
             raise EngineError(
                 "the transformers engine needs torch and transformers: install llamarock[vision]"
             ) from exc
+        transformers.utils.logging.disable_progress_bar()  # no progress bars in the server's log
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         device = self.config.device
