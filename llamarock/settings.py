@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-EngineName = Literal["llamacpp", "fake"]
+EngineName = Literal["llamacpp", "fake", "transformers"]
 ServiceTierName = Literal["priority", "default", "flex", "reserved"]
 # Bedrock's published per-token price ratios of its service tiers to the standard (default) tier.
 DEFAULT_TIER_PRICE_MULTIPLIERS: dict[ServiceTierName, Decimal] = {
@@ -51,7 +51,8 @@ class DeploymentSettings(BaseModel):
     )
     model_path: Path | None = Field(
         default=None,
-        description="Path of a GGUF file for the llamacpp engine; empty means the embedded SmolLM2-135M-Instruct.",
+        description="Path of a GGUF file for the llamacpp engine (empty means the embedded SmolLM2-135M-Instruct); "
+        "for the transformers engine, a Hugging Face model folder (required; `llamarock models make-tiny` builds one).",
     )
     context_length: int | None = Field(
         default=None, ge=64, description="Context window in tokens; empty means min(model's trained context, 8192)."
@@ -109,6 +110,21 @@ class DeploymentSettings(BaseModel):
         default=None, ge=0, description="Fake engine only: fail with an engine error after this many tokens."
     )
     fake_token_delay_ms: int = Field(default=0, ge=0, description="Fake engine only: delay before each token.")
+    # Vision (docs/vision.md): the transformers engine's device and dtype, and llama.cpp's multimodal projector.
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="transformers engine only: 'auto' (CUDA when torch sees a GPU, else the CPU), 'cpu', 'cuda' or "
+        "'cuda:N'.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="transformers engine only: weights' dtype; 'auto' is bfloat16 on CUDA and float32 on the CPU.",
+    )
+    mmproj_path: Path | None = Field(
+        default=None,
+        description="llamacpp engine only: a GGUF multimodal projector (mmproj) for a vision GGUF at `model_path`; "
+        "not supported yet (the deployment fails to load with an error saying so).",
+    )
 
 
 EmbeddingEngineName = Literal["onnx", "llamacpp", "remote"]

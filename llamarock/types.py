@@ -58,7 +58,9 @@ class GenerationRequest:
     orders admission: a waiting request with a higher priority gets the next free slot first (latency-optimized
     and provisioned-throughput traffic ahead of standard on-demand traffic); equal priorities keep arrival order.
     ``cache_marks`` are the points where the prompt's prefix should stay cached on its own (an engine without a
-    prefix cache ignores them).
+    prefix cache ignores them). ``images`` are the request's images (the encoded bytes of png, jpeg, gif or webp
+    files, already checked by the Bedrock layer), in the order of the ``<|image|>`` placeholders in the prompt or
+    messages; only an engine whose ``EngineInfo.supports_images`` is true is given any.
     """
 
     sampling: SamplingParams
@@ -69,6 +71,7 @@ class GenerationRequest:
     json_schema: dict[str, Any] | None = None
     priority: int = 0
     cache_marks: tuple[CacheMark, ...] = ()
+    images: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

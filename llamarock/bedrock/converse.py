@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llamarock.bedrock import documents
+from llamarock.bedrock import images as image_rules
 from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.native import check_native_fields
 from llamarock.bedrock.prompts import render_llama2, render_llama3
@@ -28,9 +29,6 @@ from llamarock.bedrock.tools import (
 )
 from llamarock.errors import ValidationException
 from llamarock.types import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, CacheMark, ChatMessage
-
-MAX_IMAGES = 20
-MAX_IMAGE_BYTES = 3_750_000
 
 START_WITH_USER = (
     "A conversation must start with a user message. Try again with a conversation that starts with a user message."
@@ -247,11 +245,8 @@ def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, i
             data = block["image"].get("source", {}).get("bytes")
             if data is None:
                 raise ValidationException(f"The image at {where} must carry its bytes; s3Location is not supported.")
-            if len(data) > MAX_IMAGE_BYTES:
-                raise ValidationException(f"The image at {where} is larger than the 3.75 MB limit. Resize it.")
-            images.append(data)
-            if len(images) > MAX_IMAGES:
-                raise ValidationException(f"Too many images: a request can carry at most {MAX_IMAGES} images.")
+            images.append(image_rules.check_image(data, f"{where}.image.source.bytes", block["image"]["format"]).data)
+            texts.append(image_rules.IMAGE_TOKEN)
         elif "document" in block:
             doc = block["document"]
             document_names.append(doc["name"])
@@ -282,15 +277,25 @@ def _user_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, i
             marks.append((len(docs), len(texts)))
         else:
             _unsupported_block(block, where, model)
-    if docs and not texts:
+    if docs and not any(t != image_rules.IMAGE_TOKEN for t in texts):
         raise ValidationException(
             f"The message at messages.{index} contains a document but no text block. Add a text block with your "
             "question about the document and try again."
         )
     # Documents go first in the turn's text, so a cachePoint keeps the longest start of that text made only of
     # what came before it.
-    cache_at = tuple(len("\n\n".join([*docs, *texts[:t]] if d == len(docs) else docs[:d])) for d, t in marks)
-    return Turn("user", "\n\n".join([*docs, *texts]), tool_results=tuple(results), cache_at=cache_at)
+    cache_at = tuple(len(_join([*docs, *texts[:t]] if d == len(docs) else docs[:d])) for d, t in marks)
+    return Turn("user", _join([*docs, *texts]), tool_results=tuple(results), cache_at=cache_at)
+
+
+def _join(parts: list[str]) -> str:
+    """A user turn's parts, a blank line between them, except that an image's ``<|image|>`` is joined to the part
+    after it (the text it illustrates), as Meta's template writes it."""
+    out = ""
+    for index, part in enumerate(parts):
+        glued = index == 0 or parts[index - 1] == image_rules.IMAGE_TOKEN
+        out += part if glued else "\n\n" + part
+    return out
 
 
 def _assistant_turn(index: int, content: list[dict[str, Any]], model: CatalogModel, has_tools: bool) -> Turn:
@@ -347,6 +352,7 @@ def parse_chat_request(params: dict[str, Any], model: CatalogModel, *, allow_mis
             turns.append(_user_turn(index, content, model, images, document_names, bool(tools)))
         else:
             turns.append(_assistant_turn(index, content, model, bool(tools)))
+    image_rules.check_count(model, len(images))
     extra: dict[str, Any] = params.get("additionalModelRequestFields") or {}
     if not isinstance(extra, dict):
         raise ValidationException("additionalModelRequestFields must be a JSON object.")

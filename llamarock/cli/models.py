@@ -1,15 +1,19 @@
 """``llamarock models [--json]``: the catalog's model ids and the deployment that serves each (embedding model ids:
-their embedding deployment)."""
+their embedding deployment). ``llamarock models make-tiny FAMILY DIR``: a tiny random-weight vision model for tests
+and CI, and the ``[[deployments]]`` TOML that serves it."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from llamarock.bedrock import catalog
 from llamarock.cli import flags
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
+from llamarock.services.tiny_models import FAMILIES, build, deployment_toml
 
 SUMMARY = "list catalog model ids and the deployment serving each"
 
@@ -18,6 +22,23 @@ def register(commands: flags.Commands) -> None:
     parser = flags.add_command(commands, "models", SUMMARY, run=run)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     flags.add_common_flags(parser)
+    actions = parser.add_subparsers(dest="models_command", required=False, title="models commands",
+                                    metavar="COMMAND")
+    tiny = flags.add_command(
+        actions, "make-tiny", "build a tiny random-weight vision model and print the TOML that serves it",
+        "Build a tiny random-weight model of a vision family (a few hundred kB, about a second on a CPU, nothing "
+        "downloaded; needs llamarock[vision]) in DIR, and print the [[deployments]] entry that serves it for the "
+        "family's catalog ids. Its answers are noise, but they change with the image.", run=make_tiny)
+    tiny.add_argument("family", metavar="FAMILY", help=f"one of: {', '.join(FAMILIES)}")
+    tiny.add_argument("directory", metavar="DIR", type=Path, help="a new or empty folder for the model")
+
+
+def make_tiny(args: argparse.Namespace) -> int:
+    model = build(args.family, args.directory)
+    print(f"# {model.architecture}, {model.parameters:,} parameters, {model.bytes_on_disk:,} bytes in "
+          f"{model.directory}", file=sys.stderr)
+    print(deployment_toml(model), end="")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

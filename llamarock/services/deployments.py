@@ -18,6 +18,7 @@ from llamarock.engines.base import Engine
 from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.fake import FakeEngine
 from llamarock.engines.llamacpp import LlamaCppEngine
+from llamarock.engines.transformers import TransformersConfig, TransformersEngine
 from llamarock.errors import DeploymentConfigError
 from llamarock.settings import DeploymentSettings, Settings
 
@@ -73,6 +74,24 @@ def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine,
             token_delay_s=spec.fake_token_delay_ms / 1000,
         )
         return engine, engine_name, "scripted"
+    if engine_name == "transformers":
+        if spec.model_path is None or not spec.model_path.is_dir():
+            raise DeploymentConfigError(
+                f"deployment {spec.name!r}: engine transformers needs model_path, a Hugging Face model folder"
+                + (f"; {spec.model_path} is not a folder" if spec.model_path is not None else "")
+                + " (`llamarock models make-tiny llama3.2-vision DIR` builds a tiny one)"
+            )
+        engine = TransformersEngine(spec.name, TransformersConfig(
+            model_path=spec.model_path, device=spec.device, dtype=spec.dtype, threads=spec.threads or settings.threads,
+            context_length=spec.context_length, chat_format=spec.chat_format,
+        ))
+        return engine, engine_name, str(spec.model_path)
+    if spec.mmproj_path is not None:
+        raise DeploymentConfigError(
+            f"deployment {spec.name!r}: mmproj_path (a llama.cpp multimodal projector) is not supported yet: the "
+            "llamacpp engine does not feed images through llama.cpp's mtmd library. Serve vision models with "
+            "engine = \"transformers\" and a Hugging Face folder (docs/vision.md)."
+        )
     path = spec.model_path or embedded_model_path()
     if not path.is_file():
         raise DeploymentConfigError(f"deployment {spec.name!r}: GGUF file not found: {path}")

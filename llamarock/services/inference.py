@@ -16,6 +16,7 @@ from typing import Any
 from llamarock.bedrock import catalog, compat
 from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.converse import prompt_marks, render_for
+from llamarock.bedrock.images import IMAGE_TOKEN
 from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef
 from llamarock.bedrock.native import EMPTY_PROMPT
 from llamarock.bedrock.prompts import parse_prompt
@@ -229,6 +230,7 @@ class InferenceService:
         prefix: str = "",
         json_schema: dict[str, Any] | None = None,
         cache_marks: tuple[CacheMark, ...] = (),
+        images: tuple[bytes, ...] = (),
     ) -> GenerationRequest:
         """The engine request for a native ``prompt`` or for chat ``messages`` (plus the answer's prefilled start).
 
@@ -236,8 +238,33 @@ class InferenceService:
         is plain text or already in the weights' format goes through as written; a prompt in another Llama format
         is parsed back into messages. Messages are rendered by llamarock itself when the weights use a Llama format
         (llama3, llama2: tool calls and results in Llama's own words), and by the engine with the weights' chat
-        template otherwise. ``cache_marks`` (on ``messages``) follow the messages into the prompt.
+        template otherwise. ``cache_marks`` (on ``messages``) follow the messages into the prompt. ``images`` (checked
+        by the Bedrock layer) go with it, one ``<|image|>`` in the prompt or messages standing for each.
         """
+        request = self._engine_request(target, sampling, request_id, prompt=prompt, messages=messages, prefix=prefix,
+                                       json_schema=json_schema, cache_marks=cache_marks)
+        if target.deployment.engine.info.supports_images:
+            texts = [request.prompt] if request.prompt is not None else [m.content for m in request.messages or ()]
+            placeholders = sum(text.count(IMAGE_TOKEN) for text in texts)
+            if placeholders != len(images):
+                raise ValidationException(
+                    f"The request's text contains {placeholders} {IMAGE_TOKEN} tokens for {len(images)} images: "
+                    f"{IMAGE_TOKEN} is reserved for the images themselves. Remove it from the text."
+                )
+        return dataclasses.replace(request, images=images) if images else request
+
+    def _engine_request(
+        self,
+        target: Target,
+        sampling: SamplingParams,
+        request_id: str,
+        *,
+        prompt: str | None,
+        messages: Sequence[ChatMessage],
+        prefix: str,
+        json_schema: dict[str, Any] | None,
+        cache_marks: tuple[CacheMark, ...],
+    ) -> GenerationRequest:
         engine_format = target.deployment.engine.info.chat_format
         if prompt is not None:
             parsed = parse_prompt(prompt)

@@ -35,8 +35,10 @@ from llamarock.bedrock.guardrails import (
     strip_native_config,
     tagged_prompt,
 )
+from llamarock.bedrock.images import native_images, place_image_tokens
 from llamarock.bedrock.native import (
     InvocationMetrics,
+    NativeRequest,
     decode_body,
     native_response,
     parse_native_request,
@@ -186,9 +188,8 @@ class InvocationService:
         compat.check_tier(self.compat, headers.get("serviceTier"), target.model.model_id)
         self.inference.check_ready(target)
         self.inference.check_images(target, native.images)
-        sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
-        request = self.inference.engine_request(target, sampling, request_id,
-                                                prompt=prompt if guarded is not None else native.prompt)
+        request = self._native_request(target, native, request_id,
+                                       prompt if guarded is not None else native.prompt)
         latency = headers.get("performanceConfigLatency")
         tier = headers.get("serviceTier")
         request = self.inference.tiered(target, request, latency, tier)
@@ -205,6 +206,16 @@ class InvocationService:
                                        else "InvokeModel")
         invocation.events = self._native_events(invocation, request, started, checked, streaming)
         return invocation
+
+    def _native_request(self, target: Target, native: NativeRequest, request_id: str,
+                        prompt: str | None = None) -> GenerationRequest:
+        """The engine request of a native body (``prompt``: its prompt with guardrail input tags taken out, when
+        they were there): its images decoded and checked, their ``<|image|>`` placed."""
+        prompt = native.prompt if prompt is None else prompt
+        images = native_images(target.model, native.images) if native.images else ()
+        prompt = place_image_tokens(prompt, len(images)) if images else prompt
+        sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p, max_tokens=native.max_gen_len)
+        return self.inference.engine_request(target, sampling, request_id, prompt=prompt, images=images)
 
     async def _native_events(self, invocation: Invocation, request: GenerationRequest, started: float,
                              checked: list[dict[str, Any]] | None = None,
@@ -279,11 +290,11 @@ class InvocationService:
         compat.check_converse(self.compat, params, streaming, target.model.model_id)
         self.inference.check_ready(target)
         chat = parse_chat_request(params, target.model)
+        self.inference.check_images(target, chat.images)
         request = self.inference.tiered(target, self._chat_request(target, chat, request_id, seed), chat.latency,
                                         chat.service_tier)
         if priority is not None:
             request = dataclasses.replace(request, priority=priority)
-        self.inference.check_images(target, chat.images)
         invocation = Invocation(target, _empty(), self._usage(), request_metadata=dict(chat.request_metadata),
                                 performance_latency=chat.latency, has_images=bool(chat.images),
                                 service_tier=chat.service_tier)
@@ -300,7 +311,8 @@ class InvocationService:
                                   seed=seed)
         return self.inference.engine_request(target, sampling, request_id, messages=messages, prefix=prefix,
                                              json_schema=output_schema(chat),
-                                             cache_marks=marks if compat.honours_cache_points(self.compat) else ())
+                                             cache_marks=marks if compat.honours_cache_points(self.compat) else (),
+                                             images=chat.images)
 
     async def _converse_events(self, invocation: Invocation, chat: ChatRequest, request: GenerationRequest,
                                started: float, checked: list[dict[str, Any]] | None = None,
@@ -394,12 +406,13 @@ class InvocationService:
         self.inference.check_ready(target)
         source: dict[str, Any] = params.get("input") or {}
         if "converse" in source:
-            request = self._chat_request(target, parse_chat_request(source["converse"], target.model), request_id)
+            chat = parse_chat_request(source["converse"], target.model)
+            self.inference.check_images(target, chat.images)
+            request = self._chat_request(target, chat, request_id)
         elif "invokeModel" in source:
             native = parse_native_request(source["invokeModel"]["body"])
-            sampling = SamplingParams(temperature=native.temperature, top_p=native.top_p,
-                                      max_tokens=native.max_gen_len)
-            request = self.inference.engine_request(target, sampling, request_id, prompt=native.prompt)
+            self.inference.check_images(target, native.images)
+            request = self._native_request(target, native, request_id)
         else:
             raise ValidationException("The input field must contain exactly one of converse or invokeModel.")
         return await target.deployment.engine.count_tokens(request), target
