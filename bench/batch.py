@@ -136,7 +136,8 @@ def throughput(server: Server, records: int, tokens: int, concurrency: int) -> d
     online_rate, batch_rate = online_tokens / online_s, batch_tokens / batch_s
     return {"records": records, "max_gen_len": tokens, "concurrency": concurrency,
             "online_tokens_per_s": round(online_rate, 1), "batch_tokens_per_s": round(batch_rate, 1),
-            "ratio": round(batch_rate / online_rate, 3), "online_s": round(online_s, 1), "batch_s": round(batch_s, 1)}
+            "ratio": round(batch_rate / online_rate, 3), "online_s": round(online_s, 1), "batch_s": round(batch_s, 1),
+            "records_per_s_ratio": round(online_s / batch_s, 3)}
 
 
 def pickup(server: Server, tokens: int, trials: int = 5) -> dict[str, Any]:
