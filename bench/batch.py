@@ -11,7 +11,7 @@
    times and restarted; counts records lost and duplicated in the output (target 0 and 0).
 
 Usage: python bench/batch.py [--records 200] [--tokens 32] [--ttft-requests 30] [--kill-records 300] [--kills 5]
-       [--only throughput,pickup,ttft,kill]
+       [--only throughput,pickup,ttft,kill] [--batch-concurrency 4]
 Prints one JSON object. Run by hand; never a test.
 """
 
@@ -136,7 +136,8 @@ def throughput(server: Server, records: int, tokens: int, concurrency: int) -> d
     online_rate, batch_rate = online_tokens / online_s, batch_tokens / batch_s
     return {"records": records, "max_gen_len": tokens, "concurrency": concurrency,
             "online_tokens_per_s": round(online_rate, 1), "batch_tokens_per_s": round(batch_rate, 1),
-            "ratio": round(batch_rate / online_rate, 3), "online_s": round(online_s, 1), "batch_s": round(batch_s, 1)}
+            "ratio": round(batch_rate / online_rate, 3), "online_s": round(online_s, 1), "batch_s": round(batch_s, 1),
+            "records_per_s_ratio": round(online_s / batch_s, 3)}
 
 
 def pickup(server: Server, tokens: int, trials: int = 5) -> dict[str, Any]:
@@ -236,16 +237,17 @@ def main() -> None:
     parser.add_argument("--kill-records", type=int, default=300)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--only", default="throughput,pickup,ttft,kill")
+    parser.add_argument("--batch-concurrency", type=int, default=4, help="the server's batch_concurrency")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     result: dict[str, Any] = {"load_average": os.getloadavg()}
     if wanted & {"throughput", "pickup", "ttft"}:
         (work / "real").mkdir()
-        server = Server(work / "real" / "data")
+        server = Server(work / "real" / "data", f"batch_concurrency = {args.batch_concurrency}\n")
         try:
             server.client("s3").create_bucket(Bucket="bench")
-            concurrency = 4  # batch_concurrency's default
+            concurrency = args.batch_concurrency
             if "throughput" in wanted:
                 result["throughput"] = throughput(server, args.records, args.tokens, concurrency)
             if "pickup" in wanted:

@@ -66,7 +66,9 @@ class BatchJobSpec:
 
 @dataclass
 class RecordOutcome:
-    """A finished record: ``output`` is the exact JSON object of its ``.jsonl.out`` line."""
+    """A finished record: ``output`` is the exact JSON object of its ``.jsonl.out`` line. ``model_id``,
+    ``deployment`` and ``provisioned_arn`` (added after the first version, with defaults) say what ran it, for
+    billing; an executor that does not set them still works (the record is billed as unpriced)."""
 
     file: str
     line: int

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -263,24 +263,8 @@ class BatchStore(Store):
                 BatchResultRow.job_id == job_id, BatchResultRow.file == file).order_by(BatchResultRow.line))
             return [output for (output,) in rows]
 
-    def recount(self, job_id: str) -> None:
-        """Make the job's counters what its stored results say (they always agree; this is a safety net for
-        databases written by an interrupted older version)."""
-        with self.db.session(write=True) as session:
-            row = session.get(BatchJobRow, job_id)
-            if row is None:
-                return
-            counted = session.execute(select(func.count(), func.sum(BatchResultRow.ok.cast(Integer))).where(
-                BatchResultRow.job_id == job_id)).one()
-            row.processed = int(counted[0] or 0)
-            row.succeeded = int(counted[1] or 0)
-            row.errors = row.processed - row.succeeded
-
     def counts_by_status(self) -> dict[str, int]:
         with self.db.session() as session:
             rows = session.execute(select(BatchJobRow.status, func.count()).group_by(BatchJobRow.status))
             return {status: int(count) for status, count in rows}
 
-
-def with_status(job: BatchJob, status: str) -> BatchJob:
-    return replace(job, status=status)
