@@ -6,6 +6,7 @@ use-case operations."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -332,10 +333,16 @@ def test_profiles_and_tags_survive_a_restart(tmp_path_factory: pytest.TempPathFa
 # ---------------------------------------------------------------------------------------------------- Llama 4
 
 SCOUT = "meta.llama4-scout-17b-instruct-v1:0"
-PIXEL = bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360000002000154a24f5d"
-    "0000000049454e44ae426082"
-)
+def _pixel() -> bytes:
+    """A real one-pixel PNG (images are decoded and checked before any deployment sees them)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+PIXEL = _pixel()
 
 
 def test_llama_4_serves_through_its_profile_and_refuses_images_on_a_text_deployment(fake_server: Server) -> None:
