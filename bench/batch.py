@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--kill-records", type=int, default=300)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--only", default="throughput,pickup,ttft,kill")
-    parser.add_argument("--batch-concurrency", type=int, default=4, help="the server's batch_concurrency")
+    parser.add_argument("--batch-concurrency", type=int, default=2, help="the server's batch_concurrency")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
