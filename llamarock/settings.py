@@ -475,10 +475,11 @@ class Settings(BaseSettings):
         "instead. Required with the ray executor (docs/batch.md).",
     )
     batch_concurrency: int = Field(
-        default=4, ge=1, le=128,
+        default=2, ge=1, le=128,
         description="Records of one batch inference job run at once (local executor). Keep it below the "
         "deployment's `max_parallel` so that on-demand requests always find a free slot: batch records are admitted "
-        "behind every on-demand request, but a running record is not preempted.",
+        "behind every on-demand request, but a running record is not preempted, and on a CPU each running record "
+        "slows every decode step (bench/batch.py: online TTFT p95 x1.5 at 2, x4.8 at 4 on SmolLM2, 2 cores).",
     )
     batch_price_multiplier: Decimal = Field(
         default=Decimal("0.5"), ge=0,

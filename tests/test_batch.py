@@ -198,7 +198,7 @@ def test_missing_input_fails_the_job_with_a_message(bedrock: Any, bucket: str) -
 
 
 def test_stop_takes_effect_within_a_record(bedrock: Any, s3: Any, bucket: str) -> None:
-    # fake-slow takes about 3 s a record, 4 at a time: the job is stopped long before its 40 records are done
+    # fake-slow takes about 3 s a record, 2 at a time: the job is stopped long before its 40 records are done
     put_lines(s3, bucket, "slow/input.jsonl", [{"recordId": f"S{i}", "modelInput": native(f"n {i}")}
                                                for i in range(40)])
     arn = create(bedrock, bucket, "slow/input.jsonl", model=SLOW_MODEL)
