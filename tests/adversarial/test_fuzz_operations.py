@@ -126,8 +126,17 @@ native_body = st.fixed_dictionaries(
 )
 
 
-def _cap(body: Any) -> Any:
-    """Keep valid generations short: maxTokens / max_gen_len at most MAX_TOKENS."""
+def _cap(body: Any, top: bool = True) -> Any:
+    """Keep valid generations short: maxTokens / max_gen_len at most MAX_TOKENS, and given when the body leaves them
+    out (a body without them generates up to the model's default length: hundreds of tokens on the real engine, which
+    made one fuzzing run take minutes or seconds depending on its random draws)."""
+    if top and isinstance(body, dict):
+        if "prompt" in body:
+            body.setdefault("max_gen_len", MAX_TOKENS)
+        if "messages" in body:
+            config = body.setdefault("inferenceConfig", {})
+            if isinstance(config, dict):
+                config.setdefault("maxTokens", MAX_TOKENS)
     if isinstance(body, dict):
         config = body.get("inferenceConfig")
         if isinstance(config, dict) and isinstance(config.get("maxTokens"), int) and config["maxTokens"] > MAX_TOKENS:
@@ -135,10 +144,10 @@ def _cap(body: Any) -> Any:
         if isinstance(body.get("max_gen_len"), int) and body["max_gen_len"] > MAX_TOKENS:
             body["max_gen_len"] = MAX_TOKENS
         for value in body.values():
-            _cap(value)
+            _cap(value, False)
     elif isinstance(body, list):
         for value in body:
-            _cap(value)
+            _cap(value, False)
     return body
 
 
