@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import html
 import json
 import os
 import sqlite3
@@ -33,20 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 from conftest import DUMMY_CREDENTIALS, start_server, stop_server  # noqa: E402
+from kb_ingest import _file  # noqa: E402  (the same files as bench/kb_ingest.py)
 
 REGION = "us-west-2"
 EMBEDDING = f"arn:aws:bedrock:{REGION}::foundation-model/amazon.titan-embed-text-v2:0"
-
-
-def _file(i: int, title: str, body: str) -> tuple[str, bytes]:
-    kind = ("txt", "md", "html")[i % 3]
-    if kind == "txt":
-        return f"doc{i}.txt", f"{title}\n\n{body}\n".encode()
-    if kind == "md":
-        return f"doc{i}.md", f"# {title}\n\n{body}\n".encode()
-    page = f"<html><head><title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>"
-    return f"doc{i}.html", (page + f"<p>{html.escape(body)}</p></body></html>").encode()
 
 
 def _client(service: str, url: str) -> Any:

@@ -10,14 +10,6 @@ embedding service) and a vector store: the embedded SQLite one (``<data_dir>/kno
 stored in the embedded store, with a warning in the log); PostgreSQL with pgvector for ``RDS`` (``knowledge_rds_url``
 or ``knowledge_rds_urls``). Data sources are S3 prefixes (read from the blob store) or CUSTOM (documents sent inline
 with IngestKnowledgeBaseDocuments).
-
-Ingestion jobs run in this process, one task per job, and keep their state in the database: documents are handled
-in groups (their texts embedded in one batch), and a group's outcomes and the job's statistics are written in one
-transaction, so a server stopped mid-job resumes the job at start-up without counting or indexing any document twice
-(a document's chunks are replaced, never appended, so a group redone after a restart leaves no duplicates).
-Re-ingestion is incremental: a document whose content hash and metadata sidecar hash are those it was indexed with is
-left alone; changed ones are re-indexed and deleted ones removed. A document that cannot be read, parsed or embedded
-is counted in ``numberOfDocumentsFailed`` with its reason in ``failureReasons``; the job goes on.
 """
 
 from __future__ import annotations
