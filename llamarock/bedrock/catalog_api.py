@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from datetime import datetime
 from typing import Any
 
@@ -155,3 +156,25 @@ def page(items: list[dict[str, Any]], max_results: int | None, next_token: str |
     end = start + (max_results or default_size)
     token = base64.urlsafe_b64encode(f"{operation}:{end}".encode()).decode() if end < len(items) else None
     return items[start:end], token
+
+
+def offset_token(offset: int) -> str:
+    """The ``nextToken`` of a list paged in the store by offset (ListProvisionedModelThroughputs,
+    ListModelInvocationJobs): :func:`token_offset` reads it back."""
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def token_offset(token: str | None, operation: str) -> int:
+    """The offset an :func:`offset_token` stands for (0 without a token); ValidationException for any other token."""
+    if token is None:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        offset = None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValidationException(
+            f"The nextToken is invalid. Pass the nextToken of the previous {operation} response unchanged, or leave "
+            "it out to start from the first page."
+        )
+    return offset

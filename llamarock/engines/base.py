@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
+from llamarock.errors import EngineError
 from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest
 
 
@@ -53,3 +55,38 @@ class Engine(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release the model; no generation may run afterwards."""
+
+
+
+class ChunkRelay:
+    """Hands the chunks of one generation from the thread that produces them (a decode loop, a generate() worker) to
+    the event loop. :attr:`emit` is thread-safe; :meth:`chunks` yields them until the one that ends the generation,
+    turns a failure into :class:`EngineError`, and calls ``cancel`` when its caller leaves before the end. Made on the
+    event loop's thread."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
+
+        def emit(item: GenerationChunk | BaseException) -> None:
+            loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+        self.emit = emit
+
+    async def chunks(self, engine: str, cancel: Callable[[], None]) -> AsyncGenerator[GenerationChunk, None]:
+        ended = False
+        try:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, BaseException):
+                    ended = True
+                    if isinstance(item, EngineError):
+                        raise item
+                    raise EngineError(f"{engine} failed while generating: {item}") from item
+                ended = item.stop_reason is not None
+                yield item
+                if ended:
+                    return
+        finally:
+            if not ended:  # the caller left early
+                cancel()

@@ -9,6 +9,7 @@ never slows the loop: its tokens wait in its own queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -18,7 +19,7 @@ from typing import Any
 
 import llama_cpp
 
-from llamarock.engines.base import Engine
+from llamarock.engines.base import ChunkRelay, Engine
 from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig, check_grammar, common_prefix
 from llamarock.errors import (
     ContextOverflowError,
@@ -224,33 +225,22 @@ class LlamaCppEngine(Engine):
         grammar = None
         if request.json_schema is not None:
             grammar = await asyncio.to_thread(self._grammar, request.json_schema)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
+        relay = ChunkRelay()
+        job = Job(tokens, request.sampling, relay.emit, grammar, priority=request.priority, marks=marks)
+        decode = self._loop
+        decode.submit(job)
 
-        def emit(item: GenerationChunk | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        def cancel() -> None:  # the caller left early: the loop frees the sequence and its KV at its next step
+            job.cancelled.set()
+            decode.wake()
 
-        job = Job(tokens, request.sampling, emit, grammar, priority=request.priority, marks=marks)
-        self._loop.submit(job)
         self._active += 1
-        ended = False
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    ended = True
-                    if isinstance(item, EngineError):
-                        raise item
-                    raise EngineError(f"llama.cpp failed while generating: {item}") from item
-                ended = item.stop_reason is not None
-                yield item
-                if ended:
-                    return
+            async with contextlib.aclosing(relay.chunks("llama.cpp", cancel)) as chunks:
+                async for item in chunks:
+                    yield item
         finally:
             self._active -= 1
-            if not ended:  # the caller left early: the loop frees the sequence and its KV at its next step
-                job.cancelled.set()
-                self._loop.wake()
 
     async def close(self) -> None:
         self._ready = False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib
 import importlib.util
 import io
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamarock.engines.base import Engine
+from llamarock.engines.base import ChunkRelay, Engine
 from llamarock.engines.llama4_images import Llama4ImageSettings
 from llamarock.errors import (
     ContextOverflowError,
@@ -391,32 +392,17 @@ class TransformersEngine(Engine):
             raise EmptyPromptError()
         if prepared.text_tokens >= self.info.context_length:
             raise ContextOverflowError(prepared.text_tokens, self.info.context_length)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
-
-        def emit(item: GenerationChunk | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
+        relay = ChunkRelay()
         cancelled = threading.Event()
-        self._worker.submit(self._run, prepared, request.sampling, cancelled, emit)
+        self._worker.submit(self._run, prepared, request.sampling, cancelled, relay.emit)
         self._active += 1
-        ended = False
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    ended = True
-                    if isinstance(item, EngineError):
-                        raise item
-                    raise EngineError(f"transformers failed while generating: {item}") from item
-                ended = item.stop_reason is not None
-                yield item
-                if ended:
-                    return
+            # A caller that leaves early cancels: the stopping criterion ends generate() at its next step.
+            async with contextlib.aclosing(relay.chunks("transformers", cancelled.set)) as chunks:
+                async for item in chunks:
+                    yield item
         finally:
             self._active -= 1
-            if not ended:  # the caller left early: the stopping criterion ends generate() at its next step
-                cancelled.set()
 
     async def close(self) -> None:
         self._ready = False

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Any
 
-from llamarock.errors import ValidationException
+from llamarock.bedrock.catalog_api import offset_token, token_offset
 from llamarock.routes.control import ControlCall
 from llamarock.services.batch import BatchJob, BatchService, JobFilter
 
@@ -48,25 +45,6 @@ def _summary(service: BatchService, job: BatchJob) -> dict[str, Any]:
     return shown
 
 
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _offset(token: str | None) -> int:
-    if token is None:
-        return 0
-    try:
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        offset = None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValidationException(
-            "The nextToken is invalid. Pass the nextToken of the previous ListModelInvocationJobs response "
-            "unchanged, or leave it out to start from the first page."
-        )
-    return offset
-
-
 async def create_model_invocation_job(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     job = await _service(call).create(region=call.region, account=call.account_id, caller_arn=call.principal_arn,
                                       params=params)
@@ -80,7 +58,7 @@ async def get_model_invocation_job(call: ControlCall, params: dict[str, Any]) ->
 
 async def list_model_invocation_jobs(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     service = _service(call)
-    offset = _offset(params.get("nextToken"))
+    offset = token_offset(params.get("nextToken"), "ListModelInvocationJobs")
     limit = params.get("maxResults", 1000)
     jobs, more = await service.page(JobFilter(
         region=call.region,
@@ -94,7 +72,7 @@ async def list_model_invocation_jobs(call: ControlCall, params: dict[str, Any]) 
     ))
     output: dict[str, Any] = {"invocationJobSummaries": [_summary(service, job) for job in jobs]}
     if more:
-        output["nextToken"] = _page_token(offset + limit)
+        output["nextToken"] = offset_token(offset + limit)
     return output
 
 

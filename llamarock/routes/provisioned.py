@@ -3,12 +3,10 @@ ProvisionedModelThroughput."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from typing import Any
 
+from llamarock.bedrock.catalog_api import offset_token, token_offset
 from llamarock.codec.service_model import service_model
 from llamarock.errors import ValidationException
 from llamarock.routes.control import ControlCall
@@ -38,25 +36,6 @@ def _summary(model: ProvisionedModel) -> dict[str, Any]:
         shown["commitmentDuration"] = model.commitment
         shown["commitmentExpirationTime"] = model.commitment_expires_at
     return shown
-
-
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _offset(token: str | None) -> int:
-    if token is None:
-        return 0
-    try:
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        offset = None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValidationException(
-            "The nextToken is invalid. Pass the nextToken of the previous ListProvisionedModelThroughputs response "
-            "unchanged, or leave it out to start from the first page."
-        )
-    return offset
 
 
 def _check_name(member: str, name: str | None) -> None:
@@ -97,7 +76,7 @@ async def get_provisioned_model_throughput(call: ControlCall, params: dict[str, 
 
 
 async def list_provisioned_model_throughputs(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
-    offset = _offset(params.get("nextToken"))
+    offset = token_offset(params.get("nextToken"), "ListProvisionedModelThroughputs")
     limit = params.get("maxResults", 1000)
     models, more = await _service(call).page(ListFilter(
         region=call.region,
@@ -112,7 +91,7 @@ async def list_provisioned_model_throughputs(call: ControlCall, params: dict[str
     ))
     output: dict[str, Any] = {"provisionedModelSummaries": [_summary(m) for m in models]}
     if more:
-        output["nextToken"] = _page_token(offset + limit)
+        output["nextToken"] = offset_token(offset + limit)
     return output
 
 
