@@ -48,6 +48,20 @@ class CacheMark:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter to apply over the served model's weights for one request (a custom model).
+
+    ``key`` names it uniquely (the custom model's ARN): engines cache the loaded adapter, and key their prefix cache,
+    by it. ``path`` is the adapter in llama.cpp's GGUF LoRA format (an engine that loads Hugging Face weights may
+    take a peft folder instead); ``scale`` multiplies its effect (1.0: as trained).
+    """
+
+    key: str
+    path: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """What an engine is asked to generate.
 
@@ -60,7 +74,9 @@ class GenerationRequest:
     ``cache_marks`` are the points where the prompt's prefix should stay cached on its own (an engine without a
     prefix cache ignores them). ``images`` are the request's images (the encoded bytes of png, jpeg, gif or webp
     files, already checked by the Bedrock layer), in the order of the ``<|image|>`` placeholders in the prompt or
-    messages; only an engine whose ``EngineInfo.supports_images`` is true is given any.
+    messages; only an engine whose ``EngineInfo.supports_images`` is true is given any. ``adapter``, when set, is a
+    LoRA adapter (a custom model) the engine applies over its weights for this request only; an engine that cannot
+    raises EngineError saying so.
     """
 
     sampling: SamplingParams
@@ -72,6 +88,7 @@ class GenerationRequest:
     priority: int = 0
     cache_marks: tuple[CacheMark, ...] = ()
     images: tuple[bytes, ...] = ()
+    adapter: Adapter | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
