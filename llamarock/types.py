@@ -70,7 +70,9 @@ class GenerationRequest:
     ``assistant_prefix`` is text the assistant turn already starts with (a prefilled answer). ``json_schema``, when
     set, constrains the output to one JSON document valid against it (constrained decoding). ``priority``
     orders admission: a waiting request with a higher priority gets the next free slot first (latency-optimized
-    and provisioned-throughput traffic ahead of standard on-demand traffic); equal priorities keep arrival order.
+    and provisioned-throughput traffic ahead of standard on-demand traffic); equal priorities keep arrival order. A
+    negative priority marks background work (flex-tier requests, batch job records): an engine that batches gives
+    the foreground's prompts precedence over it and keeps its steps small.
     ``cache_marks`` are the points where the prompt's prefix should stay cached on its own (an engine without a
     prefix cache ignores them). ``images`` are the request's images (the encoded bytes of png, jpeg, gif or webp
     files, already checked by the Bedrock layer), in the order of the ``<|image|>`` placeholders in the prompt or

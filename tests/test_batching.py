@@ -185,6 +185,42 @@ def test_a_new_short_prompt_is_prefilled_in_a_step_of_its_own(monkeypatch: pytes
         asyncio.run(engine.close())
 
 
+def test_background_work_prefills_in_small_steps_and_gives_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A negative priority (batch records, the flex tier) is background work: its prompt goes in at most
+    ``background_chunk`` tokens a step, and a foreground prompt that arrives is prefilled in a step of its own."""
+    engine = _engine(slots=4, background_chunk=32)
+    steps: list[tuple[set[int], int]] = []
+    original = decode_loop.llama_cpp.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        n = int(batch.n_tokens)
+        steps.append(({int(batch.seq_id[i][0]) for i in range(n)}, n))
+        return int(original(ctx, batch))
+
+    monkeypatch.setattr(decode_loop.llama_cpp, "llama_decode", recording)
+    long_prompt = "The committee discussed the budget in great detail. " * 60
+
+    async def run() -> None:
+        background = GenerationRequest(sampling=SamplingParams(temperature=0.0, max_tokens=2), prompt=long_prompt,
+                                       priority=-2)
+        pending = asyncio.ensure_future(_collect(engine, background))
+        while not steps:
+            await asyncio.sleep(0.001)
+        first = await _collect(engine, _request("The capital of France is", max_tokens=2))
+        assert _text(first)
+        assert not pending.done()  # ~600 prompt tokens at 32 a step: still prefilling
+        await pending
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(engine.close())
+    background_id = next(iter(steps[0][0]))
+    assert all(n <= 32 for ids, n in steps if ids == {background_id})
+    foreground = next(i for i, (ids, _) in enumerate(steps) if ids != {background_id})
+    assert background_id not in steps[foreground][0]  # its prompt went in alone
+
+
 def _prioritised(prompt: str) -> GenerationRequest:
     return GenerationRequest(sampling=SamplingParams(temperature=0.0, max_tokens=4), prompt=prompt, priority=1)
 

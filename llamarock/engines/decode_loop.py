@@ -72,6 +72,7 @@ class LlamaCppConfig:
     prefix_cache_tokens: int | None = None  # host-memory budget of the prefix cache; None: half of the KV cells
     cache_slots: int = 8  # finished sequences kept in the KV cache (the rest go to host memory)
     n_batch: int = 512
+    background_chunk: int = 64  # prompt tokens of background work (negative priority) prefilled per step
 
     def cells(self, window: int) -> int:
         """The KV cells of a loop whose requests may use ``window`` tokens each."""
@@ -531,6 +532,11 @@ class DecodeLoop:
         prefill chunk get a llama_decode of their own just before, so a new request's first token comes after that
         short step rather than after a full batch step; the decode step that follows then prefills only what is
         left of the chunk budget, so running streams still wait at most one chunk's worth of prefill per token.
+
+        Background work (a negative priority: flex-tier requests, batch job records) gives way: foreground prompts
+        are prefilled first; a background prompt is prefilled only while no foreground prompt waits for its
+        prefill, and at most ``background_chunk`` of its tokens per step, so that a foreground request arriving
+        finds at most a small step in flight. Every running sequence still decodes a token each step.
         """
         stuck = [s for s in self.active if s.last_token is None and s.prefilled >= len(s.job.tokens)]
         for sequence in stuck:  # no prompt token left to decode and no token sampled: it could never progress
@@ -538,21 +544,28 @@ class DecodeLoop:
         if not self.active:
             return
         room = self.config.n_batch
+        pending = sorted((s for s in self.active if s.last_token is None), key=lambda s: -s.job.priority)
+        if pending and pending[0].job.priority >= 0:
+            pending = [s for s in pending if s.job.priority >= 0]
+        elif pending:
+            room = self.config.background_chunk
         if any(s.last_token is not None for s in self.active):
-            room = self.config.prefill_chunk
+            room = min(room, self.config.prefill_chunk)
             short: list[_Sequence] = []
             left = room
-            for sequence in self.active:
+            for sequence in pending:
                 rest = len(sequence.job.tokens) - sequence.prefilled
-                if sequence.last_token is None and 0 < rest <= left:
+                if 0 < rest <= left:
                     short.append(sequence)
                     left -= rest
             if short:
                 if not self._decode([], short, room - left):
                     return
                 room = left
+                alive = {id(s) for s in self.active}
+                pending = [s for s in pending if s.last_token is None and id(s) in alive]
         decoding = [s for s in self.active if s.last_token is not None]
-        self._decode(decoding, [s for s in self.active if s.last_token is None], room)
+        self._decode(decoding, pending, room)
 
     def _decode(self, decoding: list[_Sequence], prefilling: list[_Sequence], room: int) -> bool:
         """One llama_decode: the next token of each of ``decoding`` and up to ``room`` tokens of the prompts of
