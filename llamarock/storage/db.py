@@ -8,12 +8,15 @@ provisioned models); each CLI command opens its own. What one process writes the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy import exc as sql_errors
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -48,9 +51,63 @@ def open_engine(url: str) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
-    add_missing_columns(engine)
+    migrate(engine)
     return engine
+
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for the migrations in ``storage/migrations``, run on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest schema: Alembic's migrations (a new database gets every table from them).
+
+    A database an older llamarock made before migrations existed (tables, no ``alembic_version``) is brought up to
+    date as it was then (missing tables, nullable columns and indexes added) and stamped as at the newest revision.
+    One process at a time (PostgreSQL: an advisory lock; SQLite: a lock file beside the database), so gateways or
+    commands starting together migrate once.
+    """
+    with _migration_lock(engine):
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(746162)"))  # any fixed key
+            inspector = inspect(connection)
+            config = alembic_config(connection)
+            legacy = bool(inspector.get_table_names()) and not inspector.has_table("alembic_version")
+            if legacy:
+                from llamarock.storage.schema import metadata
+
+                metadata().create_all(connection)
+                command.stamp(config, "head")
+            else:
+                command.upgrade(config, "head")
+        if legacy:
+            add_missing_columns(engine)
+            with engine.begin() as connection:
+                for table in Base.metadata.sorted_tables:
+                    for index in table.indexes:
+                        index.create(connection, checkfirst=True)
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def add_missing_columns(engine: Engine) -> None:

@@ -1,0 +1,26 @@
+"""Every table of the metadata database, in one ``MetaData``: the modules that define them are imported here, so
+that migrations (``storage/migrations``) and their check see the whole schema."""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+
+
+def metadata() -> MetaData:
+    """``Base.metadata`` with every table module imported."""
+    from llamarock.storage import (  # noqa: F401  (imported for their tables)
+        batch,
+        custom_models,
+        guardrails,
+        keys,
+        knowledge,
+        logging_config,
+        model_access,
+        profiles,
+        provisioned,
+        tags,
+        usage,
+    )
+    from llamarock.storage.db import Base
+
+    return Base.metadata
