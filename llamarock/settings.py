@@ -330,6 +330,13 @@ class Settings(BaseSettings):
         description="AWS account id the server answers as: in principal ARNs (arn:aws:iam::<account>:user/<name>) "
         "and inference-profile ARNs.",
     )
+    shared_quotas: bool | None = Field(
+        default=None,
+        description="Count requests and tokens per minute of API keys (default_rpm/default_tpm and per-key limits) in "
+        "the metadata database, so that every server on it shares one exact count; empty means on when database_url "
+        "names a server database (PostgreSQL: several gateways) and off for the default SQLite file (one server, "
+        "counted in memory).",
+    )
     default_rpm: int | None = Field(
         default=None, ge=1, description="Requests per minute per principal and model; empty means unlimited. "
         "`keys create --rpm` overrides it for one principal.",

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from llamarock.settings import load_settings
 
@@ -80,6 +81,12 @@ def test_gateway_runs_enforced_auth_on_the_database_secret() -> None:
     assert secret["stringData"]["url"].startswith("postgresql+psycopg://llamarock:")
     assert "LLAMAROCK_BLOB_STORE_URL" not in env
     assert not of_kind(docs, "HorizontalPodAutoscaler") and gateway["spec"]["replicas"] == 1
+    # Every gateway pod mounts the one key that encrypts stored API-key secrets (a valid Fernet key).
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["secret-key"]["mountPath"] == "/var/lib/llamarock/secret.key"
+    volume = next(v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "secret-key")
+    key = next(s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == volume["secret"]["secretName"])
+    Fernet(key["stringData"]["secret.key"].encode())
     database = next(s for s in of_kind(docs, "StatefulSet") if s["metadata"]["name"].endswith("postgresql"))
     assert database["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
 

@@ -57,7 +57,9 @@ def test_a_new_sqlite_database_gets_exactly_the_tables_in_code(tmp_path: Path) -
     database = Database.at(tmp_path)
     assert_at_head_and_matching(database)
     database.close()
-    assert_at_head_and_matching(Database.at(tmp_path))  # opening it again changes nothing
+    again = Database.at(tmp_path)
+    assert_at_head_and_matching(again)  # opening it again changes nothing
+    again.close()
 
 
 def test_a_new_postgresql_database_gets_exactly_the_tables_in_code(pg_url: str) -> None:
@@ -85,6 +87,7 @@ def test_a_database_from_before_migrations_is_brought_up_to_date_with_its_rows(t
     assert TagStore(database).tags("arn:aws:bedrock:us-east-1:123456789012:x/y") == (("k", "v"),)
     columns = {c["name"] for c in inspect(database.engine).get_columns("provisioned_models")}
     assert "deleted_at" in columns
+    database.close()
 
 
 def test_processes_opening_a_new_database_together_migrate_it_once(tmp_path: Path) -> None:
@@ -95,4 +98,6 @@ def test_processes_opening_a_new_database_together_migrate_it_once(tmp_path: Pat
                  for _ in range(3)]
     errors = [process.communicate(timeout=120)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], errors
-    assert_at_head_and_matching(Database(url))
+    database = Database(url)
+    assert_at_head_and_matching(database)
+    database.close()

@@ -9,6 +9,8 @@ records, so quotas count exactly what the response stated), or given back whole 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from llamarock.observability.logs import log_access
 from llamarock.observability.records import InvocationRecord
 from llamarock.settings import Settings
 from llamarock.storage.keys import KeyStore
+from llamarock.storage.quotas import QuotaBucketStore
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,10 @@ class Gate:
         self.settings = settings
         self.store = keys
         self.authenticator = Authenticator(settings, keys)
-        self.quotas = Quotas()
+        shared = settings.shared_quotas
+        if shared is None:
+            shared = bool(settings.database_url) and not str(settings.database_url).startswith("sqlite")
+        self.quotas = Quotas(store=QuotaBucketStore(keys.db) if shared else None)
         self.audit_log = AuditLog(
             settings.data_dir / "logs" / "audit.jsonl", settings.audit_log_max_bytes, settings.audit_log_backups
         )
@@ -131,7 +137,8 @@ class Gate:
             return
         context.decision = "throttled"
         tokens = request_estimate(context.body) if principal.tpm and operation.invocation else 0
-        reservation = self.quotas.admit(principal.name, quota_model, principal.rpm, principal.tpm, tokens)
+        admit = functools.partial(self.quotas.admit, principal.name, quota_model, principal.rpm, principal.tpm, tokens)
+        reservation = await asyncio.to_thread(admit) if self.quotas.shared else admit()
         context.decision = "allow"
         context.quota = reservation
         if reservation.bucket is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from llamarock.budget import TokenBucket, estimate_tokens
 from llamarock.errors import ThrottlingException
+from llamarock.storage.quotas import BucketKey, QuotaBucketStore
 from llamarock.types import DEFAULT_MAX_TOKENS as DEFAULT_MAX_GEN_LEN
 
 TOO_MANY_REQUESTS = "Too many requests, please wait before trying again."
@@ -36,11 +37,25 @@ class QuotaUse:
     tpm_used: int
 
 
+class SharedBucket:
+    """A bucket kept in the metadata database (``shared_quotas``): the same take and give-back as
+    :class:`TokenBucket`, shared exactly by every server on that database."""
+
+    def __init__(self, store: QuotaBucketStore, key: BucketKey, clock: Callable[[], float]) -> None:
+        self.store, self.key, self._clock = store, key, clock
+
+    def take(self, amount: float) -> bool:
+        return self.store.take(self.key, amount, self._clock())
+
+    def give_back(self, amount: float) -> None:
+        self.store.give_back(self.key, amount, self._clock())
+
+
 @dataclass
 class Reservation:
     """Tokens held for one request; ``settle`` with the real count once it is known (only the first call counts)."""
 
-    bucket: TokenBucket | None
+    bucket: TokenBucket | SharedBucket | None
     reserved: int
     settled: bool = field(default=False)
 
@@ -53,13 +68,20 @@ class Reservation:
 
 
 class Quotas:
-    """All buckets of one server process."""
+    """All buckets of one server process, or, given a ``store``, of every server on its metadata database."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] | None = None, store: QuotaBucketStore | None = None) -> None:
+        self._clock = clock or (time.time if store is not None else time.monotonic)
         self._buckets: dict[tuple[str, str, str, int], TokenBucket] = {}
+        self.store = store
 
-    def _bucket(self, principal: str, model: str, kind: str, limit: int) -> TokenBucket:
+    @property
+    def shared(self) -> bool:
+        return self.store is not None
+
+    def _bucket(self, principal: str, model: str, kind: str, limit: int) -> TokenBucket | SharedBucket:
+        if self.store is not None:
+            return SharedBucket(self.store, BucketKey(principal, model, kind, limit), self._clock)
         key = (principal, model, kind, limit)
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -76,21 +98,30 @@ class Quotas:
     def usage(self) -> list[QuotaUse]:
         """Limits and use per principal and model, for every pair that has been limited since the server started.
 
-        A principal whose limit changed has one bucket per limit: the one used last is its current one.
+        A principal whose limit changed has one bucket per limit: the one used last is its current one. Shared
+        quotas: every pair limited on any server of the database.
         """
-        latest: dict[tuple[str, str, str], tuple[int, TokenBucket]] = {}
-        for (principal, model, kind, limit), bucket in self._buckets.items():
-            key = (principal, model, kind)
-            if key not in latest or bucket.last_used >= latest[key][1].last_used:
-                latest[key] = (limit, bucket)
+        buckets: list[tuple[tuple[str, str, str], int, float, int]] = []  # (pair and kind, limit, last used, used)
+        if self.store is not None:
+            for state in self.store.states(self._clock()):
+                bucket_key = state.key
+                buckets.append(((bucket_key.principal, bucket_key.model, bucket_key.kind), bucket_key.per_minute,
+                                state.last_used, state.used))
+        else:
+            for (principal, model, kind, limit), bucket in self._buckets.items():
+                buckets.append(((principal, model, kind), limit, bucket.last_used, bucket.used()))
+        latest: dict[tuple[str, str, str], tuple[int, float, int]] = {}
+        for key, limit, last_used, used in buckets:
+            if key not in latest or last_used >= latest[key][1]:
+                latest[key] = (limit, last_used, used)
         pairs = sorted({(principal, model) for principal, model, _ in latest})
         rows = []
         for principal, model in pairs:
             rpm = latest.get((principal, model, "rpm"))
             tpm = latest.get((principal, model, "tpm"))
             rows.append(QuotaUse(
-                principal, model, rpm[0] if rpm else None, rpm[1].used() if rpm else 0,
-                tpm[0] if tpm else None, tpm[1].used() if tpm else 0,
+                principal, model, rpm[0] if rpm else None, rpm[2] if rpm else 0,
+                tpm[0] if tpm else None, tpm[2] if tpm else 0,
             ))
         return rows
 

@@ -18,6 +18,7 @@ def metadata() -> MetaData:
         model_access,
         profiles,
         provisioned,
+        quotas,
         tags,
         usage,
     )
