@@ -227,6 +227,24 @@ class RemoteEngine(Engine):
             raise ReplicaFailure(f"{method} {path}: HTTP {response.status_code}: {response.text[:200]}")
         return response.json()
 
+    async def call_any(self, path: str, body: dict[str, Any]) -> Any:
+        """A small POST (tokenize, apply a template) to any healthy replica, the next one on failure."""
+        tried: list[Replica] = []
+        last: Exception | None = None
+        while (replica := self.router.pick_any(exclude=tried)) is not None:
+            try:
+                return await self.call(replica, "POST", path, body)
+            except ReplicaFailure as exc:
+                self.router.failed(replica, exc.reason, dead=exc.dead)
+                last = exc
+            except (ReplicaBusy, ValueError) as exc:
+                last = exc
+            tried.append(replica)
+        if last is None:
+            raise ReplicaUnavailableError(f"no replica of {self.name} is available: "
+                                          + "; ".join(f"{r.url}: {r.state()}" for r in self.router.replicas))
+        raise EngineError(f"{self.name}: no replica could answer {path}: {last}")
+
     @contextlib.asynccontextmanager
     async def open_stream(self, replica: Replica, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
         """POST a streaming request to a replica; 429/503 raise :class:`ReplicaBusy`, other errors
@@ -376,7 +394,7 @@ class RemoteEngine(Engine):
                 if wait is not None or busy is not None:
                     raise ReplicaThrottledError(
                         f"every replica of {self.name} is busy", retry_after_s=wait or DEFAULT_RETRY_AFTER_S,
-                        status=busy.status if busy else 429)
+                        status=busy.status if busy else self.router.throttled_status())
                 raise ReplicaUnavailableError(f"no replica of {self.name} is available: "
                                               + "; ".join(f"{r.url}: {r.state()}" for r in self.router.replicas))
             attempt += 1
@@ -430,7 +448,7 @@ class RemoteEngine(Engine):
                                 return
             except ReplicaBusy as exc:
                 busy = exc
-                self.router.throttled(replica, exc.retry_after_s)
+                self.router.throttled(replica, exc.retry_after_s, exc.status)
                 log.info("replica %s of %s is busy (HTTP %d, Retry-After %.1fs)", replica.url, self.name,
                          exc.status, exc.retry_after_s)
             except ReplicaFailure as exc:

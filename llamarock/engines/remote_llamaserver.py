@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from llamarock.engines.remote import Piece, Prompt, RemoteEngine, ReplicaFailure, sampling_body, sse_events
+from llamarock.engines.remote import Piece, Prompt, RemoteEngine, sampling_body, sse_events
 from llamarock.engines.router import Replica
 from llamarock.errors import EngineError
 from llamarock.types import GenerationRequest
@@ -56,24 +56,6 @@ class LlamaServerEngine(RemoteEngine):
                                          timeout=self.config.policy.health_timeout_s)
         return response.status_code == 200
 
-    async def _on_any(self, path: str, body: dict[str, Any]) -> Any:
-        """A small call to whichever replica is routable (tokenize, apply-template), trying the next on failure."""
-        tried: list[Replica] = []
-        last: Exception | None = None
-        for _ in range(len(self.router.replicas)):
-            replica = self.router.pick(None, exclude=tried)
-            if replica is None or replica in tried:
-                break
-            try:
-                return await self.call(replica, "POST", path, body)
-            except ReplicaFailure as exc:
-                self.router.failed(replica, exc.reason, dead=exc.dead)
-                last = exc
-            except Exception as exc:  # busy or unreadable: try the next
-                last = exc
-            tried.append(replica)
-        raise EngineError(f"{self.name}: no replica could {path[1:]}: {last}")
-
     async def _prepare(self, request: GenerationRequest) -> Prompt:
         if request.images:
             raise EngineError(f"deployment {self.name}: the llama-server dialect sends no images; serve vision "
@@ -82,9 +64,9 @@ class LlamaServerEngine(RemoteEngine):
             text = request.prompt
         else:
             messages = [{"role": m.role, "content": m.content} for m in request.messages or ()]
-            text = (await self._on_any("/apply-template", {"messages": messages}))["prompt"]
+            text = (await self.call_any("/apply-template", {"messages": messages}))["prompt"]
             text += request.assistant_prefix
-        tokens = list((await self._on_any("/tokenize", {"content": text, "add_special": True,
+        tokens = list((await self.call_any("/tokenize", {"content": text, "add_special": True,
                                                         "parse_special": True}))["tokens"])
         if len(tokens) >= 2 and tokens[0] == tokens[1] == self._bos:
             tokens = tokens[1:]

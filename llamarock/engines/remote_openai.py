@@ -135,27 +135,10 @@ class OpenAIEngine(RemoteEngine):
     async def _tokens(self, text: str) -> list[int]:
         body = {"model": self._model, "prompt": text, "add_special_tokens": True, "content": text,
                 "add_special": True, "parse_special": True}
-        tokens = list((await self._any("/tokenize", body))["tokens"])
+        tokens = list((await self.call_any("/tokenize", body))["tokens"])
         if len(tokens) >= 2 and tokens[0] == tokens[1] == self._bos:
             tokens = tokens[1:]
         return tokens
-
-    async def _any(self, path: str, body: dict[str, Any]) -> Any:
-        tried: list[Replica] = []
-        last: Exception | None = None
-        for _ in range(len(self.router.replicas)):
-            replica = self.router.pick(None, exclude=tried)
-            if replica is None or replica in tried:
-                break
-            try:
-                return await self.call(replica, "POST", path, body)
-            except ReplicaFailure as exc:
-                self.router.failed(replica, exc.reason, dead=exc.dead)
-                last = exc
-            except ReplicaBusy as exc:
-                last = exc
-            tried.append(replica)
-        raise EngineError(f"{self.name}: no replica could answer {path}: {last}")
 
     async def _prepare(self, request: GenerationRequest) -> Prompt:
         if request.prompt is not None:
@@ -167,7 +150,7 @@ class OpenAIEngine(RemoteEngine):
             return Prompt(count=count, text=request.prompt)
         if self._apply_template and self._tokenize and not request.images:
             plain = [{"role": m.role, "content": m.content} for m in request.messages or ()]
-            text = (await self._any("/apply-template", {"messages": plain}))["prompt"] + request.assistant_prefix
+            text = (await self.call_any("/apply-template", {"messages": plain}))["prompt"] + request.assistant_prefix
             tokens = await self._tokens(text)
             return Prompt(count=len(tokens), tokens=tokens)
         messages = chat_messages(request)
@@ -176,7 +159,7 @@ class OpenAIEngine(RemoteEngine):
             body.update(add_generation_prompt=False, continue_final_message=True)
         if self._tokenize and not request.images:
             try:
-                found = await self._any("/tokenize", {"model": self._model, **body})
+                found = await self.call_any("/tokenize", {"model": self._model, **body})
                 if "count" in found:  # vLLM's and SGLang's take messages; others ignore them
                     return Prompt(count=int(found["count"]), messages=messages)
             except EngineError:
@@ -185,7 +168,7 @@ class OpenAIEngine(RemoteEngine):
 
     async def _usage_count(self, path: str, body: dict[str, Any]) -> int:
         """The replica's prompt count of a request: one generated token, ``usage.prompt_tokens``."""
-        answer = await self._any(path, {"model": self._model, **body, "max_tokens": 1, "temperature": 0})
+        answer = await self.call_any(path, {"model": self._model, **body, "max_tokens": 1, "temperature": 0})
         return int((answer.get("usage") or {}).get("prompt_tokens") or 0)
 
     async def _stream(self, replica: Replica, request: GenerationRequest, prompt: Prompt, done_tokens: list[int],
@@ -247,4 +230,4 @@ class OpenAIEngine(RemoteEngine):
     async def _tokens_of_text(self, text: str) -> list[int]:
         body = {"model": self._model, "prompt": text, "add_special_tokens": False, "content": text,
                 "add_special": False, "parse_special": False}
-        return list((await self._any("/tokenize", body))["tokens"])
+        return list((await self.call_any("/tokenize", body))["tokens"])

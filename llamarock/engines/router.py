@@ -74,6 +74,7 @@ class Replica:
     healthy: bool = True                 # the last active check (or the last request) found it answering
     ejected_until: float = 0.0           # passive ejection / open breaker: no request before this (monotonic)
     throttled_until: float = 0.0         # Retry-After from a 429/503
+    throttle_status: int = 429           # which of the two it answered
     consecutive_failures: int = 0
     open_for_s: float = 0.0              # the breaker's current open period (0: closed)
     trial: bool = False                  # half-open: one trial request in flight
@@ -183,6 +184,16 @@ class Router:
                 break
         return fallback
 
+    def pick_any(self, exclude: Sequence[Replica] = ()) -> Replica | None:
+        """A replica for a small call that generates nothing (tokenize, apply a template): any healthy one not
+        ejected, throttled or not, round-robin, skipping ``exclude``."""
+        now = time.monotonic()
+        candidates = [r for r in self.replicas if r.healthy and r.ejected_until <= now and r not in exclude]
+        if not candidates:
+            return None
+        self._rr += 1
+        return candidates[self._rr % len(candidates)]
+
     def retry_after(self) -> float | None:
         """Seconds until a throttled replica takes requests again, when every healthy replica is throttled."""
         now = time.monotonic()
@@ -228,9 +239,16 @@ class Router:
             replica.ejected_until = now + replica.open_for_s
             log.warning("replica %s ejected for %.1fs: %s", replica.url, replica.open_for_s, reason)
 
-    def throttled(self, replica: Replica, retry_after_s: float) -> None:
+    def throttled(self, replica: Replica, retry_after_s: float, status: int = 429) -> None:
         """The replica answered 429/503 with (or without) Retry-After: leave it alone that long."""
         replica.throttled_until = time.monotonic() + max(0.0, retry_after_s)
+        replica.throttle_status = status
+
+    def throttled_status(self) -> int:
+        """429 when any replica still inside its Retry-After answered 429 (at capacity), else 503 (unavailable)."""
+        now = time.monotonic()
+        statuses = {r.throttle_status for r in self.replicas if r.throttled_until > now}
+        return 429 if 429 in statuses or not statuses else 503
 
     # -- active health checks ---------------------------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ def _state(deployment: Deployment) -> dict[str, object]:
         return {"status": "failed", "error": deployment.error}
     if not deployment.engine.ready:
         return {"status": "loading"}
-    return {"status": "ready", **deployment.engine.stats()}
+    state: dict[str, object] = {"status": "ready", **deployment.engine.stats()}
+    if deployment.capabilities is not None:  # a remote deployment: what its replicas offer, and their states
+        state["capabilities"] = deployment.capabilities
+    return state
 
 
 def _embedding_state(deployment: EmbeddingDeployment) -> dict[str, object]:

@@ -7,6 +7,7 @@ patterns over the catalog ids, loaded once at start-up and shared by every model
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from llamarock.engines.remote_llamaserver import LlamaServerEngine
 from llamarock.engines.remote_openai import OpenAIEngine
 from llamarock.engines.router import Endpoint, RouterPolicy
 from llamarock.engines.transformers import TransformersConfig, TransformersEngine
-from llamarock.errors import DeploymentConfigError
+from llamarock.errors import DeploymentConfigError, EngineError
 from llamarock.settings import DeploymentSettings, RemoteEndpointSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,32 @@ class Deployment:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def capabilities(self) -> dict[str, object] | None:
+        """A remote deployment's probed capabilities (dialect, context, chat format, images, tools, tokenizer);
+        None for in-process engines."""
+        if isinstance(self.engine, RemoteEngine):
+            return self.engine.capabilities()
+        return None
+
+    async def probe(self, timeout_s: float = 5.0) -> dict[str, object] | None:
+        """Probe a remote deployment's replicas now (``llamarock models``): its capabilities, or ``{"error": ...}``
+        when none answers within ``timeout_s``; None for in-process engines."""
+        if not isinstance(self.engine, RemoteEngine):
+            return None
+        engine = self.engine
+        engine.config = dataclasses.replace(engine.config, load_timeout_s=timeout_s)
+        try:
+            await engine.load()
+        except EngineError as exc:
+            return {"error": str(exc)}
+        try:
+            return {**engine.capabilities(), "replicas": [
+                {"url": r.url, "state": r.state(), **({"error": r.last_error} if not r.capabilities else {})}
+                for r in engine.router.replicas]}
+        finally:
+            await engine.close()
 
 
 def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine, str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -341,7 +342,7 @@ class InferenceService:
             raise ModelNotReadyException(f"Model {target.model.model_id} is not ready for inference yet.") from exc
         except ReplicaThrottledError as exc:  # remote replicas answered 429/503 (engines/remote.py)
             message = (f"Deployment {target.deployment.name} serving {target.model.model_id} is at capacity: {exc}. "
-                       f"Retry after about {max(1, round(exc.retry_after_s))} seconds.")
+                       f"Retry after about {max(1, math.ceil(exc.retry_after_s))} seconds.")
             if exc.status == 503:
                 raise ServiceUnavailableException(message) from exc
             raise ThrottlingException(message) from exc
