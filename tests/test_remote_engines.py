@@ -269,16 +269,19 @@ def test_sigkill_one_replica_under_load_loses_no_request_and_the_stream_resumes_
         except Exception as exc:
             results[f"load{index}"] = exc
 
-    thread = threading.Thread(target=watched)
-    thread.start()
-    assert started.wait(60)
-    serving = [r["url"] for r in _deployment_state(gateway)["replicas"] if r["in_flight"]]
-    assert len(serving) == 1  # the watched stream, alone so far
-    victim = next(r for r in replicas if r.url == serving[0])
     threads = [threading.Thread(target=load, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    thread = threading.Thread(target=watched)
+    thread.start()
+    assert started.wait(60)
+    # The replica generating the watched stream, by its own slots: the only one with more than the load's 64 tokens
+    # left to generate.
+    victims = [r for r in replicas
+               if any(slot["is_processing"] and slot["next_token"][0]["n_remain"] > 64
+                      for slot in r.get("/slots"))]  # type: ignore[union-attr]
+    assert len(victims) == 1
+    victim = victims[0]
     victim.kill()
     for t in [thread, *threads]:
         t.join(120)
@@ -353,3 +356,24 @@ def test_llamarock_models_shows_remote_capabilities(gateway: Server, replicas: l
     assert row["engine"] == "llama-server"
     assert row["capabilities"]["context_length"] == 8192 // 8
     assert row["capabilities"]["replicas"] == [{"url": replicas[0].url, "state": "up"}]
+
+
+def test_prefix_affinity_is_sticky_but_a_hot_prefix_spreads_under_bounded_load() -> None:
+    from llamarock.engines.router import Endpoint, Router, RouterPolicy, affinity_key
+
+    router = Router([Endpoint(f"http://10.0.0.{i}:8000") for i in range(4)], RouterPolicy(load_factor=1.25))
+    keys = [affinity_key(list(range(p, p + 100)), "", 64) for p in range(8)]
+    homes = [router.pick(key) for key in keys]
+    assert homes == [router.pick(key) for key in keys]  # idle: the same prefix always lands on the same replica
+    assert len({id(r) for r in homes}) > 1  # and different prefixes on different replicas
+    hot = keys[0]
+    held = []
+    for _ in range(12):  # one hot prefix, 12 requests in flight at once
+        replica = router.pick(hot)
+        assert replica is not None
+        replica.in_flight += 1
+        held.append(replica)
+    per_replica = sorted(sum(1 for r in held if r is x) for x in router.replicas)
+    assert per_replica[-1] <= 4  # the bound: ceil(1.25 × 12 / 4) = 4 at most on any one replica
+    assert sum(1 for n in per_replica if n) >= 3
+    assert held[0] is homes[0]
