@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -193,6 +194,9 @@ def test_capabilities_are_probed_and_shown_in_healthz(gateway: Server, replicas:
     assert all(r["state"] == "up" for r in state["replicas"])
     assert state["replicas"][0]["capabilities"]["slots"] == 8
     assert _deployment_state(gateway, "unavailable")["capabilities"]["model"] == "busy-model"
+    with urllib.request.urlopen(gateway.url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'llamarock_engine_replicas_routable{deployment="replicas"} 2.0' in metrics
 
 
 def test_converse_stream_and_invoke_model_on_remote_replicas(gateway: Server) -> None:

@@ -279,10 +279,14 @@ class RemoteEngine(Engine):
             raise EngineNotReadyError(f"{self.name} has not reached any of its replicas yet")
         return self._info
 
-    def stats(self) -> dict[str, Any]:  # the replicas (a list) beside the counters
-        base: dict[str, Any] = dict(super().stats())
-        base.update(retried=self._retried, resumed=self._resumed, replicas=self.router.describe())
+    def stats(self) -> dict[str, int]:
+        base = super().stats()
+        base.update(retried=self._retried, resumed=self._resumed, replicas_routable=len(self.router.routable()))
         return base
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """Each replica's state, counters and probed capabilities (for /healthz)."""
+        return self.router.describe()
 
     def capabilities(self) -> dict[str, Any]:
         """What the replicas were found to offer (EngineInfo.details, typed)."""

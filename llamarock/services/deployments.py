@@ -75,6 +75,13 @@ class Deployment:
             return self.engine.capabilities()
         return None
 
+    @property
+    def replicas(self) -> list[dict[str, object]] | None:
+        """A remote deployment's replicas and their states; None for in-process engines."""
+        if isinstance(self.engine, RemoteEngine):
+            return list(self.engine.replicas())
+        return None
+
     async def probe(self, timeout_s: float = 5.0) -> dict[str, object] | None:
         """Probe a remote deployment's replicas now (``llamarock models``): its capabilities, or ``{"error": ...}``
         when none answers within ``timeout_s``; None for in-process engines."""
