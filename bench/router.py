@@ -8,9 +8,9 @@ Three measurements, one JSON object printed at the end (run by hand; never a tes
   their own counters (llama-server's ``/metrics``: ``llamacpp:prompt_tokens_total`` counts processed prompt tokens,
   ``llamacpp:prompt_tokens_cached_total`` those taken from a slot's cache). The replicas keep no host-memory prompt
   cache (``cache_ram_mib = 0``): a replica's cache is its slots' KV, as on a GPU server.
-* ``overhead``: the same httpx client calls one replica's ``/v1/chat/completions`` directly and llamarock's
-  ``/openai/v1/chat/completions`` in front of it (one llama-server replica, ``max_tokens`` 1), alternately; the
-  latencies' p50/p99 and the paired differences'.
+* ``overhead``: the same httpx client sends one raw prompt to a replica's ``/completion`` directly and as InvokeModel
+  to llamarock in front of it (one llama-server replica, one token), alternately; the latencies' p50/p99 and those of
+  the paired differences. llamarock's path includes its ``/tokenize`` call to the replica.
 * ``failover``: concurrent ConverseStream calls (boto3) through llamarock over 2 replicas; one replica SIGKILLed
   while they run; the failed requests are counted (the target is 0).
 
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from llama_replicas import LlamaReplica, free_port, start_replicas, stop_replicas  # noqa: E402
 
 MODEL_ID = "meta.llama3-8b-instruct-v1:0"
+FAKE_MODEL_ID = "meta.llama3-70b-instruct-v1:0"
 WORDS = ("river stone harbor lantern meadow copper violet engine signal orchard summit canvas ember falcon garden "
          "island marble needle ocean pepper quartz ribbon saddle timber velvet willow yonder zephyr anchor basket "
          "candle dragon feather glacier hammer ivory jasmine kettle ladder mirror nectar").split()
@@ -146,16 +147,22 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     gateway, url, _ = _start_gateway(replicas, tmp)
     try:
-        messages = [{"role": "user", "content": "Say yes."}]
-        direct_body = {"messages": messages, "max_tokens": 1, "temperature": 0}
-        gateway_body = {"model": MODEL_ID, "messages": messages, "max_tokens": 1, "temperature": 0}
+        # The same raw prompt both ways: the replica's /completion directly, and InvokeModel through llamarock (which
+        # tokenizes it on the replica, then calls /completion with the ids). Bearer auth (--auth dev takes any key).
+        prompt = "Answer yes or no. Is the sea salty?"
+        paths = (
+            (replicas[0].url + "/completion", {"prompt": prompt, "n_predict": 1, "temperature": 0}),
+            (f"{url}/model/{MODEL_ID}/invoke", {"prompt": prompt, "max_gen_len": 1, "temperature": 0}),
+            # llamarock's own floor: the same call to a model id its fake engine serves (no replica involved)
+            (f"{url}/model/{FAKE_MODEL_ID}/invoke", {"prompt": prompt, "max_gen_len": 1, "temperature": 0}),
+        )
         direct: list[float] = []
         through: list[float] = []
+        fake: list[float] = []
         with httpx.Client(timeout=60, headers={"Authorization": "Bearer bench"}) as client:
             for index in range(args.overhead_requests + 20):
                 pair = []
-                for target, body in ((replicas[0].url + "/v1/chat/completions", direct_body),
-                                     (url + "/openai/v1/chat/completions", gateway_body)):
+                for target, body in paths:
                     started = time.perf_counter()
                     response = client.post(target, json=body)
                     pair.append((time.perf_counter() - started) * 1000)
@@ -163,12 +170,15 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
                 if index >= 20:  # warm-up
                     direct.append(pair[0])
                     through.append(pair[1])
+                    fake.append(pair[2])
         diffs = [t - d for t, d in zip(through, direct, strict=True)]
         return {
             "requests": len(direct), "max_tokens": 1,
             "direct_ms": {"p50": round(_percentile(direct, 50), 2), "p99": round(_percentile(direct, 99), 2)},
             "through_llamarock_ms": {"p50": round(_percentile(through, 50), 2),
                                      "p99": round(_percentile(through, 99), 2)},
+            "llamarock_fake_engine_ms": {"p50": round(_percentile(fake, 50), 2),
+                                         "p99": round(_percentile(fake, 99), 2)},
             "overhead_ms": {"p50": round(_percentile(diffs, 50), 2), "p99": round(_percentile(diffs, 99), 2),
                             "mean": round(statistics.fmean(diffs), 2)},
         }
@@ -196,7 +206,7 @@ def bench_failover(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 stream = client.converse_stream(
                     modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": f"Tell story {index}.{n}."}]}],
-                    inferenceConfig={"maxTokens": 48, "temperature": 0})
+                    inferenceConfig={"maxTokens": 96, "temperature": 0})
                 stop = [e for e in stream["stream"] if "messageStop" in e]
                 outcome = "ok" if stop else "no messageStop"
             except Exception as exc:

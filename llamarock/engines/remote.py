@@ -157,6 +157,7 @@ class RemoteEngine(Engine):
     """The shared part of the remote engines; see the module docstring."""
 
     dialect = "remote"
+    close_after_stream = False  # the server closes a connection after a streamed answer (so it is not pooled)
 
     def __init__(self, name: str, config: RemoteConfig) -> None:
         super().__init__(name)
@@ -214,18 +215,31 @@ class RemoteEngine(Engine):
     async def call(self, replica: Replica, method: str, path: str, body: dict[str, Any] | None = None,
                    timeout: float | None = None) -> Any:
         """One small JSON call to a replica (probe, tokenize); a transport error or a non-2xx answer raises."""
-        try:
-            response = await self.client.request(
-                method, replica.url.rstrip("/") + path, json=body, headers=self.headers(replica),
-                timeout=timeout or self.config.policy.health_timeout_s * 5)
-        except httpx.TransportError as exc:
-            raise ReplicaFailure(f"{type(exc).__name__}: {exc}", dead=isinstance(exc, httpx.ConnectError)) from exc
+        request = self.client.build_request(method, replica.url.rstrip("/") + path, json=body,
+                                            headers=self.headers(replica),
+                                            timeout=timeout or self.config.policy.health_timeout_s * 5)
+        response = await self._send(request)
         if response.status_code in (429, 503):
             raise ReplicaBusy(response.status_code, retry_after_seconds(response.headers.get("retry-after")),
                               response.text)
         if response.status_code >= 400:
             raise ReplicaFailure(f"{method} {path}: HTTP {response.status_code}: {response.text[:200]}")
         return response.json()
+
+    async def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """Send a request; a kept-alive connection the replica had already closed (the request got no answer at
+        all) is retried once on a fresh one. Transport errors become :class:`ReplicaFailure` (``dead`` when the
+        replica refused the connection)."""
+        for fresh in (False, True):
+            try:
+                return await self.client.send(request, stream=stream)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if fresh:
+                    raise ReplicaFailure(f"{type(exc).__name__}: {exc}") from exc
+            except httpx.TransportError as exc:
+                raise ReplicaFailure(f"{type(exc).__name__}: {exc}",
+                                     dead=isinstance(exc, httpx.ConnectError)) from exc
+        raise AssertionError("unreachable")
 
     async def call_any(self, path: str, body: dict[str, Any]) -> Any:
         """A small POST (tokenize, apply a template) to any healthy replica, the next one on failure."""
@@ -249,12 +263,11 @@ class RemoteEngine(Engine):
     async def open_stream(self, replica: Replica, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
         """POST a streaming request to a replica; 429/503 raise :class:`ReplicaBusy`, other errors
         :class:`ReplicaFailure` (4xx other than those: :class:`EngineError`, not retried)."""
-        request = self.client.build_request("POST", replica.url.rstrip("/") + path, json=body,
-                                            headers=self.headers(replica))
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise ReplicaFailure(f"{type(exc).__name__}: {exc}", dead=isinstance(exc, httpx.ConnectError)) from exc
+        headers = self.headers(replica)
+        if self.close_after_stream:
+            headers["Connection"] = "close"
+        request = self.client.build_request("POST", replica.url.rstrip("/") + path, json=body, headers=headers)
+        response = await self._send(request, stream=True)
         try:
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")

@@ -25,6 +25,7 @@ class LlamaServerEngine(RemoteEngine):
     """Replicas of llama.cpp's ``llama-server`` (``/completion``, ``/tokenize``, ``/props``, ``/slots``)."""
 
     dialect = "llama-server"
+    close_after_stream = True  # llama-server closes the connection after a stream; asking first keeps the pool clean
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
