@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from llama_replicas import LlamaReplica, free_port, start_replicas, stop_replicas  # noqa: E402
 
@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--part", default="affinity,overhead,failover")
     parser.add_argument("--system-words", type=int, default=100, help="words of each shared system prompt")
     parser.add_argument("--questions", type=int, default=4, help="user questions per system prompt")
-    parser.add_argument("--slots", type=int, default=2, help="slots per replica (affinity)")
+    parser.add_argument("--slots", type=int, default=4, help="slots per replica (affinity)")
     parser.add_argument("--prefix-tokens", type=int, default=64, help="affinity_prefix_tokens")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--overhead-requests", type=int, default=200)

@@ -61,6 +61,11 @@ class RouterSettings(BaseModel):
         default=1.25, ge=1.0, le=10.0,
         description="Bounded load of prefix affinity: a replica takes a request while its in-flight count is under "
         "load_factor × (requests in flight + 1) / replicas, so one hot prefix cannot pin one replica.")
+    replica_slots: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Requests one replica runs at once (vLLM's --max-num-seqs, llama-server's -np): prefix affinity "
+        "keeps a prefix on its replica while it has that many or fewer in flight, whatever the load bound; empty "
+        "means llama-server's probed slots, else 8.")
     max_attempts: int = Field(
         default=4, ge=1, le=32,
         description="Attempts per request over the replicas: retries before the first token, resumptions after it.")

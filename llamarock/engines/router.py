@@ -12,11 +12,12 @@ how it went. The router keeps, per replica:
 * **Retry-After**: a replica that answered 429 or 503 gets no request until the time it asked for has passed.
 
 Among the routable replicas a request goes by **prefix affinity**: its key (the prompt's leading tokens) is hashed
-onto a ring of virtual nodes (``weight`` × :data:`VNODES` per replica), and the first replica clockwise whose load is
-under the bound ``ceil(load_factor × (in-flight + 1) / replicas)`` (weights scale each replica's share) takes it:
-the same prefix lands on the same replica (whose prefix cache then already holds it) unless that replica is busier
-than its share, so one hot prefix spreads over several replicas instead of pinning one (consistent hashing with
-bounded loads, Mirrokni, Thorup and Zadimoghaddam 2016).
+onto a ring of virtual nodes (``weight`` × :data:`VNODES` per replica). A new key is assigned to the first replica
+clockwise holding fewer than ``ceil(load_factor × keys / replicas)`` keys (consistent hashing with bounded loads,
+Mirrokni, Thorup and Zadimoghaddam 2016), so prefixes spread evenly over the replicas' caches; later requests with
+the key go to that replica (whose prefix cache holds it) while it has fewer than
+``max(slots, ceil(load_factor × (in-flight + 1) / replicas))`` requests in flight, and spill clockwise past that, so
+one hot prefix cannot pin one replica (weights scale both shares).
 
 Nothing here does I/O except the health checks, through the ``probe`` the engine hands in.
 """
@@ -30,6 +31,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 VNODES = 64  # virtual nodes per unit of weight on the hash ring
+DEFAULT_SLOTS = 8  # a replica's concurrent requests when neither configured nor probed
+MAX_KEYS = 65536  # affinity keys remembered (least recently used forgotten first)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class RouterPolicy:
     breaker_max_open_s: float = 60.0
     eject_s: float = 5.0
     retry_backoff_s: float = 0.05
+    replica_slots: int | None = None   # requests a replica runs at once; None: as probed (llama-server), else 8
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,10 @@ class Replica:
     failures: int = 0
     capabilities: dict[str, Any] = field(default_factory=dict)
     last_error: str | None = None
+
+    def slots(self, configured: int | None) -> int:
+        """Requests it runs at once: as configured, else as probed (llama-server's slots), else 8."""
+        return configured or int(self.capabilities.get("slots") or DEFAULT_SLOTS)
 
     @property
     def url(self) -> str:
@@ -144,6 +153,8 @@ class Router:
         self._ring_keys = [h for h, _ in ring]
         self._task: asyncio.Task[None] | None = None
         self._rr = 0
+        self._keys: OrderedDict[bytes, int] = OrderedDict()  # affinity key -> index of the replica it is assigned
+        self._owned = [0] * len(self.replicas)  # keys assigned to each replica
 
     # -- choosing ---------------------------------------------------------------------------------------------------
 
@@ -156,7 +167,15 @@ class Router:
 
     def pick(self, key: bytes | None, exclude: Sequence[Replica] = ()) -> Replica | None:
         """The replica for a request with this affinity key (None: round-robin), skipping ``exclude`` while others
-        are routable. None when no replica is routable."""
+        are routable. None when no replica is routable.
+
+        A key seen before goes to the replica it was assigned, while that replica is routable and under its in-flight
+        bound. A new key (or one whose replica is gone) is assigned to the first replica clockwise from its hash that
+        holds fewer than ``ceil(load_factor × (keys + 1) / replicas)`` keys (weighted) and is under its in-flight
+        bound: consistent hashing with bounded loads, so that the prefixes spread evenly over the replicas' caches. A
+        request that finds its replica over its in-flight bound spills to the next one clockwise (without moving the
+        key), so that one hot prefix cannot pin one replica.
+        """
         now = time.monotonic()
         candidates = self.routable(now)
         preferred = [r for r in candidates if r not in exclude] or candidates
@@ -168,21 +187,44 @@ class Router:
         allowed = {id(r) for r in preferred}
         total_weight = sum(r.endpoint.weight for r in preferred)
         in_flight = sum(r.in_flight for r in self.replicas)
+        factor = self.policy.load_factor
+
+        def room(replica: Replica) -> bool:  # under the in-flight bound
+            share = math.ceil(factor * (in_flight + 1) * replica.endpoint.weight / total_weight)
+            return replica.in_flight < max(replica.slots(self.policy.replica_slots), share)
+
+        assigned = self._keys.get(key)
+        if assigned is not None:
+            home = self.replicas[assigned]
+            self._keys.move_to_end(key)
+            if id(home) in allowed and room(home):
+                return home
         start = bisect.bisect_left(self._ring_keys, _hash(key)) % len(self._ring)
-        seen: set[int] = set()
-        fallback: Replica | None = None
+        order: list[Replica] = []
         for step in range(len(self._ring)):
             replica = self.replicas[self._ring[(start + step) % len(self._ring)][1]]
-            if id(replica) not in allowed or id(replica) in seen:
-                continue
-            seen.add(id(replica))
-            fallback = fallback or replica
-            bound = math.ceil(self.policy.load_factor * (in_flight + 1) * replica.endpoint.weight / total_weight)
-            if replica.in_flight < bound:
-                return replica
-            if len(seen) == len(allowed):
-                break
-        return fallback
+            if id(replica) in allowed and replica not in order:
+                order.append(replica)
+                if len(order) == len(allowed):
+                    break
+        keys = len(self._keys) + (assigned is None)
+        chosen = next((r for r in order if room(r) and self._owned[self.replicas.index(r)]
+                       < math.ceil(factor * keys * r.endpoint.weight / total_weight)), None)
+        chosen = chosen or next((r for r in order if room(r)), None) or order[0]
+        if assigned is None or not any(r is self.replicas[assigned] for r in candidates):
+            self._assign(key, self.replicas.index(chosen))
+        return chosen
+
+    def _assign(self, key: bytes, index: int) -> None:
+        """Remember ``key``'s replica (the least recently used keys are forgotten past MAX_KEYS)."""
+        previous = self._keys.pop(key, None)
+        if previous is not None:
+            self._owned[previous] -= 1
+        self._keys[key] = index
+        self._owned[index] += 1
+        while len(self._keys) > MAX_KEYS:
+            _, evicted = self._keys.popitem(last=False)
+            self._owned[evicted] -= 1
 
     def pick_any(self, exclude: Sequence[Replica] = ()) -> Replica | None:
         """A replica for a small call that generates nothing (tokenize, apply a template): any healthy one not

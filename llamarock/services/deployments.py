@@ -169,7 +169,8 @@ def _remote_engine(spec: DeploymentSettings, engine_name: str) -> RemoteEngine:
     router = spec.router
     policy = RouterPolicy(
         affinity_prefix_tokens=router.affinity_prefix_tokens, load_factor=router.load_factor,
-        max_attempts=router.max_attempts, health_interval_s=router.health_interval_s,
+        max_attempts=router.max_attempts, replica_slots=router.replica_slots,
+        health_interval_s=router.health_interval_s,
         health_timeout_s=router.health_timeout_s, stall_timeout_s=router.stall_timeout_s,
         connect_timeout_s=router.connect_timeout_s, breaker_failures=router.breaker_failures,
         breaker_open_s=router.breaker_open_s, breaker_max_open_s=router.breaker_max_open_s, eject_s=router.eject_s,
