@@ -240,7 +240,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", default="affinity,overhead,failover")
     parser.add_argument("--system-words", type=int, default=100, help="words of each shared system prompt")
-    parser.add_argument("--questions", type=int, default=4, help="user questions per system prompt")
+    parser.add_argument("--questions", type=int, default=8, help="user questions per system prompt")
     parser.add_argument("--slots", type=int, default=4, help="slots per replica (affinity)")
     parser.add_argument("--prefix-tokens", type=int, default=64, help="affinity_prefix_tokens")
     parser.add_argument("--concurrency", type=int, default=4)
