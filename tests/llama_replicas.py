@@ -40,6 +40,7 @@ class LlamaReplica:
     def restart(self) -> None:
         """Start it again on the same port (after :meth:`kill`)."""
         self.kill()
+        self.log_path.unlink(missing_ok=True)
         fresh = _spawn(self.port, self.slots, self.context, self.threads, self.cache_ram_mib)
         self.process, self.log_path = fresh.process, fresh.log_path
         wait_healthy(self)
@@ -106,14 +107,9 @@ def start_replicas(count: int, *, slots: int = 4, context: int = 4096, threads: 
 
 
 def stop_replicas(replicas: list[LlamaReplica]) -> None:
+    """Stop them (SIGKILL: a replica keeps nothing worth a graceful stop, and its server ignores SIGTERM)."""
     for replica in replicas:
-        if replica.process.poll() is None:
-            replica.process.send_signal(signal.SIGCONT)  # a test may have stopped it
-            replica.process.terminate()
-            try:
-                replica.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                replica.kill()
+        replica.kill()
         replica.log_path.unlink(missing_ok=True)
 
 
