@@ -11,7 +11,7 @@ from llamarock.bedrock import compat
 from llamarock.codec.service_model import service_model
 from llamarock.context import AGENT, AGENT_RUNTIME, BEDROCK, RUNTIME, S3
 from llamarock.routes.operations import OperationTable
-from llamarock.settings import DeploymentSettings, PriceSettings, Settings
+from llamarock.settings import DeploymentSettings, PriceSettings, RemoteEndpointSettings, RouterSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,8 @@ def configuration_markdown() -> str:
         "| Setting | Environment | Default | Description |",
         "|---|---|---|---|",
         *_rows(DeploymentSettings, "deployments[]."),
+        *_rows(RemoteEndpointSettings, "deployments[].endpoints[]."),
+        *_rows(RouterSettings, "deployments[].router."),
         "",
         "## `[prices.\"<model-id>\"]` entries",
         "",

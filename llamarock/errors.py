@@ -13,7 +13,9 @@ no service model defines, such as the front end's authentication errors)::
     │   ├── ContextOverflowError         the prompt does not fit the context window
     │   ├── UnsupportedSchemaError       a JSON schema the engine cannot enforce
     │   ├── EmptyPromptError             the prompt has no tokens
-    │   └── EngineNotReadyError          the weights are not loaded yet
+    │   ├── EngineNotReadyError          the weights are not loaded yet
+    │   ├── ReplicaThrottledError        every replica of a remote deployment answered 429/503 (Retry-After)
+    │   └── ReplicaUnavailableError      no replica of a remote deployment is healthy
     └── BedrockError                     (code, message, extra members): what a client sees
     ├── ValidationException              400  bad input: schema, ranges, model id, prompt too long
     ├── SerializationException           400  (front-end, unmodelled): the body is not parseable JSON
@@ -261,3 +263,17 @@ class UnsupportedSchemaError(EngineError):
 
 class EngineNotReadyError(EngineError):
     """The engine has not finished loading its weights."""
+
+
+class ReplicaThrottledError(EngineError):
+    """Every replica of a remote deployment that could take the request answered 429 or 503 (or is still inside the
+    Retry-After it asked for); the service layer sends ThrottlingException (429) or ServiceUnavailableException."""
+
+    def __init__(self, message: str, *, retry_after_s: float, status: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.status = status
+
+
+class ReplicaUnavailableError(EngineError):
+    """No replica of a remote deployment is healthy (all down, ejected or with an open circuit breaker)."""

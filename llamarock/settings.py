@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-EngineName = Literal["llamacpp", "fake", "transformers"]
+EngineName = Literal["llamacpp", "fake", "transformers", "openai", "llama-server"]
 ServiceTierName = Literal["priority", "default", "flex", "reserved"]
 # Bedrock's published per-token price ratios of its service tiers to the standard (default) tier.
 DEFAULT_TIER_PRICE_MULTIPLIERS: dict[ServiceTierName, Decimal] = {
@@ -33,6 +33,60 @@ def default_data_dir() -> Path:
     """Per-user data directory: ``$XDG_DATA_HOME/llamarock``, else ``~/.local/share/llamarock``."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "llamarock"
+
+
+class RemoteEndpointSettings(BaseModel):
+    """One replica of a remote deployment, when it needs its own API key or routing weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: ServerUrl = Field(description="Base URL of the replica, before /v1 or /completion (http://host:port).")
+    api_key: str | None = Field(default=None, description="Bearer token for this replica; empty means the "
+                                "deployment's `api_key`.")
+    weight: float = Field(default=1.0, gt=0, le=100,
+                          description="Share of the traffic relative to the other replicas (affinity ring and load "
+                          "bound scale with it).")
+
+
+class RouterSettings(BaseModel):
+    """How a remote deployment routes over its replicas (engines/router.py; docs/scale-out.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    affinity_prefix_tokens: int = Field(
+        default=64, ge=0, le=100_000,
+        description="Leading prompt tokens hashed for prefix affinity (requests sharing them go to the same replica, "
+        "whose prefix cache holds them); 0 routes round-robin.")
+    load_factor: float = Field(
+        default=1.25, ge=1.0, le=10.0,
+        description="Bounded load of prefix affinity: a replica takes a request while its in-flight count is under "
+        "load_factor × (requests in flight + 1) / replicas, so one hot prefix cannot pin one replica.")
+    replica_slots: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Requests one replica runs at once (vLLM's --max-num-seqs, llama-server's -np): prefix affinity "
+        "keeps a prefix on its replica while it has that many or fewer in flight, whatever the load bound; empty "
+        "means llama-server's probed slots, else 8.")
+    max_attempts: int = Field(
+        default=4, ge=1, le=32,
+        description="Attempts per request over the replicas: retries before the first token, resumptions after it.")
+    health_interval_s: float = Field(default=2.0, gt=0, description="Seconds between active health checks.")
+    health_timeout_s: float = Field(default=2.0, gt=0, description="Seconds a health check may take.")
+    stall_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Seconds without a chunk before an attempt counts as stalled and the stream resumes elsewhere "
+        "(include the replica's time to first token for long prompts).")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to connect to a replica.")
+    breaker_failures: int = Field(
+        default=3, ge=1, description="Failures in a row that open a replica's circuit breaker.")
+    breaker_open_s: float = Field(
+        default=5.0, gt=0, description="Seconds an opened breaker keeps a replica out (doubling while it keeps "
+        "failing, up to breaker_max_open_s).")
+    breaker_max_open_s: float = Field(default=60.0, gt=0, description="Longest a breaker stays open.")
+    eject_s: float = Field(
+        default=5.0, gt=0, description="Seconds a replica whose connection was refused or reset stays ejected "
+        "before a health check may readmit it.")
+    load_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds the deployment waits at start-up for a first replica to answer.")
 
 
 class DeploymentSettings(BaseModel):
@@ -125,6 +179,23 @@ class DeploymentSettings(BaseModel):
         description="llamacpp engine only: a GGUF multimodal projector (mmproj) for a vision GGUF at `model_path`; "
         "not supported yet (the deployment fails to load with an error saying so).",
     )
+    # Remote engines (engine = "openai" or "llama-server"): replicas of an inference server; docs/scale-out.md.
+    endpoints: list[ServerUrl | RemoteEndpointSettings] = Field(
+        default_factory=list,
+        description="openai and llama-server engines: the replicas, each a base URL ('http://host:port') or a table "
+        "{url, api_key, weight}; requests are routed over them (prefix affinity, health checks, failover that resumes "
+        "streams).")
+    api_key: str | None = Field(
+        default=None, description="openai and llama-server engines: bearer token sent to every replica without its "
+        "own.")
+    remote_model: str | None = Field(
+        default=None, description="openai engine: the model name the replicas serve (the request's `model`); empty "
+        "means the first of their /v1/models.")
+    supports_images: bool | None = Field(
+        default=None, description="openai engine: whether the served model takes images (sent as data URLs in chat "
+        "messages); empty means as the replicas report it.")
+    router: RouterSettings = Field(
+        default_factory=RouterSettings, description="openai and llama-server engines: routing over the replicas.")
 
 
 EmbeddingEngineName = Literal["onnx", "llamacpp", "remote"]

@@ -1,4 +1,5 @@
-"""One contract every engine keeps, run on the fake engine and on llama.cpp with the real SmolLM2 model."""
+"""One contract every engine keeps, run on the fake engine, on llama.cpp with the real SmolLM2 model, and on the
+remote engines (llama-server and OpenAI dialects) over two real llama-server replicas serving the same model."""
 
 from __future__ import annotations
 
@@ -7,26 +8,46 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from llama_replicas import start_replicas, stop_replicas
 
 from llamarock.engines.base import Engine
 from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.fake import FakeEngine
 from llamarock.engines.llamacpp import LlamaCppEngine
+from llamarock.engines.remote import RemoteConfig
+from llamarock.engines.remote_llamaserver import LlamaServerEngine
+from llamarock.engines.remote_openai import OpenAIEngine
+from llamarock.engines.router import Endpoint
 from llamarock.errors import ContextOverflowError, EngineNotReadyError
 from llamarock.services.deployments import embedded_model_path
 from llamarock.types import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
 
+REMOTE = {"llama-server": LlamaServerEngine, "openai": OpenAIEngine}
+KINDS = ("fake", "llamacpp", *REMOTE)
 
-def _make(kind: str, context_length: int | None = None) -> Engine:
+
+@pytest.fixture(scope="module")
+def replica_urls() -> Iterator[tuple[str, ...]]:
+    """Two llama-server replicas (xllamacpp) for the remote engines, started once for the module."""
+    replicas = start_replicas(2, slots=4, context=4096)
+    yield tuple(r.url for r in replicas)
+    stop_replicas(replicas)
+
+
+def _make(kind: str, context_length: int | None = None, urls: tuple[str, ...] = ()) -> Engine:
+    if kind in REMOTE:
+        config = RemoteConfig(endpoints=tuple(Endpoint(url) for url in urls), context_length=context_length)
+        return REMOTE[kind](kind, config)
     if kind == "fake":
         return FakeEngine("fake", context_length=context_length or 8192, reply=" ".join(["word"] * 40))
     return LlamaCppEngine("llamacpp", LlamaCppConfig(model_path=embedded_model_path(), threads=2,
                                                   context_length=context_length))
 
 
-@pytest.fixture(scope="module", params=["fake", "llamacpp"])
+@pytest.fixture(scope="module", params=KINDS)
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    eng = _make(request.param)
+    urls = request.getfixturevalue("replica_urls") if request.param in REMOTE else ()
+    eng = _make(request.param, urls=urls)
     asyncio.run(eng.load())
     yield eng
     asyncio.run(eng.close())
@@ -69,9 +90,9 @@ def test_chat_messages_are_rendered_and_special_tokens_never_leak(engine: Engine
     assert sum(c.token_count for c in chunks) <= 16
 
 
-def test_prompt_longer_than_context_is_refused_before_any_chunk() -> None:
-    for kind in ("fake", "llamacpp"):
-        small = _make(kind, context_length=64)
+def test_prompt_longer_than_context_is_refused_before_any_chunk(replica_urls: tuple[str, ...]) -> None:
+    for kind in KINDS:
+        small = _make(kind, context_length=64, urls=replica_urls)
         asyncio.run(small.load())
         request = GenerationRequest(sampling=SamplingParams(max_tokens=4), prompt="word " * 200)
         with pytest.raises(ContextOverflowError) as info:
@@ -80,9 +101,9 @@ def test_prompt_longer_than_context_is_refused_before_any_chunk() -> None:
         asyncio.run(small.close())
 
 
-def test_generation_stops_at_the_context_end() -> None:
-    for kind in ("fake", "llamacpp"):
-        small = _make(kind, context_length=64)
+def test_generation_stops_at_the_context_end(replica_urls: tuple[str, ...]) -> None:
+    for kind in KINDS:
+        small = _make(kind, context_length=64, urls=replica_urls)
         asyncio.run(small.load())
         request = GenerationRequest(sampling=SamplingParams(max_tokens=500, temperature=0.0), prompt="word " * 50)
         chunks = asyncio.run(_collect(small, request))
@@ -121,7 +142,7 @@ def test_same_seed_same_sample(engine: Engine) -> None:
     assert "".join(c.text for c in first) == "".join(c.text for c in second)
 
 
-def test_generate_before_load_is_refused() -> None:
-    for kind in ("fake", "llamacpp"):
+def test_generate_before_load_is_refused(replica_urls: tuple[str, ...]) -> None:
+    for kind in KINDS:
         with pytest.raises(EngineNotReadyError):
-            asyncio.run(_collect(_make(kind), _request()))
+            asyncio.run(_collect(_make(kind, urls=replica_urls), _request()))

@@ -5,6 +5,7 @@ and CI, and the ``[[deployments]]`` TOML that serves it."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from(args)
     registry = DeploymentRegistry(settings)
     embeddings = EmbeddingService(settings)
+    # Remote deployments' replicas are asked what they offer (context, chat format, images, tools, tokenizer).
+    probed = {d.name: asyncio.run(d.probe()) for d in registry.deployments if d.capabilities is not None}
     rows = []
     for model in catalog.MODELS:
         deployment = (embeddings.for_model(model.model_id) if model.is_embedding
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             "deployment": deployment.name if deployment else None,
             "engine": deployment.engine_name if deployment else None,
             "weights": deployment.weights if deployment else None,
+            **({"capabilities": probed[deployment.name]} if deployment and deployment.name in probed else {}),
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -64,5 +68,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'MODEL ID':<{width}}  {'DEPLOYMENT':<{dep_width}}  ENGINE    WEIGHTS")
     for r in rows:
         print(f"{r['modelId']:<{width}}  {r['deployment'] or '-':<{dep_width}}  {r['engine'] or '-':<8}  "
-              f"{r['weights'] or 'not served'}")
+              f"{r['weights'] or 'not served'}{_capabilities(r.get('capabilities'))}")
     return 0
+
+
+def _capabilities(caps: object) -> str:
+    """A remote deployment's probed capabilities, as a table cell's tail."""
+    if not isinstance(caps, dict):
+        return ""
+    if "error" in caps:
+        return f"  (unreachable: {caps['error']})"
+    return (f"  (context {caps.get('context_length')}, {caps.get('chat_format')}, images "
+            f"{'yes' if caps.get('images') else 'no'}, tools {caps.get('tools')}, tokenizer {caps.get('tokenizer')})")

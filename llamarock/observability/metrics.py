@@ -67,6 +67,11 @@ ENGINE_METRICS: dict[str, tuple[str, str, str]] = {
     ),
     "prefix_hits": ("llamarock_engine_prefix_cache_hits", "counter", "Requests that reused a cached prompt prefix."),
     "generated_tokens": ("llamarock_engine_generated_tokens", "counter", "Tokens generated since the engine started."),
+    # Remote engines (engines/remote.py): attempts moved to another replica, and replicas taking requests now.
+    "retried": ("llamarock_engine_replica_retries", "counter", "Requests retried on another replica before a token."),
+    "resumed": ("llamarock_engine_replica_resumptions", "counter",
+                "Streams resumed on another replica after a replica failed mid-stream."),
+    "replicas_routable": ("llamarock_engine_replicas_routable", "gauge", "Replicas that may take a request now."),
 }
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 

@@ -2,7 +2,8 @@
 
 The body names each deployment's state and its engine's live counters (active generations, tokens generated), and
 each embedding deployment's (those that load on first use are ``idle`` until then; only a failed one, or a
-``preload`` one still loading, makes the server unavailable).
+``preload`` one still loading, makes the server unavailable). A remote deployment adds its replicas' probed
+``capabilities`` and each replica's state (up, down, ejected, half-open, throttled) and counters.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ def _state(deployment: Deployment) -> dict[str, object]:
         return {"status": "failed", "error": deployment.error}
     if not deployment.engine.ready:
         return {"status": "loading"}
-    return {"status": "ready", **deployment.engine.stats()}
+    state: dict[str, object] = {"status": "ready", **deployment.engine.stats()}
+    if deployment.capabilities is not None:  # a remote deployment: what its replicas offer, and their states
+        state["capabilities"] = deployment.capabilities
+        state["replicas"] = deployment.replicas
+    return state
 
 
 def _embedding_state(deployment: EmbeddingDeployment) -> dict[str, object]:

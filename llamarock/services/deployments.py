@@ -7,6 +7,7 @@ patterns over the catalog ids, loaded once at start-up and shared by every model
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 from dataclasses import dataclass, field
@@ -18,9 +19,13 @@ from llamarock.engines.base import Engine
 from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.fake import FakeEngine
 from llamarock.engines.llamacpp import LlamaCppEngine
+from llamarock.engines.remote import RemoteConfig, RemoteEngine
+from llamarock.engines.remote_llamaserver import LlamaServerEngine
+from llamarock.engines.remote_openai import OpenAIEngine
+from llamarock.engines.router import Endpoint, RouterPolicy
 from llamarock.engines.transformers import TransformersConfig, TransformersEngine
-from llamarock.errors import DeploymentConfigError
-from llamarock.settings import DeploymentSettings, Settings
+from llamarock.errors import DeploymentConfigError, EngineError
+from llamarock.settings import DeploymentSettings, RemoteEndpointSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,39 @@ class Deployment:
     def name(self) -> str:
         return self.settings.name
 
+    @property
+    def capabilities(self) -> dict[str, object] | None:
+        """A remote deployment's probed capabilities (dialect, context, chat format, images, tools, tokenizer);
+        None for in-process engines."""
+        if isinstance(self.engine, RemoteEngine):
+            return self.engine.capabilities()
+        return None
+
+    @property
+    def replicas(self) -> list[dict[str, object]] | None:
+        """A remote deployment's replicas and their states; None for in-process engines."""
+        if isinstance(self.engine, RemoteEngine):
+            return list(self.engine.replicas())
+        return None
+
+    async def probe(self, timeout_s: float = 5.0) -> dict[str, object] | None:
+        """Probe a remote deployment's replicas now (``llamarock models``): its capabilities, or ``{"error": ...}``
+        when none answers within ``timeout_s``; None for in-process engines."""
+        if not isinstance(self.engine, RemoteEngine):
+            return None
+        engine = self.engine
+        engine.config = dataclasses.replace(engine.config, load_timeout_s=timeout_s)
+        try:
+            await engine.load()
+        except EngineError as exc:
+            return {"error": str(exc)}
+        try:
+            return {**engine.capabilities(), "replicas": [
+                {"url": r.url, "state": r.state(), **({"error": r.last_error} if not r.capabilities else {})}
+                for r in engine.router.replicas]}
+        finally:
+            await engine.close()
+
 
 def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine, str, str]:
     engine_name = spec.engine or settings.engine
@@ -74,6 +112,9 @@ def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine,
             token_delay_s=spec.fake_token_delay_ms / 1000,
         )
         return engine, engine_name, "scripted"
+    if engine_name in ("openai", "llama-server"):
+        engine = _remote_engine(spec, engine_name)
+        return engine, engine_name, ", ".join(r.url for r in engine.router.replicas)
     if engine_name == "transformers":
         if spec.model_path is None or not spec.model_path.is_dir():
             raise DeploymentConfigError(
@@ -107,6 +148,38 @@ def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine,
         prefix_cache_tokens=spec.prefix_cache_tokens,
     ))
     return engine, engine_name, str(path)
+
+
+def _remote_engine(spec: DeploymentSettings, engine_name: str) -> RemoteEngine:
+    """An openai or llama-server engine over the deployment's endpoints."""
+    if not spec.endpoints:
+        raise DeploymentConfigError(
+            f"deployment {spec.name!r}: engine {engine_name} needs endpoints, the replicas' base URLs, e.g. "
+            'endpoints = ["http://10.0.0.5:8000", "http://10.0.0.6:8000"]'
+        )
+    endpoints = []
+    for entry in spec.endpoints:
+        if isinstance(entry, RemoteEndpointSettings):
+            endpoints.append(Endpoint(entry.url.rstrip("/"), entry.api_key or spec.api_key, entry.weight))
+        else:
+            endpoints.append(Endpoint(entry.rstrip("/"), spec.api_key))
+    urls = [e.url for e in endpoints]
+    if len(set(urls)) != len(urls):
+        raise DeploymentConfigError(f"deployment {spec.name!r}: endpoints lists a replica twice")
+    router = spec.router
+    policy = RouterPolicy(
+        affinity_prefix_tokens=router.affinity_prefix_tokens, load_factor=router.load_factor,
+        max_attempts=router.max_attempts, replica_slots=router.replica_slots,
+        health_interval_s=router.health_interval_s,
+        health_timeout_s=router.health_timeout_s, stall_timeout_s=router.stall_timeout_s,
+        connect_timeout_s=router.connect_timeout_s, breaker_failures=router.breaker_failures,
+        breaker_open_s=router.breaker_open_s, breaker_max_open_s=router.breaker_max_open_s, eject_s=router.eject_s,
+    )
+    config = RemoteConfig(endpoints=tuple(endpoints), model=spec.remote_model, context_length=spec.context_length,
+                          chat_format=spec.chat_format, supports_images=spec.supports_images,
+                          load_timeout_s=router.load_timeout_s, policy=policy)
+    kind = OpenAIEngine if engine_name == "openai" else LlamaServerEngine
+    return kind(spec.name, config)
 
 
 class DeploymentRegistry:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,11 @@ from llamarock.errors import (
     EngineNotReadyError,
     ModelErrorException,
     ModelNotReadyException,
+    ReplicaThrottledError,
+    ReplicaUnavailableError,
     ResourceNotFoundException,
     ServiceUnavailableException,
+    ThrottlingException,
     UnsupportedSchemaError,
     ValidationException,
 )
@@ -336,6 +340,17 @@ class InferenceService:
             ) from exc
         except EngineNotReadyError as exc:
             raise ModelNotReadyException(f"Model {target.model.model_id} is not ready for inference yet.") from exc
+        except ReplicaThrottledError as exc:  # remote replicas answered 429/503 (engines/remote.py)
+            message = (f"Deployment {target.deployment.name} serving {target.model.model_id} is at capacity: {exc}. "
+                       f"Retry after about {max(1, math.ceil(exc.retry_after_s))} seconds.")
+            if exc.status == 503:
+                raise ServiceUnavailableException(message) from exc
+            raise ThrottlingException(message) from exc
+        except ReplicaUnavailableError as exc:
+            raise ServiceUnavailableException(
+                f"Deployment {target.deployment.name} serving {target.model.model_id} has no healthy replica: {exc}. "
+                "Retry shortly."
+            ) from exc
         except EngineError as exc:
             log.error("deployment %s failed (request %s): %s", target.deployment.name, request.request_id, exc)
             raise ModelErrorException(
