@@ -22,14 +22,15 @@ def save_tokenizer(folder: Path) -> Any:
 
 
 def tiny_llama(folder: Path, *, shards: bool = False, seed: int = 0, **config: Any) -> Any:
-    """A random-weight LlamaForCausalLM with SmolLM2's vocabulary (GQA, rope theta and rms eps not the defaults), and
-    the tokenizer; returns the model (float32, eval mode)."""
+    """A random-weight LlamaForCausalLM with SmolLM2's vocabulary (GQA, rope theta and rms eps not the defaults; head
+    dimension 32: llama.cpp's flash attention over a Q8_0 KV cache needs that much), and the tokenizer; returns the
+    model (float32, eval mode)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     options: dict[str, Any] = {
-        "vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "vocab_size": 49152, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
         "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
@@ -37,9 +38,9 @@ def tiny_llama(folder: Path, *, shards: bool = False, seed: int = 0, **config: A
     options.update(config)
     model = LlamaForCausalLM(LlamaConfig(**options)).eval()
     with torch.no_grad():  # weights large enough that the greedy path is not a tie of near-uniform logits
-        for parameter in model.parameters():
+        for name, parameter in model.named_parameters():
             if parameter.ndim == 2:
-                parameter.normal_(0.0, 0.3)
+                parameter.normal_(0.0, 1.0 if "embed_tokens" in name else 0.3)
     model.save_pretrained(str(folder), max_shard_size="2MB" if shards else "5GB")
     save_tokenizer(folder)
     return model

@@ -483,12 +483,15 @@ def gguf_facts(path: Path) -> dict[str, Any]:
     if architecture != "llama":
         raise ConversionError(f"The GGUF file's architecture is {architecture!r}; only llama GGUF files can be "
                               "imported.")
-    parameters = sum(int(np.prod(tensor.shape)) for tensor in reader.tensors)
+    heads = int(field("llama.attention.head_count") or 1)
+    embedding = int(field("llama.embedding_length") or 0)
     return {
         "architecture": architecture,
         "name": field("general.name"),
-        "context_length": field("llama.context_length"),
-        "blocks": field("llama.block_count"),
-        "parameters": parameters,
+        "context_length": int(field("llama.context_length") or 4096),
+        "blocks": int(field("llama.block_count") or 0),
+        "kv_heads": int(field("llama.attention.head_count_kv") or heads),
+        "head_dim": int(field("llama.attention.key_length") or embedding // heads),
+        "parameters": sum(int(tensor.n_elements) for tensor in reader.tensors),
         "chat_template": field("tokenizer.chat_template"),
     }
