@@ -8,8 +8,7 @@ from typing import Any
 from llamarock.bedrock.catalog_api import offset_token, token_offset
 from llamarock.bedrock.imported_models import CMU_VERSION
 from llamarock.routes.control import ControlCall
-from llamarock.services.model_import import ImportedModelService
-from llamarock.storage.model_import import ImportedModel, ImportJob, ListFilter
+from llamarock.services.model_import import ImportedModel, ImportedModelService, ImportJob, ListFilter
 
 
 def _service(call: ControlCall) -> ImportedModelService:

@@ -51,6 +51,8 @@ from llamarock.settings import DeploymentSettings, Settings
 from llamarock.storage.blobs import BlobStore, BlobStoreError, BucketMissingError
 from llamarock.storage.model_import import ImportedModel, ImportJob, ListFilter, ModelImportStore
 
+__all__ = ["CmuWindow", "ImportJob", "ImportedModel", "ImportedModelService", "ListFilter"]
+
 log = logging.getLogger(__name__)
 
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -95,6 +97,7 @@ class ImportedModelService:
         self.root = settings.data_dir / "imported-models"
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._copies: dict[str, _Copy] = {}
+        self._known: dict[str, ImportedModel] = {}  # imported models by id, read once (they never change)
         self._reaper: asyncio.Task[None] | None = None
         self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         tagging.register("model-import-job", TaggableKind(self._job_exists))
@@ -208,6 +211,7 @@ class ImportedModelService:
     async def delete_model(self, region: str, identifier: str) -> None:
         """DeleteImportedModel: the model, its copy (unloaded), its weights and its tags."""
         model = await self.get_model(region, identifier)
+        self._known.pop(model.model_id, None)
         await self._unload(model.model_id)
         await asyncio.to_thread(self.store.delete_model, model.model_id)
         with contextlib.suppress(FileNotFoundError):
@@ -323,10 +327,11 @@ class ImportedModelService:
         if ref.region is not None and ref.region != region:
             raise ValidationException(f"{INVALID_MODEL_IDENTIFIER} The ARN {ref.requested} names an imported model "
                                       f"in {ref.region}, but the request was signed for {region}.")
-        model = self.store.get_model(ref.imported_id or "")
+        model = self._known.get(ref.imported_id or "") or self.store.get_model(ref.imported_id or "")
         if model is None or model.arn != ref.requested:
             raise ResourceNotFoundException(f"The imported model {ref.requested} was not found. ListImportedModels "
                                             "lists the imported models of this region.")
+        self._known[model.model_id] = model
         copy = self._copy(model)
         if copy.deployment.error is not None:
             error = copy.deployment.error
