@@ -154,6 +154,15 @@ def test_cold_model_is_not_ready_then_answers_every_body_format(runtime: Any, sm
     assert "".join(p["choices"][0]["text"] for p in pieces) == answer["generation"]
     assert pieces[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 8
 
+    chat_stream = runtime.invoke_model_with_response_stream(modelId=arn, body=json.dumps({
+        "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16, "temperature": 0}))
+    chunks = [json.loads(event["chunk"]["bytes"]) for event in chat_stream["body"]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert streamed == chat["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert "amazon-bedrock-invocationMetrics" in chunks[-1]
+
     with pytest.raises(ClientError) as bad:
         runtime.invoke_model(modelId=arn, body=json.dumps({"prompt": "x", "max_tokens": 0}))
     assert bad.value.response["Error"]["Code"] == "ValidationException"

@@ -184,6 +184,11 @@ class InvocationService:
         if target.imported_arn is not None:  # an imported model also takes OpenAI's body formats
             kind = imported_models.body_kind(body)
             if kind != "bedrock":
+                if headers.get("guardrailIdentifier") is not None:
+                    raise ValidationException(
+                        "Guardrails are not applied to the OpenAI body formats of imported models yet. Send the "
+                        "native body (prompt, max_gen_len), or use Converse with guardrailConfig."
+                    )
                 from llamarock.services.imported_invocation import invoke_openai  # it builds on this module
 
                 return invoke_openai(self, kind, target, model, region, body, request_id, started, streaming,
