@@ -49,8 +49,12 @@ def first_token(runtime: Any, arn: str) -> tuple[float, int]:
     while True:
         try:
             stream = runtime.invoke_model_with_response_stream(modelId=arn, body=body)
-            next(iter(stream["body"]))
-            return time.monotonic() - started, refused
+            events = iter(stream["body"])
+            next(events)
+            took = time.monotonic() - started
+            for _ in events:  # read the stream to its end, so that the generation is over when this returns
+                pass
+            return took, refused
         except ClientError as error:
             if error.response["Error"]["Code"] != "ModelNotReadyException":
                 raise
