@@ -339,3 +339,34 @@ def test_a_job_cut_off_by_a_crash_runs_again_at_start_up(tmp_path: Path, tiny: t
         assert model["modelArn"] == job["importedModelArn"]
     finally:
         stop_server(second)
+
+
+def test_f32_and_q8_0_conversions_follow_transformers(tiny: tuple[Path, Any], tmp_path: Path) -> None:
+    """The converter alone (no server), at the two other storage types, in llama.cpp's own generate loop."""
+    import torch
+    from llama_cpp import Llama
+
+    from llamarock.modelfiles.hf_to_gguf import convert
+
+    folder, model = tiny
+    ids = [504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 284, 965]
+    expected, margins = [], []
+    with torch.no_grad():
+        for _ in range(12):
+            logits = model(torch.tensor([ids + expected])).logits[0, -1]
+            top = torch.topk(logits, 2).values
+            expected.append(int(logits.argmax()))
+            margins.append(float(top[0] - top[1]))
+    for out, margin in (("f32", 0.2), ("q8_0", 1.0)):  # f32 differs from transformers only by llama.cpp's f16 KV
+        path = tmp_path / f"tiny-{out}.gguf"
+        convert(folder, path, out)  # type: ignore[arg-type]
+        sure = next((i for i, m in enumerate(margins) if m < margin), len(margins))
+        assert sure >= 6, margins
+        llama = Llama(str(path), n_ctx=256, n_threads=1, verbose=False)
+        got: list[int] = []
+        for token in llama.generate(ids, temp=0.0, top_k=1, reset=True):
+            got.append(token)
+            if len(got) == sure:
+                break
+        assert got == expected[:sure], out
+        llama.close()
