@@ -19,8 +19,6 @@ from llamarock.services.deployments import embedded_model_path
 from tests.conftest import Server, start_server, stop_server
 from tests.model_import_folders import break_config, tiny_llama
 
-pytest.importorskip("torch")
-
 IDLE_S = 3
 ROLE = "arn:aws:iam::123456789012:role/import"
 BUCKET = "models"
@@ -101,6 +99,10 @@ def smol(bedrock: Any, s3: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A tiny Hugging Face Llama folder (needs torch and transformers: the ``train`` extra the test set-up installs;
+    the GGUF tests run without them)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("tiny") / "model"
     return folder, tiny_llama(folder, shards=True)
 
