@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 
 from llamarock.auth.gate import Gate
 from llamarock.observability.batch import BatchCollector, batch_biller
+from llamarock.observability.imported import cmu_biller
 from llamarock.observability.invocation_log import InvocationLog
 from llamarock.observability.metrics import InvocationMetrics
 from llamarock.observability.records import Observers
@@ -32,6 +33,7 @@ from llamarock.services.knowledge import KnowledgeService
 from llamarock.services.knowledge_ingestion import IngestionService
 from llamarock.services.knowledge_retrieval import RetrievalService
 from llamarock.services.model_access import ModelAccessService
+from llamarock.services.model_import import ImportedModelService
 from llamarock.services.peers import PeerService
 from llamarock.services.profiles import ProfileService
 from llamarock.services.provisioning import ProvisioningService
@@ -46,6 +48,7 @@ from llamarock.storage.keys import KeyStore
 from llamarock.storage.knowledge import KnowledgeStore
 from llamarock.storage.logging_config import LoggingConfigStore
 from llamarock.storage.model_access import ModelAccessStore
+from llamarock.storage.model_import import ModelImportStore
 from llamarock.storage.profiles import ProfileStore
 from llamarock.storage.provisioned import ProvisionedStore
 from llamarock.storage.tags import TagStore
@@ -84,6 +87,10 @@ def create_app(settings: Settings) -> Starlette:
     # Batch inference jobs (docs/batch.md): records billed as batch, progress on /metrics.
     batch = BatchService(BatchStore(database), blobs, invocations, tagging, settings, batch_biller(usage))
     invocation_metrics.registry.register(BatchCollector(batch))
+    # Custom Model Import (docs/model-import.md): import jobs, imported models on their own engines, CMU metering.
+    model_import = ImportedModelService(ModelImportStore(database), blobs, tagging, settings,
+                                        cmu_biller(usage, f"arn:aws:iam::{settings.account_id}:root"))
+    inference.imported = model_import
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,10 +104,12 @@ def create_app(settings: Settings) -> Starlette:
         await knowledge.start()  # finishes knowledge-base creations and deletions a stopped server left half-done
         await ingestion.start()  # resumes the ingestion jobs a stopped server left running
         await batch.start()  # resumes the model invocation jobs a stopped server left unfinished
+        await model_import.start()  # runs again the model import jobs a stopped server left InProgress
         try:
             yield
         finally:
             await batch.close()
+            await model_import.close()
             await ingestion.close()
             await knowledge.close()
             provisioned_models.cancel()
@@ -140,6 +149,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.ingestion = ingestion
     app.state.retrieval = retrieval
     app.state.batch = batch
+    app.state.model_import = model_import
     app.state.peers = peers
     app.state.embeddings = embeddings
     app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig

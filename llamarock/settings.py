@@ -578,6 +578,26 @@ class Settings(BaseSettings):
         description="Ray executor: CPUs each batch worker reserves on its node (Ray's num_cpus); its engine uses as "
         "many threads unless the deployment or `threads` is set explicitly.",
     )
+    # Custom Model Import (docs/model-import.md)
+    imported_model_idle_s: float = Field(
+        default=300.0, gt=0,
+        description="Custom Model Import: seconds an imported model may go unused before its engine is unloaded "
+        "(scale to zero); the next request gets ModelNotReadyException while it loads again.",
+    )
+    imported_model_dtype: Literal["f16", "f32", "q8_0"] = Field(
+        default="f16",
+        description="Custom Model Import: how a Hugging Face folder's weight matrices are stored in the converted "
+        "GGUF (norms are always f32). q8_0 halves the memory of f16 for a small loss of quality.",
+    )
+    imported_model_threads: int | None = Field(
+        default=None, ge=1, description="Custom Model Import: CPU threads of each imported model's engine; empty "
+        "means the top-level `threads`.",
+    )
+    imported_model_cmu_price_per_minute: Decimal = Field(
+        default=Decimal("0.0785"), ge=0,
+        description="Custom Model Import: USD per Custom Model Unit per minute (Bedrock's CMU v1.0 price in "
+        "us-east-1), billed per 5-minute window while an imported model's copy is loaded.",
+    )
 
     @model_validator(mode="after")
     def _default_region_is_served(self) -> Settings:

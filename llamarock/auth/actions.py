@@ -30,7 +30,7 @@ def model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[
         identifier = model.identifier
         resource = identifier if identifier.startswith("arn:") else foundation_model_arn(identifier, region)
         return (resource,), identifier
-    if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn"):
+    if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn", "imported-model-arn"):
         return (ref.requested,), model.model_id
     model_id = model.model_id
     model_region = ref.region or region
@@ -76,6 +76,8 @@ def label_resources(kind: str, labels: dict[str, str], region: str, account: str
         if label.startswith("arn:"):
             return (label,)
         return (f"arn:aws:bedrock:{region}:{account}:model-invocation-job/{label or '*'}",)
+    if kind in ("model-import-job", "imported-model"):  # Custom Model Import: on the ARN (Create on the kind's *)
+        return (label,) if label.startswith("arn:") else (f"arn:aws:bedrock:{region}:{account}:{kind}/{label or '*'}",)
     if kind == "*" or (not label and kind != "provisioned-model"):
         return ("*",)
     if label.startswith("arn:"):

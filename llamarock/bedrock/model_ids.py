@@ -16,7 +16,8 @@ INVALID_MODEL_IDENTIFIER = "The provided model identifier is invalid."
 # llamarock answers in the aws partition only (the ARNs it returns say arn:aws).
 _ARN = re.compile(
     r"^arn:aws:bedrock:(?P<region>[a-z0-9-]*):(?P<account>\d{12})?:"
-    r"(?P<type>foundation-model|inference-profile|application-inference-profile|provisioned-model)/(?P<rest>.+)$"
+    r"(?P<type>foundation-model|inference-profile|application-inference-profile|provisioned-model|imported-model)"
+    r"/(?P<rest>.+)$"
 )
 _PROVISIONED_ID = re.compile(r"^[a-z0-9]{12}$")
 # Application inference profiles and provisioned models have 12-character lowercase alphanumeric ids, as on AWS.
@@ -38,13 +39,15 @@ class ModelRef:
     model_id: str
     kind: Literal[
         "model-id", "foundation-model-arn", "inference-profile", "inference-profile-arn", "provisioned-model-arn",
-        "application-inference-profile-arn",
+        "application-inference-profile-arn", "imported-model-arn",
     ]
     geo: str | None = None
     region: str | None = None
     provisioned_id: str | None = None
     account: str | None = None
     profile_id: str | None = None
+    # An imported model's ARN (Custom Model Import): the 12-character id the model-import store knows it by.
+    imported_id: str | None = None
 
 
 def _split_profile(identifier: str) -> tuple[str | None, str]:
@@ -82,6 +85,11 @@ def parse_model_ref(identifier: str) -> ModelRef:
                 raise ValidationException(INVALID_MODEL_IDENTIFIER)
             return ModelRef(identifier, "", "application-inference-profile-arn", region=region,
                             account=match["account"], profile_id=match["rest"])
+        if match["type"] == "imported-model":
+            if not match["account"] or not region or not _PROVISIONED_ID.match(match["rest"]):
+                raise ValidationException(INVALID_MODEL_IDENTIFIER)
+            return ModelRef(identifier, "", "imported-model-arn", region=region, account=match["account"],
+                            imported_id=match["rest"])
         geo, model_id = _split_profile(match["rest"])
         # An inference profile's ARN names its region and account (the caller's), as AWS writes it.
         if geo is None or not region or not match["account"]:

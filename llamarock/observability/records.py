@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from llamarock.context import RequestContext
@@ -69,6 +70,9 @@ class InvocationRecord:
     guardrail_intervened: tuple[str, ...] = ()
     # Set for a record of a batch inference job (model invocation job): billed at batch_price_multiplier.
     batch_job_arn: str | None = None
+    # Set for a charge that is not an invocation (an imported model's Custom Model Units for one 5-minute window,
+    # observability/imported.py): the row costs this much, whatever its tokens, and is not counted as an invocation.
+    flat_cost_usd: Decimal | None = None
 
     @property
     def throttled(self) -> bool:

@@ -69,6 +69,7 @@ from typing import Any, Literal
 from sqlalchemy import case, func, select
 
 from llamarock.bedrock import catalog, pricing
+from llamarock.bedrock.imported_models import is_imported_model_arn
 from llamarock.bedrock.service_tiers import DEFAULT_TIER, ServiceTier, tier_of
 from llamarock.errors import ValidationException
 from llamarock.observability.outcome import catalog_model_id, counts_as_invocation, outcome
@@ -438,9 +439,12 @@ class UsageRecorder:
             model_rates, record.input_tokens, record.output_tokens, record.cache_read_tokens, self._cache_fraction,
             multiplier,
         )
-        if record.provisioned_model_arn:
-            # Provisioned Throughput is billed per model unit and hour (pricing.provisioned_cost), not per token.
+        if record.provisioned_model_arn or (model_id is not None and is_imported_model_arn(model_id)):
+            # Provisioned Throughput is billed per model unit and hour (pricing.provisioned_cost), and an imported
+            # model per Custom Model Unit and 5-minute window (observability/imported.py), not per token.
             cost = Decimal(0)
+        if record.flat_cost_usd is not None:
+            cost = record.flat_cost_usd
         return {
             "request_id": record.request_id,
             "time": started,
@@ -451,7 +455,7 @@ class UsageRecorder:
             "deployment": record.deployment,
             "operation": record.operation,
             "outcome": outcome(record),
-            "counted": counts_as_invocation(record),
+            "counted": counts_as_invocation(record) and record.flat_cost_usd is None,
             "status": record.status,
             "error_code": record.error_code,
             "input_tokens": record.input_tokens,

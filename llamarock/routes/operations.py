@@ -50,6 +50,7 @@ from llamarock.routes import (
     invoke,
     knowledge_bases,
     metrics,
+    model_import,
     provisioned,
     s3,
     tags,
@@ -130,6 +131,13 @@ ROWS: tuple[Operation, ...] = (
     _aws(BEDROCK, batch.get_model_invocation_job, resource="model-invocation-job"),
     _aws(BEDROCK, batch.list_model_invocation_jobs),
     _aws(BEDROCK, batch.stop_model_invocation_job, resource="model-invocation-job"),
+    # Custom Model Import (docs/model-import.md): Create is on model-import-job/*, the imported models on their ARN.
+    _aws(BEDROCK, model_import.create_model_import_job, resource="model-import-job"),
+    _aws(BEDROCK, model_import.get_model_import_job, resource="model-import-job"),
+    _aws(BEDROCK, model_import.list_model_import_jobs),
+    _aws(BEDROCK, model_import.get_imported_model, resource="imported-model"),
+    _aws(BEDROCK, model_import.list_imported_models),
+    _aws(BEDROCK, model_import.delete_imported_model, resource="imported-model"),
     # bedrock-agent: knowledge bases (docs/knowledge-bases.md). Data sources, ingestion jobs and documents are
     # authorised on their knowledge base's ARN; the tagging operations on the ARN in their path.
     _aws(AGENT, knowledge_bases.create_knowledge_base),

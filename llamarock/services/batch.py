@@ -358,6 +358,11 @@ class BatchService:
     def run_model_id(self, region: str, model_id: str) -> str:
         """The identifier records run with: a provisioned model named by its name or id (the only forms of it that
         botocore's ``modelId`` pattern for batch admits) runs through its ARN; anything else as given."""
+        imported = self.invocations.inference.imported
+        if imported is not None:  # beyond Bedrock: an imported model (by name or id) runs batch jobs too
+            arn = imported.resolve_batch_id(region, model_id)
+            if arn is not None:
+                return arn
         provisioning = self.invocations.inference.provisioning
         if provisioning is not None and not model_id.startswith("arn:"):
             for provisioned in provisioning.live():

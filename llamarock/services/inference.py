@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamarock.bedrock import catalog, compat
 from llamarock.bedrock.catalog import CatalogModel
@@ -46,6 +46,9 @@ from llamarock.services.profiles import ProfileService
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
 from llamarock.types import CacheMark, ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
+
+if TYPE_CHECKING:
+    from llamarock.services.model_import import ImportedModelService
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,8 @@ class Target:
     # Set when the request names an application inference profile: usage is attributed to it and its tags.
     profile_arn: str | None = None
     profile_tags: tuple[tuple[str, str], ...] = ()
+    # Set when the request names an imported model (Custom Model Import): its ARN; it runs on its own engine.
+    imported_arn: str | None = None
 
 
 class InferenceService:
@@ -101,6 +106,8 @@ class InferenceService:
         self.provisioning = provisioning
         # Application inference profiles (set by create_app: the profile service shares this region map).
         self.profiles: ProfileService | None = None
+        # Imported models (set by create_app: services/model_import.py serves each on its own engine).
+        self.imported: ImportedModelService | None = None
         try:
             on_demand = compat.on_demand_overrides(settings.compat, catalog.MODELS, settings.on_demand_regions)
             self.regions = RegionMap(settings.model_regions, on_demand)
@@ -129,6 +136,10 @@ class InferenceService:
             return self._provisioned(ref)
         if ref.kind == "application-inference-profile-arn":
             return self._application_profile(ref, region)
+        if ref.kind == "imported-model-arn":
+            if self.imported is None:
+                raise ValidationException(INVALID_MODEL_IDENTIFIER)
+            return self.imported.target(ref, region)
         placement = self._placement(model, region)
         deployment = self._deployment(placement.model)
         return Target(ref, placement.model, deployment, placement.inference_region)
@@ -139,7 +150,7 @@ class InferenceService:
         None for a provisioned-model or application inference profile ARN (this server's own). Raises Bedrock's
         refusal for an identifier the region cannot invoke, as :meth:`resolve` does.
         """
-        if model.parsed().kind in ("provisioned-model-arn", "application-inference-profile-arn"):
+        if model.parsed().kind in ("provisioned-model-arn", "application-inference-profile-arn", "imported-model-arn"):
             return None
         return self._placement(model, region or self.settings.region)
 

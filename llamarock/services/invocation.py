@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamarock.bedrock import compat
+from llamarock.bedrock import compat, imported_models
 from llamarock.bedrock.converse import ChatRequest, chat_messages, converse_response, parse_chat_request, usage
 from llamarock.bedrock.converse_stream import Event, StreamAssembler, output_schema
 from llamarock.bedrock.guardrails import (
@@ -181,6 +181,18 @@ class InvocationService:
         target = self.inference.resolve(model, region)
         if resolved is not None:
             resolved(target)
+        if target.imported_arn is not None:  # an imported model also takes OpenAI's body formats
+            kind = imported_models.body_kind(body)
+            if kind != "bedrock":
+                if headers.get("guardrailIdentifier") is not None:
+                    raise ValidationException(
+                        "Guardrails are not applied to the OpenAI body formats of imported models yet. Send the "
+                        "native body (prompt, max_gen_len), or use Converse with guardrailConfig."
+                    )
+                from llamarock.services.imported_invocation import invoke_openai  # it builds on this module
+
+                return invoke_openai(self, kind, target, model, region, body, request_id, started, streaming,
+                                     priority)
         named = headers.get("guardrailIdentifier") is not None or headers.get("guardrailVersion") is not None
         guarded = invoke_config(dict(headers), decode_body(body) if named or NATIVE_CONFIG.encode() in body else None)
         native = parse_native_request(strip_native_config(body) if guarded is not None else body)
