@@ -89,7 +89,7 @@ def create_app(settings: Settings) -> Starlette:
     invocation_metrics.registry.register(BatchCollector(batch))
     # Custom Model Import (docs/model-import.md): import jobs, imported models on their own engines, CMU metering.
     model_import = ImportedModelService(ModelImportStore(database), blobs, tagging, settings,
-                                        cmu_biller(usage, f"arn:aws:iam::{settings.account_id}:root"))
+                                        cmu_biller(usage, f"arn:aws:iam::{settings.account_id}:root"), scheduler)
     inference.imported = model_import
 
     @contextlib.asynccontextmanager

@@ -216,6 +216,13 @@ class Scheduler:
         }
         self._reservations: dict[str, Reservation] = {}
 
+    def add_deployment(self, spec: DeploymentSettings) -> None:
+        """Admit requests to a deployment made while the server runs (an imported model's copy) like any other."""
+        if spec.name not in self._deployments:
+            self._deployments[spec.name] = spec
+            self._on_demand[spec.name] = SlotPool(spec.max_parallel, spec.priority_slots, spec.max_queue,
+                                                  spec.flex_aging_s)
+
     def sequences_for(self, units: int) -> int:
         return units * self.settings.provisioned_sequences_per_unit
 

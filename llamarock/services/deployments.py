@@ -101,7 +101,7 @@ class Deployment:
             await engine.close()
 
 
-def _build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine, str, str]:
+def build_engine(spec: DeploymentSettings, settings: Settings) -> tuple[Engine, str, str]:
     engine_name = spec.engine or settings.engine
     if engine_name == "fake":
         engine: Engine = FakeEngine(
@@ -189,7 +189,7 @@ class DeploymentRegistry:
         self.deployments: list[Deployment] = []
         self._by_model: dict[str, Deployment] = {}
         for spec in settings.effective_deployments():
-            engine, engine_name, weights = _build_engine(spec, settings)
+            engine, engine_name, weights = build_engine(spec, settings)
             self.deployments.append(Deployment(spec, engine, engine_name, weights))
         for model in catalog.LLAMA_MODELS:  # embedding models are served by embedding deployments (embeddings.py)
             for deployment in self.deployments:

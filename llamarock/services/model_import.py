@@ -42,8 +42,9 @@ from llamarock.errors import (
     ValidationException,
 )
 from llamarock.modelfiles.hf_to_gguf import ConversionError, convert, gguf_facts
+from llamarock.scheduler import Scheduler
 from llamarock.services.batch import split_s3_uri
-from llamarock.services.deployments import Deployment, _build_engine
+from llamarock.services.deployments import Deployment, build_engine
 from llamarock.services.idempotency import request_digest
 from llamarock.services.inference import Target
 from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
@@ -88,8 +89,9 @@ class ImportedModelService:
     """Model import jobs, imported models, and the engines that serve them."""
 
     def __init__(self, store: ModelImportStore, blobs: BlobStore, tagging: TaggingService, settings: Settings,
-                 bill: Callable[[CmuWindow], None] | None = None) -> None:
+                 bill: Callable[[CmuWindow], None] | None = None, scheduler: Scheduler | None = None) -> None:
         self.store = store
+        self.scheduler = scheduler  # admits requests to each loaded copy like any deployment's
         self.blobs = blobs
         self.tagging = tagging
         self.settings = settings
@@ -362,7 +364,9 @@ class ImportedModelService:
         spec = DeploymentSettings(name=f"imported-{model.model_id}", models=[], engine="llamacpp",
                                   model_path=self.settings.data_dir / model.gguf_path,
                                   threads=self.settings.imported_model_threads)
-        engine, engine_name, weights = _build_engine(spec, self.settings)
+        engine, engine_name, weights = build_engine(spec, self.settings)
+        if self.scheduler is not None:
+            self.scheduler.add_deployment(spec)
         copy = _Copy(Deployment(spec, engine, engine_name, weights, model_ids=[model.arn]))
         self._copies[model.model_id] = copy
         copy.loading = asyncio.get_running_loop().create_task(self._load(model, copy))
