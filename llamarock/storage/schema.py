@@ -16,6 +16,7 @@ def metadata() -> MetaData:
         knowledge,
         logging_config,
         model_access,
+        model_import,
         profiles,
         provisioned,
         quotas,
