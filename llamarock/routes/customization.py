@@ -7,8 +7,12 @@ from typing import Any
 
 from llamarock.bedrock.catalog_api import offset_token, token_offset
 from llamarock.routes.control import ControlCall
-from llamarock.services.customization import CustomizationJob, CustomizationJobFilter, CustomizationService
-from llamarock.storage.custom_models import CustomModel
+from llamarock.services.customization import (
+    CustomizationJob,
+    CustomizationJobFilter,
+    CustomizationService,
+    CustomModel,
+)
 
 
 def _service(call: ControlCall) -> CustomizationService:

@@ -59,7 +59,7 @@ from llamarock.storage.customization_jobs import CustomizationJob, Customization
 from llamarock.training import job_files, missing_packages
 from llamarock.training.job_files import TrainingSpec
 
-__all__ = ["CustomizationJob", "CustomizationJobFilter", "CustomizationService", "LiveProgress"]
+__all__ = ["CustomModel", "CustomizationJob", "CustomizationJobFilter", "CustomizationService", "LiveProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +335,10 @@ class CustomizationService:
             await asyncio.to_thread(self._prepare, job, folder)
         async with self._slots:
             job = await asyncio.to_thread(self.jobs.get, job_id) or job
-            if job.status == "Stopping":
-                (folder / job_files.STOP).touch()
+            if job.status == "Stopping":  # stopped while it waited (or before a restart): no trainer to start
+                await asyncio.to_thread(self._write_metrics, job, folder)
+                await self._set(job_id, "Stopped")
+                return
             done = any(e.get("event") == "done" for e in job_files.read_progress(folder))
             code = job_files.EXIT_DONE if done and (folder / job_files.ADAPTER).is_dir() else await self._train(
                 job, folder)
