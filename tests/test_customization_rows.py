@@ -68,3 +68,12 @@ def test_bad_rows_name_their_line(text: str, words: str) -> None:
         parse_row(text, 7, "s3://b/train.jsonl")
     assert str(raised.value).startswith("Line 7 of s3://b/train.jsonl")
     assert words in str(raised.value)
+
+
+def test_missing_train_packages_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from llamarock.training import missing_packages
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if not installed: find_spec answers None
+    assert missing_packages() == ["peft"]
