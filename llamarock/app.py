@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 
 from llamarock.auth.gate import Gate
 from llamarock.observability.batch import BatchCollector, batch_biller
+from llamarock.observability.customization import CustomizationCollector
 from llamarock.observability.imported import cmu_biller
 from llamarock.observability.invocation_log import InvocationLog
 from llamarock.observability.metrics import InvocationMetrics
@@ -23,6 +24,7 @@ from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.batch import BatchService
+from llamarock.services.customization import CustomizationService
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.guardrail_runtime import GuardrailRuntime
@@ -42,6 +44,8 @@ from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
 from llamarock.storage.batch import BatchStore
 from llamarock.storage.blobs import open_blob_store
+from llamarock.storage.custom_models import CustomModelStore
+from llamarock.storage.customization_jobs import CustomizationJobStore
 from llamarock.storage.db import Database
 from llamarock.storage.guardrails import GuardrailStore
 from llamarock.storage.keys import KeyStore
@@ -91,6 +95,10 @@ def create_app(settings: Settings) -> Starlette:
     model_import = ImportedModelService(ModelImportStore(database), blobs, tagging, settings,
                                         cmu_biller(usage, f"arn:aws:iam::{settings.account_id}:root"), scheduler)
     inference.imported = model_import
+    # Fine-tuning jobs and the custom models they make (docs/customization.md): trainers run as child processes.
+    customization = CustomizationService(CustomizationJobStore(database), CustomModelStore(database), blobs, registry,
+                                         tagging, settings)
+    invocation_metrics.registry.register(CustomizationCollector(customization))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -105,11 +113,13 @@ def create_app(settings: Settings) -> Starlette:
         await ingestion.start()  # resumes the ingestion jobs a stopped server left running
         await batch.start()  # resumes the model invocation jobs a stopped server left unfinished
         await model_import.start()  # runs again the model import jobs a stopped server left InProgress
+        await customization.start()  # resumes the fine-tuning jobs a stopped server left training
         try:
             yield
         finally:
             await batch.close()
             await model_import.close()
+            await customization.close()
             await ingestion.close()
             await knowledge.close()
             provisioned_models.cancel()
@@ -150,6 +160,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.retrieval = retrieval
     app.state.batch = batch
     app.state.model_import = model_import
+    app.state.customization = customization
     app.state.peers = peers
     app.state.embeddings = embeddings
     app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig

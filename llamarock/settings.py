@@ -598,6 +598,31 @@ class Settings(BaseSettings):
         description="Custom Model Import: USD per Custom Model Unit per minute (Bedrock's CMU v1.0 price in "
         "us-east-1), billed per 5-minute window while an imported model's copy is loaded.",
     )
+    # Model customization (fine-tuning jobs: docs/customization.md)
+    customization_max_jobs: int = Field(
+        default=1, ge=1, le=16,
+        description="Fine-tuning jobs (CreateModelCustomizationJob) that train at once, each in its own process; "
+        "later ones wait InProgress.",
+    )
+    customization_max_tokens: int = Field(
+        default=512, ge=32, le=131072,
+        description="Tokens of one training row (prompt and completion, rendered in the chat template) at most; a "
+        "longer row loses the start of its prompt, then the end of its completion.",
+    )
+    customization_checkpoint_steps: int = Field(
+        default=50, ge=1,
+        description="Fine-tuning saves a checkpoint every this many steps and at the end of every epoch; a server "
+        "restarted mid-job resumes from the last one.",
+    )
+    customization_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads of a fine-tuning process; empty means the top-level `threads` "
+        "(or torch's default)."
+    )
+    customization_device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Device fine-tuning runs on: `auto` (a CUDA GPU when torch sees one, else the CPU), `cpu`, "
+        "`cuda` or `cuda:N`.",
+    )
 
     @model_validator(mode="after")
     def _default_region_is_served(self) -> Settings:

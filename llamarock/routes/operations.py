@@ -41,6 +41,7 @@ from llamarock.routes import (
     agent_runtime,
     batch,
     converse,
+    customization,
     foundation_models,
     guardrail_runtime,
     guardrails,
@@ -138,6 +139,15 @@ ROWS: tuple[Operation, ...] = (
     _aws(BEDROCK, model_import.get_imported_model, resource="imported-model"),
     _aws(BEDROCK, model_import.list_imported_models),
     _aws(BEDROCK, model_import.delete_imported_model, resource="imported-model"),
+    # Model customization (docs/customization.md): fine-tuning jobs, and the custom models they make. Get, Stop and
+    # the custom-model operations are on the ARN when the request names one (``*`` otherwise, as for Create and List).
+    _aws(BEDROCK, customization.create_model_customization_job, resource="model-customization-job"),
+    _aws(BEDROCK, customization.get_model_customization_job, resource="model-customization-job"),
+    _aws(BEDROCK, customization.list_model_customization_jobs),
+    _aws(BEDROCK, customization.stop_model_customization_job, resource="model-customization-job"),
+    _aws(BEDROCK, customization.list_custom_models),
+    _aws(BEDROCK, customization.get_custom_model, resource="custom-model"),
+    _aws(BEDROCK, customization.delete_custom_model, resource="custom-model"),
     # bedrock-agent: knowledge bases (docs/knowledge-bases.md). Data sources, ingestion jobs and documents are
     # authorised on their knowledge base's ARN; the tagging operations on the ARN in their path.
     _aws(AGENT, knowledge_bases.create_knowledge_base),

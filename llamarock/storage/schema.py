@@ -11,6 +11,7 @@ def metadata() -> MetaData:
     from llamarock.storage import (  # noqa: F401  (imported for their tables)
         batch,
         custom_models,
+        customization_jobs,
         guardrails,
         keys,
         knowledge,
