@@ -134,7 +134,7 @@ def test_bad_requests_get_bedrocks_errors(harness: Harness) -> None:
         ({"hyperParameters": {"batchSize": "2"}}, "batchSize"),
         ({"hyperParameters": {"learningRate": "0.5"}}, "learningRate"),
         ({"hyperParameters": {"learningRate": "fast"}}, "learningRate"),
-        ({"hyperParameters": {"learningRateWarmupSteps": "5"}}, "learningRateWarmupSteps"),
+        ({"hyperParameters": {"learningRateWarmupSteps": "500"}}, "learningRateWarmupSteps"),
         ({"baseModelIdentifier": "meta.llama3-3-70b-instruct-v1:0"}, "does not support fine-tuning"),
         ({"baseModelIdentifier": "meta.llama9-9b-v1:0"}, "not a valid model identifier"),
         ({"customizationType": "CONTINUED_PRE_TRAINING"}, "FINE_TUNING"),

@@ -23,10 +23,17 @@ def test_fine_tunable_ids_and_their_128k_form() -> None:
 
 def test_hyperparameters_defaults_and_ranges() -> None:
     model = "meta.llama3-2-1b-instruct-v1:0"
-    assert check_hyperparameters(model, None) == {"epochCount": "5", "batchSize": "1", "learningRate": "0.0001"}
+    bedrock = {"epochCount": "5", "batchSize": "1", "learningRate": "0.0001"}
+    assert check_hyperparameters(model, None, extended=False) == bedrock
+    assert check_hyperparameters(model, None) == {**bedrock, "learningRateWarmupSteps": "0"}
     assert check_hyperparameters(model, {"epochCount": "10", "learningRate": "5e-6"})["learningRate"] == "5e-6"
+    # The spec's example sends learningRateWarmupSteps: accepted beyond Bedrock, refused as Bedrock does for Meta.
+    assert check_hyperparameters(model, {"learningRateWarmupSteps": "10"})["learningRateWarmupSteps"] == "10"
+    with pytest.raises(ValidationException, match="learningRateWarmupSteps"):
+        check_hyperparameters(model, {"learningRateWarmupSteps": "0"}, extended=False)
     for bad in ({"epochCount": "1.5"}, {"epochCount": "11"}, {"batchSize": "0"}, {"learningRate": "0.000001"},
-                {"learningRate": "nan"}, {"learningRate": "0.2"}, {"warmup": "1"}):
+                {"learningRate": "nan"}, {"learningRate": "0.2"}, {"warmup": "1"}, {"learningRateWarmupSteps": "251"},
+                {"learningRateWarmupSteps": "-1"}):
         with pytest.raises(ValidationException):
             check_hyperparameters(model, bad)
 

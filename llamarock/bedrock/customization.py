@@ -4,8 +4,9 @@ training-data row formats, the job and custom-model ARNs, and the metric files' 
 Base models and hyperparameters are Bedrock's for Meta Llama (user guide, "Supported models and Regions for
 fine-tuning" and "Meta Llama 3.1/3.2 model customization hyperparameters"): Llama 3.1 8B/70B Instruct and Llama 3.2
 1B/3B/11B/90B Instruct, named by their base id or its ``:128k`` form; ``epochCount`` 1-10 (default 5),
-``batchSize`` 1-1 (default 1), ``learningRate`` 5e-6-0.1 (default 1e-4). No other hyperparameter is accepted for
-these models (``learningRateWarmupSteps`` is a Titan hyperparameter: Bedrock refuses it for Meta models).
+``batchSize`` 1-1 (default 1), ``learningRate`` 5e-6-0.1 (default 1e-4). Beyond Bedrock (not in ``--compat
+bedrock``, where Bedrock's refusal is kept), ``learningRateWarmupSteps`` 0-250 (default 0; Titan's range) is accepted
+too, as the product's own examples send it: the learning rate rises linearly over that many steps.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ META_HYPERPARAMETERS = (
     HyperParameter("batchSize", int, 1, 1, "1"),
     HyperParameter("learningRate", float, 5e-6, 0.1, "0.0001"),
 )
+EXTENDED_HYPERPARAMETERS = (HyperParameter("learningRateWarmupSteps", int, 0, 250, "0"),)
 
 
 def fine_tunable(identifier: str) -> str | None:
@@ -63,10 +65,12 @@ def fine_tunable(identifier: str) -> str | None:
     return model_id if model_id in FINE_TUNABLE else None
 
 
-def check_hyperparameters(base_model_id: str, given: dict[str, str] | None) -> dict[str, str]:
+def check_hyperparameters(base_model_id: str, given: dict[str, str] | None, *,
+                          extended: bool = True) -> dict[str, str]:
     """The job's hyperparameters, defaults filled in; ValidationException for an unknown name or a value of the
-    wrong type or out of its range."""
-    table = {parameter.name: parameter for parameter in META_HYPERPARAMETERS}
+    wrong type or out of its range. ``extended``: llamarock's own ones are known too (not in ``--compat bedrock``)."""
+    known = META_HYPERPARAMETERS + (EXTENDED_HYPERPARAMETERS if extended else ())
+    table = {parameter.name: parameter for parameter in known}
     given = dict(given or {})
     unknown = sorted(set(given) - set(table))
     if unknown:
@@ -75,7 +79,7 @@ def check_hyperparameters(base_model_id: str, given: dict[str, str] | None) -> d
             f"hyperparameters: {', '.join(table)}."
         )
     checked: dict[str, str] = {}
-    for parameter in META_HYPERPARAMETERS:
+    for parameter in known:
         text = given.get(parameter.name, parameter.default)
         words = "an integer" if parameter.kind is int else "a number"
         try:

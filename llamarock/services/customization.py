@@ -172,7 +172,8 @@ class CustomizationService:
         if params.get("customizationConfig") is not None:
             raise ValidationException("customizationConfig (distillation, reinforcement fine-tuning) is not "
                                       f"supported for {model_id}; leave it out for FINE_TUNING.")
-        hyperparameters = check_hyperparameters(model_id, params.get("hyperParameters"))
+        hyperparameters = check_hyperparameters(model_id, params.get("hyperParameters"),
+                                                extended=self.settings.compat != "bedrock")
         training = params["trainingDataConfig"]
         if training.get("invocationLogsConfig") is not None or not training.get("s3Uri"):
             raise ValidationException("trainingDataConfig must give s3Uri, the JSONL file of training rows "
@@ -375,6 +376,7 @@ class CustomizationService:
         TrainingSpec(
             gguf=gguf, hf=hf, base_cache=base_cache, epochs=int(hyper["epochCount"]),
             batch_size=int(hyper["batchSize"]), learning_rate=float(hyper["learningRate"]),
+            warmup_steps=int(hyper.get("learningRateWarmupSteps", "0")),
             max_length=self.settings.customization_max_tokens,
             checkpoint_every=self.settings.customization_checkpoint_steps,
             threads=self.settings.customization_threads or self.settings.threads,

@@ -48,6 +48,7 @@ class TrainingSpec:
     epochs: int
     batch_size: int
     learning_rate: float
+    warmup_steps: int = 0
     max_length: int = 512
     lora_rank: int = 8
     lora_alpha: int = 16

@@ -130,7 +130,14 @@ class Run:
         optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=0.0)
         per_epoch = math.ceil(len(train_rows) / spec.batch_size)
         total = per_epoch * spec.epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: max(0.0, 1.0 - done / total))
+        warmup = min(spec.warmup_steps, total)
+
+        def rate(done: int) -> float:  # linear warm-up over `warmup` steps, then linear decay to 0 at the end
+            if done < warmup:
+                return (done + 1) / (warmup + 1)
+            return max(0.0, 1.0 - done / total)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
         start = 0
         checkpoint = self.folder / job_files.CHECKPOINT
         if checkpoint.exists():
