@@ -117,6 +117,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "llamarock"
 
 
+class _Without(logging.Filter):
+    """Drops the log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self._text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._text not in record.getMessage()
+
+
 def _check_dimensions(embedder: Embedder, dimensions: int | None) -> None:
     if dimensions is not None and dimensions not in embedder.dimensions:
         given = ", ".join(map(str, embedder.dimensions))
@@ -148,7 +159,8 @@ class OnnxBertEmbedder(Embedder):
     """A BERT sentence encoder (mean pooling) from a sentence-transformers zip, run on onnxruntime.
 
     ``threads`` are onnxruntime's intra-op threads; ``quantize`` is ``"int8"`` (the matrix products in int8, see the
-    module's doc) or ``"none"`` (fp32 throughout). Texts are sorted by length and cut into batches of at most
+    module's doc; each text then runs alone, so that its vector does not depend on the others) or ``"none"`` (fp32
+    throughout). In fp32, texts are sorted by length and cut into batches of at most
     ``max_batch`` texts and ``max_batch_tokens`` padded tokens, so that one long text does not pad a whole batch and
     the attention buffers stay bounded (their size grows with batch × length²).
     """
@@ -173,7 +185,11 @@ class OnnxBertEmbedder(Embedder):
         self._cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
         self._threads = threads
         self.max_tokens = max_tokens
-        self._max_batch = max_batch
+        # int8: one text per run. Dynamic quantization scales each matrix product's input by its largest value over
+        # the whole batch, so a text batched with others would get a vector that depends on them (cosine 0.99 to
+        # its own); alone, it is the same in every call, and unpadded. Measured as fast as length-sorted batches
+        # (bench/embed_speed.py): the products of one text are already large enough to keep the cores busy.
+        self._max_batch = 1 if quantize == "int8" else max_batch
         self._max_batch_tokens = max_batch_tokens
         self._tokenizer: Any = None
         self._whole: Any = None  # the same tokenizer without truncation (for fit)
@@ -315,9 +331,14 @@ class OnnxBertEmbedder(Embedder):
         # reduce_range: 7-bit weights, so that AVX2's u8 x s8 multiply-add (no VNNI) cannot saturate.
         # DefaultTensorType: the type of the contrib operators' outputs (Attention...), which ONNX's shape inference
         # does not give.
-        quantize_dynamic(scratch, path, op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
-                         reduce_range=True, weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quiet = _Without("pre-processing before quantization")  # advice for static quantization of image models
+        logging.getLogger().addFilter(quiet)
+        try:
+            quantize_dynamic(scratch, path, op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
+                             reduce_range=True, weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            logging.getLogger().removeFilter(quiet)
         scratch.unlink(missing_ok=True)
 
     # -- the interface --------------------------------------------------------------------------------------------
