@@ -262,7 +262,8 @@ def test_the_int8_graph_is_quantized_and_cached(int8: Embedder, int8_cache: Path
     (graph,) = int8_cache.glob("all-MiniLM-L6-v2-*-int8.onnx")
     ops = {node.op_type for node in onnx.load(str(graph), load_external_data=False).graph.node}
     assert {"QAttention", "DynamicQuantizeLinear"} & ops and "Attention" not in ops, ops
-    assert graph.stat().st_size < 40_000_000  # fp32 is about 90 MB; int8 weights are a quarter of the matrices
+    # fp32 is about 91 MB; the matrices shrink to a quarter, the word-embedding table (47 MB) stays fp32
+    assert graph.stat().st_size < 65_000_000
     again = OnnxBertEmbedder(minilm_zip_path(), cache_dir=int8_cache)
     stamp = graph.stat().st_mtime_ns
     try:
