@@ -8,7 +8,7 @@ work on the same cores slows every figure), and, with ``--sweep``, batch 32 at 2
 ``max_batch_tokens`` (the bound on padded tokens per onnxruntime run). The built graph is cached
 (docs/embeddings.md): run it twice to see the memory of a start that reads the cache.
 
-Usage: .venv/bin/python bench/embeddings.py [--threads 2] [--seconds 3] [--trials 3] [--sweep]
+Usage: .venv/bin/python bench/embeddings.py [--threads 2] [--seconds 3] [--trials 3] [--sweep] [--quantize int8|none]
 Prints one JSON object. Run by hand; never a test.
 """
 
@@ -73,11 +73,12 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--sweep", action="store_true", help="also compare max_batch_tokens at batch 32 x 256")
+    parser.add_argument("--quantize", choices=("int8", "none"), default="int8", help="the embedder: int8 or fp32")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
     before = _memory_mib()
-    embedder = OnnxBertEmbedder(minilm_zip_path(), threads=args.threads)
+    embedder = OnnxBertEmbedder(minilm_zip_path(), threads=args.threads, quantize=args.quantize)
     started = time.perf_counter()
     await embedder.load()
     load_s = time.perf_counter() - started
@@ -90,7 +91,8 @@ async def main() -> None:
     sweep = {}
     if args.sweep:
         for budget in (1024, 2048, 4096, 8192):
-            swept = OnnxBertEmbedder(minilm_zip_path(), threads=args.threads, max_batch_tokens=budget)
+            # fp32: int8 runs each text alone, so the budget does not apply to it
+            swept = OnnxBertEmbedder(minilm_zip_path(), threads=args.threads, max_batch_tokens=budget, quantize="none")
             await swept.load()
             sweep[str(budget)] = await run(swept, 256, 32, args.seconds, args.trials)
             await swept.close()

@@ -21,7 +21,8 @@ How the labelled sets are built (all here, seeded, nothing downloaded):
   ``--server URL``, ApplyGuardrail through a running server (boto3, signed, over loopback), with and without the
   topic policy.
 
-Usage: python bench/guardrails.py [--runs 50] [--server http://127.0.0.1:PORT]
+Usage: python bench/guardrails.py [--runs 50] [--server http://127.0.0.1:PORT] [--threads 1] [--quantize int8|none]
+       [--only topics]
 Prints a table and one JSON object. Run by hand; never a test.
 """
 
@@ -554,18 +555,24 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--server", help="base URL of a running llamarock serve, to time ApplyGuardrail too")
+    parser.add_argument("--threads", type=int, default=1, help="the embedder's threads")
+    parser.add_argument("--quantize", choices=("int8", "none"), default="int8", help="the embedder: int8 or fp32")
+    parser.add_argument("--only", choices=("all", "topics"), default="all",
+                        help="topics: the denied-topic figures and the latency only (no PII or content filters)")
     args = parser.parse_args()
-    embedder: Embedder = embedded_default(threads=1)
+    embedder: Embedder = embedded_default(threads=args.threads, quantize=args.quantize)
 
     async def embed(texts: Sequence[str]) -> list[list[float]]:
         return (await embedder.embed(list(texts))).vectors
 
-    report: dict[str, Any] = {}
-    samples = pii_samples()
-    report["pii"] = pii_scores(samples)
-    report["pii_set"] = {"sentences": len(samples), "labelled_entities": sum(len(g) for _, g in samples)}
+    report: dict[str, Any] = {"embedder": {"threads": args.threads, "quantize": args.quantize}, "pii": {}}
+    if args.only == "all":
+        samples = pii_samples()
+        report["pii"] = pii_scores(samples)
+        report["pii_set"] = {"sentences": len(samples), "labelled_entities": sum(len(g) for _, g in samples)}
     report["topics"] = await topic_scores(embed)
-    report["content_filters"] = await content_scores(embed)
+    if args.only == "all":
+        report["content_filters"] = await content_scores(embed)
     report["latency_in_process"] = await latency(embed, args.runs)
     if args.server:
         report["latency_server"] = server_latency(args.server, args.runs)

@@ -13,6 +13,7 @@
    size, after the bench's own copies of the vectors are freed.
 
 Usage: python bench/kb_ingest.py [BEIR_FOLDER] [--docs 300] [--chunks 10000] [--queries 300] [--threads 2]
+       [--quantize int8|none]
        (the folder defaults to $LLAMAROCK_BEIR_ROOT/scifact)
 Prints one JSON object. Run by hand; never a test.
 """
@@ -79,9 +80,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             titles[doc["_id"]], bodies[doc["_id"]] = doc.get("title", ""), doc.get("text", "")
     work = Path(tempfile.mkdtemp(prefix="kb-ingest-"))
     store = SqliteVectorStore(work / "kb.sqlite")
-    embedder = embedded_default(threads=args.threads)
+    embedder = embedded_default(threads=args.threads, quantize=args.quantize)
     await embedder.load()
-    report: dict[str, Any] = {"corpus": beir.name, "threads": args.threads, "cpus": os.cpu_count()}
+    report: dict[str, Any] = {"corpus": beir.name, "threads": args.threads, "cpus": os.cpu_count(),
+                              "quantize": args.quantize}
 
     # 1. ingestion end to end
     ids = list(beir.corpus)[: args.docs]
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--quantize", choices=("int8", "none"), default="int8", help="the embedder: int8 or fp32")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "llamarock" / "bench")
     args = parser.parse_args()
     if args.folder is None:

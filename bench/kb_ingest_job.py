@@ -7,7 +7,7 @@ times one ingestion job from StartIngestionJob to COMPLETE: listing, reading, pa
 of a group embedded in one batch, as the server does) and storing. The chunk count is read from the store afterwards.
 With --embedder-only, it also times the embedder alone on the same chunk texts, to show its share.
 
-Usage: .venv/bin/python bench/kb_ingest_job.py [BEIR_FOLDER] [--docs 300]
+Usage: .venv/bin/python bench/kb_ingest_job.py [BEIR_FOLDER] [--docs 300] [--quantize int8|none]
        (the folder defaults to $LLAMAROCK_BEIR_ROOT/scifact)
 Prints one JSON object. Run by hand; never a test.
 """
@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if len(docs) == args.docs:
                 break
     tmp = Path(tempfile.mkdtemp(prefix="kb-ingest-job-"))
-    server = start_server(tmp, "--engine", "fake")
+    # The default embedding deployment, with the embedder's weights as --quantize says.
+    config = f'[[embedding_deployments]]\nname = "minilm-l6-embedded"\nmodels = ["*"]\nquantize = "{args.quantize}"\n'
+    server = start_server(tmp, "--engine", "fake", config=config)
     try:
         s3, agent = _client("s3", server.url), _client("bedrock-agent", server.url)
         s3.create_bucket(Bucket="bench-docs", CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             table = next(t for t in tables if t[0] == "c" and t[1:].isdigit())  # the knowledge base's chunk table
             texts = [row[0] for row in db.execute(f"select text from {table}")]
         report: dict[str, Any] = {
-            "documents": len(docs), "status": got["status"], "statistics": got["statistics"],
+            "quantize": args.quantize, "documents": len(docs), "status": got["status"], "statistics": got["statistics"],
             "chunks": len(texts), "seconds": round(elapsed, 2), "chunks_per_s": round(len(texts) / elapsed, 1),
             "load_average_before": load_before, "load_average_after": os.getloadavg()[0], "cpus": os.cpu_count(),
         }
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from llamarock.engines.embedding import embedded_default
 
         async def embed_all() -> float:
-            embedder = embedded_default(threads=os.cpu_count() or 1)
+            embedder = embedded_default(threads=os.cpu_count() or 1, quantize=args.quantize)
             await embedder.load()
             begun = time.perf_counter()
             for at in range(0, len(texts), 64):
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", type=Path)
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--embedder-only", action="store_true")
+    parser.add_argument("--quantize", choices=("int8", "none"), default="int8", help="the embedder: int8 or fp32")
     args = parser.parse_args()
     if args.folder is None:
         root = os.environ.get("LLAMAROCK_BEIR_ROOT")

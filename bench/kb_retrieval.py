@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llamarock.engines.embedding import embedded_default
+from llamarock.engines.embedding import QUANTIZE_MODES, Quantize, embedded_default
 from llamarock.knowledge.sqlite_store import SqliteVectorStore
 from llamarock.knowledge.store import Fusion, StoredChunk, VectorStore, dense_score, fuse
 
@@ -95,10 +95,10 @@ def ndcg_at(ranked: Sequence[str], grades: dict[str, int], k: int = 10) -> float
     return dcg / idcg if idcg > 0 else 0.0
 
 
-def _embed_all(texts: Sequence[str], cache: Path, label: str) -> np.ndarray:
+def _embed_all(texts: Sequence[str], cache: Path, label: str, quantize: Quantize) -> np.ndarray:
     if cache.exists():
         return np.load(cache)
-    embedder = embedded_default(threads=max(1, (os.cpu_count() or 1)))
+    embedder = embedded_default(threads=max(1, (os.cpu_count() or 1)), quantize=quantize)
     out: list[list[float]] = []
     started = time.perf_counter()
 
@@ -214,6 +214,8 @@ def run(work: Path) -> None:
         help="postgres: PgVectorStore on a pgserver started here (pip install pgserver)",
     )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "llamarock" / "bench")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="int8",
+                        help="the embedder's weights: int8 (the default) or none (fp32)")
     args = parser.parse_args()
     folders: list[Path] = args.folders
     if not folders:
@@ -244,17 +246,19 @@ def _run_sets(args: argparse.Namespace, folders: list[Path], work: Path, pg_serv
     loaded = []
     for folder in folders:
         beir = load_beir(folder)
-        model = "all-MiniLM-L6-v2"
+        model = "all-MiniLM-L6-v2" + ("" if args.quantize == "none" else f"-{args.quantize}")
         doc_vecs = _embed_all(
             list(beir.corpus.values()),
             args.cache / f"{beir.name}-{beir.digest}-{model}-docs.npy",
             f"{beir.name} corpus",
+            args.quantize,
         )
         qids = sorted(beir.queries)
         qarr = _embed_all(
             [beir.queries[q] for q in qids],
             args.cache / f"{beir.name}-{beir.digest}-{model}-queries.npy",
             f"{beir.name} queries",
+            args.quantize,
         )
         qvecs = {q: qarr[i].tolist() for i, q in enumerate(qids)}
         store: VectorStore = (
@@ -266,7 +270,8 @@ def _run_sets(args: argparse.Namespace, folders: list[Path], work: Path, pg_serv
         print(f"{beir.name}: indexed {len(beir.corpus)} docs in {time.perf_counter() - started:.1f}s", file=sys.stderr)
         loaded.append((beir, store, qvecs))
     fusion = Fusion()
-    report: dict[str, Any] = {"store": type(loaded[0][1]).__name__, "embedder": "all-MiniLM-L6-v2 (onnxruntime)"}
+    report: dict[str, Any] = {"store": type(loaded[0][1]).__name__,
+                              "embedder": f"all-MiniLM-L6-v2 (onnxruntime, quantize={args.quantize})"}
     if args.tune:
         fusion, report["tuning"] = tune(loaded, limit=args.tune_queries)
     report["fusion"] = fusion.__dict__

@@ -1,5 +1,5 @@
 """The embedded embedder (all-MiniLM-L6-v2 on onnxruntime): numerics against an independent numpy forward pass,
-similarity, normalisation, batching, truncation and token counts."""
+similarity, normalisation, batching, truncation and token counts, in fp32 and in int8 (the default)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,19 @@ from llamarock.engines.embedding import Embedder, OnnxBertEmbedder, embedded_def
 
 @pytest.fixture(scope="module")
 def embedder() -> Iterator[Embedder]:
-    e = OnnxBertEmbedder(minilm_zip_path(), threads=2, cache_dir=None)  # builds the graph: no cached copy
+    e = OnnxBertEmbedder(minilm_zip_path(), threads=2, cache_dir=None, quantize="none")  # built: no cached copy
+    yield e
+    asyncio.run(e.close())
+
+
+@pytest.fixture(scope="module")
+def int8_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("int8-cache")
+
+
+@pytest.fixture(scope="module")
+def int8(int8_cache: Path) -> Iterator[Embedder]:
+    e = OnnxBertEmbedder(minilm_zip_path(), threads=2, cache_dir=int8_cache)  # int8 is the default
     yield e
     asyncio.run(e.close())
 
@@ -132,13 +144,13 @@ def test_token_counts_and_truncation(embedder: Embedder) -> None:
 
 
 def test_many_texts_in_small_batches() -> None:
-    e = OnnxBertEmbedder(minilm_zip_path(), max_batch=3, max_batch_tokens=64)
+    e = OnnxBertEmbedder(minilm_zip_path(), max_batch=3, max_batch_tokens=64, quantize="none")
     try:
         texts = [f"sentence number {i} " * (1 + i % 7) for i in range(20)]
         small, _ = embed(e, texts)
     finally:
         asyncio.run(e.close())
-    e2 = embedded_default()
+    e2 = embedded_default(quantize="none")
     try:
         big, _ = embed(e2, texts)
     finally:
@@ -186,14 +198,14 @@ def test_remote_token_counts_are_shared_out_exactly() -> None:
 def test_the_built_graph_is_cached(tmp_path: Path, embedder: Embedder) -> None:
     texts = SENTENCES[:4]
     want, _ = embed(embedder, texts)
-    first = OnnxBertEmbedder(minilm_zip_path(), cache_dir=tmp_path)
+    first = OnnxBertEmbedder(minilm_zip_path(), cache_dir=tmp_path, quantize="none")
     try:
         built, _ = embed(first, texts)
     finally:
         asyncio.run(first.close())
     (graph,) = tmp_path.glob("all-MiniLM-L6-v2-*.onnx")
     stamp = graph.stat().st_mtime_ns
-    second = OnnxBertEmbedder(minilm_zip_path(), cache_dir=tmp_path)
+    second = OnnxBertEmbedder(minilm_zip_path(), cache_dir=tmp_path, quantize="none")
     try:
         cached, _ = embed(second, texts)
     finally:
@@ -202,9 +214,80 @@ def test_the_built_graph_is_cached(tmp_path: Path, embedder: Embedder) -> None:
     assert np.abs(built - want).max() < 1e-6 and np.abs(cached - want).max() < 1e-6
     unwritable = tmp_path / "file"
     unwritable.write_text("not a folder")
-    third = OnnxBertEmbedder(minilm_zip_path(), cache_dir=unwritable / "cache")  # falls back to a temporary file
+    # falls back to a temporary file
+    third = OnnxBertEmbedder(minilm_zip_path(), cache_dir=unwritable / "cache", quantize="none")
     try:
         fallback, _ = embed(third, texts)
     finally:
         asyncio.run(third.close())
     assert np.abs(fallback - want).max() < 1e-6
+
+
+# -- int8 -------------------------------------------------------------------------------------------------------------
+
+
+def test_int8_is_close_to_fp32_and_keeps_its_neighbours(embedder: Embedder, int8: Embedder) -> None:
+    texts = [*SENTENCES, "word " * 300, "Can I get advice on which stocks to buy for my retirement savings?"]
+    want, want_counts = embed(embedder, texts)
+    got, counts = embed(int8, texts)
+    assert got.shape == want.shape == (len(texts), 384)
+    assert counts == want_counts  # the same tokenizer and window
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    cos = (got * want).sum(axis=1)
+    assert cos.min() > 0.98, cos
+    assert not np.allclose(got, want, atol=1e-4)  # it is not the fp32 graph under another name
+    # Similarities move by a few hundredths at most, and the clear pairs stay each other's nearest.
+    sim_got, sim_want = got[:9] @ got[:9].T, want[:9] @ want[:9].T
+    assert np.abs(sim_got - sim_want).max() < 0.05
+    np.fill_diagonal(sim_got, -1)
+    for i, j in ((0, 1), (3, 6), (7, 8)):  # eating food / bread, riding a horse / a white horse, drums / drums
+        assert sim_got[i].argmax() == j and sim_got[j].argmax() == i
+
+
+def test_int8_vectors_do_not_depend_on_the_batch(int8: Embedder) -> None:
+    texts = [*SENTENCES, "short", "a much longer sentence " * 20, ""]
+    batch, counts = embed(int8, texts)
+    for i, text in enumerate(texts):
+        alone, count = embed(int8, [text])
+        assert np.abs(batch[i] - alone[0]).max() < 1e-6, text
+        assert counts[i] == count[0]
+    reordered, _ = embed(int8, texts[::-1])
+    assert np.abs(reordered[::-1] - batch).max() < 1e-6
+
+
+def test_the_int8_graph_is_quantized_and_cached(int8: Embedder, int8_cache: Path) -> None:
+    import onnx
+
+    embed(int8, ["load it"])
+    (graph,) = int8_cache.glob("all-MiniLM-L6-v2-*-int8.onnx")
+    ops = {node.op_type for node in onnx.load(str(graph), load_external_data=False).graph.node}
+    assert {"QAttention", "DynamicQuantizeLinear"} & ops and "Attention" not in ops, ops
+    # fp32 is about 91 MB; the matrices shrink to a quarter, the word-embedding table (47 MB) stays fp32
+    assert graph.stat().st_size < 65_000_000
+    again = OnnxBertEmbedder(minilm_zip_path(), cache_dir=int8_cache)
+    stamp = graph.stat().st_mtime_ns
+    try:
+        first, _ = embed(int8, SENTENCES[:3])
+        second, _ = embed(again, SENTENCES[:3])
+    finally:
+        asyncio.run(again.close())
+    assert graph.stat().st_mtime_ns == stamp  # read, not rebuilt
+    assert np.abs(first - second).max() < 1e-6
+    assert OnnxBertEmbedder(minilm_zip_path(), cache_dir=int8_cache, quantize="none")._cached_graph() != graph
+
+
+def test_quantize_is_a_setting() -> None:
+    from pydantic import ValidationError
+
+    from llamarock.services.embeddings import build_embedder
+    from llamarock.settings import EmbeddingDeploymentSettings, Settings
+
+    with pytest.raises(ValueError, match="quantize must be one of int8, none"):
+        OnnxBertEmbedder(minilm_zip_path(), quantize="fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="quantize"):
+        EmbeddingDeploymentSettings(name="e", quantize="fp16")  # type: ignore[arg-type]
+    settings = Settings()
+    default, _ = build_embedder(EmbeddingDeploymentSettings(name="e"), settings)
+    fp32, _ = build_embedder(EmbeddingDeploymentSettings(name="e", quantize="none"), settings)
+    assert isinstance(default, OnnxBertEmbedder) and default.quantize == "int8"
+    assert isinstance(fp32, OnnxBertEmbedder) and fp32.quantize == "none"

@@ -53,12 +53,13 @@ def build_embedder(spec: EmbeddingDeploymentSettings, settings: Settings) -> tup
             # The embedded weights are located when they load: a missing package fails the first request (with the
             # install command), not the server's start.
             embedder: Embedder = OnnxBertEmbedder(None, threads=threads, max_tokens=spec.max_tokens or 256,
-                                                  max_batch=spec.max_batch)
+                                                  max_batch=spec.max_batch, quantize=spec.quantize)
             return embedder, f"{MINILM_PACKAGE} ({MINILM_NAME})"
         if not spec.model_path.is_file():
             raise DeploymentConfigError(f"embedding deployment {spec.name!r}: model zip not found: {spec.model_path}")
         embedder = OnnxBertEmbedder(spec.model_path, name=spec.model_path.stem, threads=threads,
-                                    max_tokens=spec.max_tokens or 256, max_batch=spec.max_batch)
+                                    max_tokens=spec.max_tokens or 256, max_batch=spec.max_batch,
+                                    quantize=spec.quantize)
         return embedder, str(spec.model_path)
     if spec.engine == "llamacpp":
         from llamarock.engines.embedding_llamacpp import LlamaCppEmbedder
