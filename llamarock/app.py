@@ -22,6 +22,7 @@ from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.batch import BatchService
+from llamarock.services.custom_models import CustomModelService
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
 from llamarock.services.guardrail_runtime import GuardrailRuntime
@@ -40,6 +41,8 @@ from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
 from llamarock.storage.batch import BatchStore
 from llamarock.storage.blobs import open_blob_store
+from llamarock.storage.custom_model_deployments import CustomModelDeploymentStore
+from llamarock.storage.custom_models import CustomModelStore
 from llamarock.storage.db import Database
 from llamarock.storage.guardrails import GuardrailStore
 from llamarock.storage.keys import KeyStore
@@ -84,6 +87,10 @@ def create_app(settings: Settings) -> Starlette:
     # Batch inference jobs (docs/batch.md): records billed as batch, progress on /metrics.
     batch = BatchService(BatchStore(database), blobs, invocations, tagging, settings, batch_biller(usage))
     invocation_metrics.registry.register(BatchCollector(batch))
+    # Custom models served as LoRA adapters over their base model's deployment (CreateCustomModel, PT, deployments).
+    custom_models = CustomModelService(CustomModelStore(database), CustomModelDeploymentStore(database), blobs,
+                                       registry, tagging, settings)
+    inference.custom_models = provisioning.custom_models = custom_models
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -145,6 +152,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig
     app.state.guardrail_runtime = guardrail_runtime
     app.state.s3 = S3Service(settings)
+    app.state.custom_models = custom_models
     return app
 
 

@@ -119,7 +119,8 @@ class ModelName:
                 f"this server answers as account {account}."
             )
             return cls(identifier, None, foreign, identifier)
-        if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn"):
+        if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn", "custom-model-arn",
+                        "custom-model-deployment-arn"):
             return cls(identifier, ref, None, ref.requested)
         return cls(identifier, ref, None, aliases.get(ref.model_id, ref.model_id))
 

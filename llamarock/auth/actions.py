@@ -30,7 +30,8 @@ def model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[
         identifier = model.identifier
         resource = identifier if identifier.startswith("arn:") else foundation_model_arn(identifier, region)
         return (resource,), identifier
-    if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn"):
+    if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn", "custom-model-arn",
+                    "custom-model-deployment-arn"):
         return (ref.requested,), model.model_id
     model_id = model.model_id
     model_region = ref.region or region

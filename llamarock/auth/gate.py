@@ -72,7 +72,8 @@ def _model_resources(model: ModelName, region: str, account: str) -> tuple[tuple
     name no model share one bucket, so made-up ids cannot grow the quota table."""
     resources, quota_model = model_resources(model, region, account)
     known = model.ref is not None and (
-        model.ref.kind in ("provisioned-model-arn", "application-inference-profile-arn")
+        model.ref.kind in ("provisioned-model-arn", "application-inference-profile-arn", "custom-model-arn",
+                           "custom-model-deployment-arn")
         or catalog.get(quota_model) is not None
     )
     return resources, quota_model if known else UNKNOWN_MODEL

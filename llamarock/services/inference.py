@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamarock.bedrock import catalog, compat
 from llamarock.bedrock.catalog import CatalogModel
@@ -39,6 +39,9 @@ from llamarock.errors import (
 from llamarock.scheduler import TIER_PRIORITY, Scheduler
 from llamarock.services.deployments import Deployment, DeploymentRegistry
 from llamarock.services.profiles import ProfileService
+
+if TYPE_CHECKING:
+    from llamarock.services.custom_models import CustomModelService
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
 from llamarock.types import CacheMark, ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
@@ -79,6 +82,8 @@ class Target:
     # Set when the request names an application inference profile: usage is attributed to it and its tags.
     profile_arn: str | None = None
     profile_tags: tuple[tuple[str, str], ...] = ()
+    # Set when the request runs a custom model (its ARN): the deployment applies the model's LoRA adapter.
+    custom_model_arn: str | None = None
 
 
 class InferenceService:
@@ -97,6 +102,8 @@ class InferenceService:
         self.provisioning = provisioning
         # Application inference profiles (set by create_app: the profile service shares this region map).
         self.profiles: ProfileService | None = None
+        # Custom models served as LoRA adapters over their base model's deployment (set by create_app).
+        self.custom_models: CustomModelService | None = None
         try:
             on_demand = compat.on_demand_overrides(settings.compat, catalog.MODELS, settings.on_demand_regions)
             self.regions = RegionMap(settings.model_regions, on_demand)
@@ -125,6 +132,10 @@ class InferenceService:
             return self._provisioned(ref)
         if ref.kind == "application-inference-profile-arn":
             return self._application_profile(ref, region)
+        if self.custom_models is not None and (ref.kind in ("custom-model-arn", "custom-model-deployment-arn") or (
+                ref.kind == "model-id" and catalog.get(model.model_id) is None
+                and self.custom_models.find(region, ref.requested) is not None)):
+            return self._custom(ref, region)
         placement = self._placement(model, region)
         deployment = self._deployment(placement.model)
         return Target(ref, placement.model, deployment, placement.inference_region)
@@ -135,7 +146,8 @@ class InferenceService:
         None for a provisioned-model or application inference profile ARN (this server's own). Raises Bedrock's
         refusal for an identifier the region cannot invoke, as :meth:`resolve` does.
         """
-        if model.parsed().kind in ("provisioned-model-arn", "application-inference-profile-arn"):
+        if model.parsed().kind in ("provisioned-model-arn", "application-inference-profile-arn", "custom-model-arn",
+                                   "custom-model-deployment-arn"):
             return None
         return self._placement(model, region or self.settings.region)
 
@@ -179,6 +191,25 @@ class InferenceService:
             )
         return deployment
 
+    def _custom(self, ref: ModelRef, region: str) -> Target:
+        """A custom model (by ARN or name, on demand: beyond Bedrock, which requires Provisioned Throughput) or a
+        custom model deployment runs its base model's deployment with the model's adapter."""
+        assert self.custom_models is not None
+        if ref.kind != "custom-model-deployment-arn" and not compat.serves_custom_models_on_demand(
+                self.settings.compat):
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        if ref.kind == "custom-model-arn" and ref.region is not None and ref.region != region:
+            raise ValidationException(
+                f"{INVALID_MODEL_IDENTIFIER} The ARN {ref.requested} names a custom model in {ref.region}, but the "
+                f"request was signed for {region}. Sign the request for {ref.region}."
+            )
+        custom = self.custom_models.for_invocation(ref, region).model
+        model = catalog.get(custom.base_model_id)
+        if model is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        self._check_life(model)
+        return Target(ref, model, self._deployment(model), region, custom_model_arn=custom.arn)
+
     def _provisioned(self, ref: ModelRef) -> Target:
         """A provisioned-model ARN runs its (InService) provisioned model's catalog model on its reservation."""
         if self.provisioning is None:
@@ -188,7 +219,9 @@ class InferenceService:
         if model is None:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
         self._check_life(model)
-        return Target(ref, model, self._deployment(model), ref.region, provisioned_arn=provisioned.arn)
+        custom = provisioned.model_arn if ":custom-model/" in provisioned.model_arn else None
+        return Target(ref, model, self._deployment(model), ref.region, provisioned_arn=provisioned.arn,
+                      custom_model_arn=custom)
 
     def check_ready(self, target: Target) -> None:
         deployment = target.deployment
@@ -305,6 +338,9 @@ class InferenceService:
         Raises ThrottlingException or ModelTimeoutException before the first chunk when it is not admitted.
         """
         self.check_ready(target)
+        if target.custom_model_arn is not None and self.custom_models is not None:
+            adapter = await self.custom_models.adapter(target.custom_model_arn)
+            request = dataclasses.replace(request, adapter=adapter)
         async with self.scheduler.admit(target.deployment.name, request, target.provisioned_arn) as admission:
             async with contextlib.aclosing(self._engine_chunks(target, admission.request)) as chunks:
                 async for chunk in chunks:
