@@ -20,6 +20,7 @@ from llamarock.engines.decode_loop import LlamaCppConfig
 from llamarock.engines.llamacpp import LlamaCppEngine
 from llamarock.modelfiles.lora_gguf import AdapterFormatError, convert_peft, read_base
 from llamarock.services.deployments import embedded_model_path
+from llamarock.settings import Settings
 from llamarock.types import Adapter, GenerationChunk, GenerationRequest, SamplingParams
 from tests.conftest import Server, start_server, stop_server
 
@@ -29,6 +30,7 @@ peft = pytest.importorskip("peft")
 PROMPT = "The capital of France is"
 CHECKED_TOKENS = 10
 BASE = "meta.llama3-1-8b-instruct-v1:0"  # served by the embedded deployment
+ACCOUNT = Settings.model_fields["account_id"].default  # the account the servers answer as
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -266,7 +268,7 @@ def test_a_custom_model_is_served_without_restart_by_arn_pt_and_deployment(live:
 
 def test_custom_model_errors_are_bedrocks(live: Server, adapters: Adapters, tmp_path: Path) -> None:
     bedrock = live.client("bedrock")
-    unknown = f"arn:aws:bedrock:us-west-2:123456789012:custom-model/{BASE}/abcdefghijkl"
+    unknown = f"arn:aws:bedrock:us-west-2:{ACCOUNT}:custom-model/{BASE}/abcdefghijkl"
     with pytest.raises(ClientError) as invalid:
         _converse(live, unknown)
     assert invalid.value.response["Error"]["Code"] == "ValidationException"
