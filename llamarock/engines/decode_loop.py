@@ -114,7 +114,8 @@ class Job:
 
     @property
     def lora_key(self) -> str | None:
-        return self.lora.key if self.lora is not None else None
+        """What its KV was computed under: the adapter and its scale (None: the base model)."""
+        return f"{self.lora.key}*{self.lora.scale}" if self.lora is not None else None
 
 
 @dataclass
