@@ -24,6 +24,7 @@ from llamarock.routes.edge import Edge
 from llamarock.routes.operations import OperationTable
 from llamarock.scheduler import Scheduler
 from llamarock.services.batch import BatchService
+from llamarock.services.custom_models import CustomModelService
 from llamarock.services.customization import CustomizationService
 from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.embeddings import EmbeddingService
@@ -44,6 +45,7 @@ from llamarock.services.tagging import TaggingService
 from llamarock.settings import Settings
 from llamarock.storage.batch import BatchStore
 from llamarock.storage.blobs import open_blob_store
+from llamarock.storage.custom_model_deployments import CustomModelDeploymentStore
 from llamarock.storage.custom_models import CustomModelStore
 from llamarock.storage.customization_jobs import CustomizationJobStore
 from llamarock.storage.db import Database
@@ -99,6 +101,10 @@ def create_app(settings: Settings) -> Starlette:
     customization = CustomizationService(CustomizationJobStore(database), CustomModelStore(database), blobs, registry,
                                          tagging, settings)
     invocation_metrics.registry.register(CustomizationCollector(customization))
+    # Custom models served as LoRA adapters over their base model's deployment (CreateCustomModel, PT, deployments).
+    custom_models = CustomModelService(CustomModelStore(database), CustomModelDeploymentStore(database), blobs,
+                                       registry, tagging, settings)
+    inference.custom_models = provisioning.custom_models = custom_models
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -166,6 +172,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.guardrails = guardrails  # guardrail CRUD, and apply() for ApplyGuardrail and guardrailConfig
     app.state.guardrail_runtime = guardrail_runtime
     app.state.s3 = S3Service(settings)
+    app.state.custom_models = custom_models
     return app
 
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from llamarock.bedrock.model_ids import ModelRef, parse_model_ref
+from llamarock.bedrock.model_ids import RESOURCE_KINDS, ModelRef, parse_model_ref
 from llamarock.errors import ValidationException
 
 # The services of the operation table: botocore's service names, and llamarock's own endpoints.
@@ -119,7 +119,7 @@ class ModelName:
                 f"this server answers as account {account}."
             )
             return cls(identifier, None, foreign, identifier)
-        if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn", "imported-model-arn"):
+        if ref.kind in RESOURCE_KINDS:
             return cls(identifier, ref, None, ref.requested)
         return cls(identifier, ref, None, aliases.get(ref.model_id, ref.model_id))
 

@@ -10,6 +10,7 @@ import json
 
 from llamarock.bedrock.model_ids import (
     RESOURCE_ID,
+    RESOURCE_KINDS,
     application_profile_arn,
     foundation_model_arn,
     inference_profile_arn,
@@ -30,7 +31,7 @@ def model_resources(model: ModelName, region: str, account: str) -> tuple[tuple[
         identifier = model.identifier
         resource = identifier if identifier.startswith("arn:") else foundation_model_arn(identifier, region)
         return (resource,), identifier
-    if ref.kind in ("provisioned-model-arn", "application-inference-profile-arn", "imported-model-arn"):
+    if ref.kind in RESOURCE_KINDS:
         return (ref.requested,), model.model_id
     model_id = model.model_id
     model_region = ref.region or region

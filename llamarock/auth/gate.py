@@ -22,6 +22,7 @@ from llamarock.auth.audit import AuditLog
 from llamarock.auth.identity import Authenticator, Identity, Pending, RequestParts
 from llamarock.auth.quotas import Quotas, Reservation, request_estimate
 from llamarock.bedrock import catalog
+from llamarock.bedrock.model_ids import RESOURCE_KINDS
 from llamarock.context import S3, ModelName, Operation, RequestContext
 from llamarock.errors import AccessDeniedException, InvalidSignatureException
 from llamarock.observability.logs import log_access
@@ -75,7 +76,7 @@ def _model_resources(model: ModelName, region: str, account: str) -> tuple[tuple
     name no model share one bucket, so made-up ids cannot grow the quota table."""
     resources, quota_model = model_resources(model, region, account)
     known = model.ref is not None and (
-        model.ref.kind in ("provisioned-model-arn", "application-inference-profile-arn", "imported-model-arn")
+        model.ref.kind in RESOURCE_KINDS
         or catalog.get(quota_model) is not None
     )
     return resources, quota_model if known else UNKNOWN_MODEL

@@ -110,6 +110,14 @@ DIFFERENCES: tuple[Difference, ...] = (
         "not checked, as on Bedrock: only text, guardContent and the answer's text are",
         "tests/test_compat.py::test_guardrail_tool_checks",
     ),
+    Difference(
+        "A custom model (its ARN or name) invoked on demand",
+        "served: the base model's deployment applies the custom model's LoRA adapter (docs/architecture.md)",
+        "ValidationException: The provided model identifier is invalid. (InvokeModel, a name); Converse's modelId "
+        "pattern refuses the ARN. Bedrock runs a custom model through Provisioned Throughput or a custom model "
+        "deployment only; both work in either mode",
+        "tests/test_custom_models.py::test_on_demand_custom_model_in_bedrock_mode",
+    ),
 )
 
 
@@ -128,6 +136,12 @@ def serves_openai_chat(compat: Compat, model_id: str) -> bool:
     """Whether ``/openai/v1/chat/completions`` serves the model: Bedrock serves Chat Completions only for its OpenAI
     open-weight models, so in ``bedrock`` mode no Meta model."""
     return compat != "bedrock" or not model_id.startswith("meta.")
+
+
+def serves_custom_models_on_demand(compat: Compat) -> bool:
+    """Whether a custom model's ARN or name is invocable on demand; Bedrock requires Provisioned Throughput (or a
+    custom model deployment)."""
+    return compat != "bedrock"
 
 
 def profile_only(model_id: str) -> bool:

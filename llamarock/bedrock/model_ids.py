@@ -16,8 +16,8 @@ INVALID_MODEL_IDENTIFIER = "The provided model identifier is invalid."
 # llamarock answers in the aws partition only (the ARNs it returns say arn:aws).
 _ARN = re.compile(
     r"^arn:aws:bedrock:(?P<region>[a-z0-9-]*):(?P<account>\d{12})?:"
-    r"(?P<type>foundation-model|inference-profile|application-inference-profile|provisioned-model|imported-model)"
-    r"/(?P<rest>.+)$"
+    r"(?P<type>foundation-model|inference-profile|application-inference-profile|provisioned-model|imported-model"
+    r"|custom-model|custom-model-deployment)/(?P<rest>.+)$"
 )
 _PROVISIONED_ID = re.compile(r"^[a-z0-9]{12}$")
 # Application inference profiles and provisioned models have 12-character lowercase alphanumeric ids, as on AWS.
@@ -39,7 +39,7 @@ class ModelRef:
     model_id: str
     kind: Literal[
         "model-id", "foundation-model-arn", "inference-profile", "inference-profile-arn", "provisioned-model-arn",
-        "application-inference-profile-arn", "imported-model-arn",
+        "application-inference-profile-arn", "imported-model-arn", "custom-model-arn", "custom-model-deployment-arn",
     ]
     geo: str | None = None
     region: str | None = None
@@ -90,6 +90,15 @@ def parse_model_ref(identifier: str) -> ModelRef:
                 raise ValidationException(INVALID_MODEL_IDENTIFIER)
             return ModelRef(identifier, "", "imported-model-arn", region=region, account=match["account"],
                             imported_id=match["rest"])
+        if match["type"] in ("custom-model", "custom-model-deployment"):
+            # A custom model's ARN names its base model (custom-model/<base model id>/<id>); the custom-model store
+            # knows it by the whole ARN, as it knows a custom model deployment.
+            base, _, resource_id = match["rest"].rpartition("/")
+            if not match["account"] or not region or not _PROVISIONED_ID.match(resource_id) or (
+                    (match["type"] == "custom-model") != bool(base)):
+                raise ValidationException(INVALID_MODEL_IDENTIFIER)
+            return ModelRef(identifier, "", f"{match['type']}-arn", region=region,  # type: ignore[arg-type]
+                            account=match["account"])
         geo, model_id = _split_profile(match["rest"])
         # An inference profile's ARN names its region and account (the caller's), as AWS writes it.
         if geo is None or not region or not match["account"]:
@@ -102,6 +111,12 @@ def parse_model_ref(identifier: str) -> ModelRef:
     return ModelRef(identifier, identifier, "model-id")
 
 
+# Identifiers that name one of the account's own resources rather than a catalog model: a request is authorised on
+# the identifier's own ARN, quotas count under it, and the resource's service says which model it runs.
+RESOURCE_KINDS = ("provisioned-model-arn", "application-inference-profile-arn", "imported-model-arn",
+                  "custom-model-arn", "custom-model-deployment-arn")
+
+
 def foundation_model_arn(model_id: str, region: str) -> str:
     return f"arn:aws:bedrock:{region}::foundation-model/{model_id}"
 
@@ -112,6 +127,14 @@ def inference_profile_arn(geo: str, model_id: str, region: str, account: str) ->
 
 def provisioned_model_arn(region: str, account: str, provisioned_id: str) -> str:
     return f"arn:aws:bedrock:{region}:{account}:provisioned-model/{provisioned_id}"
+
+
+def custom_model_arn(region: str, account: str, base_model_id: str, model_id: str) -> str:
+    return f"arn:aws:bedrock:{region}:{account}:custom-model/{base_model_id}/{model_id}"
+
+
+def custom_model_deployment_arn(region: str, account: str, deployment_id: str) -> str:
+    return f"arn:aws:bedrock:{region}:{account}:custom-model-deployment/{deployment_id}"
 
 
 def application_profile_arn(region: str, account: str, profile_id: str) -> str:

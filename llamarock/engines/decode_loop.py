@@ -26,6 +26,13 @@ up to each mark becomes an entry of its own (``llama_memory_seq_cp`` tags the ce
 that a document or system prompt asked to be cached outlives the full conversations that contain it. Marked entries
 leave the KV cache and host memory only after every unmarked one, and a request that reuses one copies it rather
 than taking it over.
+
+LoRA adapters (custom models): a job may carry a :class:`Lora`, loaded once per model by the engine. llama.cpp
+applies the adapters set on the context to every token of a ``llama_decode``, so a step decodes each adapter's
+sequences (and the base model's) in a ``llama_decode`` of their own, the context's adapter set just before it
+(``llama_set_adapters_lora``, a no-op when unchanged). A sequence therefore computes the same numbers as when it runs
+alone. Prefixes are cached per adapter: a prefix computed under one adapter is only ever reused by requests for the
+same adapter (its key is part of every cache entry).
 """
 
 from __future__ import annotations
@@ -79,6 +86,20 @@ class LlamaCppConfig:
         return max(self.kv_cells or window, window)
 
 
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA adapter loaded for this model (``llama_adapter_lora_init``): ``key`` names it (the custom model),
+    ``handle`` is llama.cpp's pointer, ``scale`` the request's multiplier."""
+
+    key: str
+    handle: Any
+    scale: float = 1.0
+
+    @property
+    def group(self) -> tuple[str, float]:
+        return self.key, self.scale
+
+
 @dataclass
 class Job:
     """A request handed to the loop; ``emit`` is called from the loop thread."""
@@ -90,6 +111,12 @@ class Job:
     priority: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     marks: tuple[int, ...] = ()  # token positions whose prefix stays cached on its own (cachePoint blocks)
+    lora: Lora | None = None  # the adapter applied to this request (None: the base model)
+
+    @property
+    def lora_key(self) -> str | None:
+        """What its KV was computed under: the adapter and its scale (None: the base model)."""
+        return f"{self.lora.key}*{self.lora.scale}" if self.lora is not None else None
 
 
 @dataclass
@@ -117,6 +144,7 @@ class _Cached:
     seq_id: int | None = None  # in the KV cache under this sequence id, or
     state: Any = None  # in host memory: its KV as llama_state_seq_get_data wrote it (a ctypes byte array)
     marked: bool = False  # a prefix a cachePoint asked to keep: evicted only after the unmarked ones
+    lora: str | None = None  # the key of the adapter its KV was computed under (None: the base model)
 
     def eviction_order(self) -> tuple[bool, float]:
         """Sort key: the first to leave (the KV cache, or host memory) sorts lowest."""
@@ -232,6 +260,7 @@ class DecodeLoop:
         self.stopping = False
         self.generated_tokens = 0
         self.prefix_hits = 0
+        self.lora_set: tuple[str, float] | None = None  # the adapter set on the context now (None: the base model)
         self.thread = threading.Thread(target=self._run, name=f"decode-{name}", daemon=True)
         self.thread.start()
 
@@ -425,7 +454,9 @@ class DecodeLoop:
         limit = len(job.tokens) - 1  # the last prompt token is always decoded, for its logits
         best: _Cached | _Sequence | None = None
         best_len = 0
-        candidates: list[_Cached | _Sequence] = [*self.cache, *self.active]
+        key = job.lora_key  # KV computed under another adapter (or none) is never shared
+        candidates: list[_Cached | _Sequence] = [
+            *(c for c in self.cache if c.lora == key), *(s for s in self.active if s.job.lora_key == key)]
         for candidate in candidates:
             length = min(common_prefix(candidate.kv_tokens, job.tokens), limit)
             in_host = isinstance(candidate, _Cached) and candidate.seq_id is None
@@ -479,14 +510,15 @@ class DecodeLoop:
         if keep and tokens and self.config.cache_slots > 0 and self.cache_budget > 0:
             # Cached entries whose prompt this sequence holds too are redundant: a repeat would reuse as much here
             # (not the marked ones: they are kept for when this sequence has left the cache).
-            for entry in [c for c in self.cache
-                          if not c.marked and common_prefix(c.kv_tokens, tokens) >= c.prompt - 1]:
+            key = sequence.job.lora_key
+            for entry in [c for c in self.cache if not c.marked and c.lora == key
+                          and common_prefix(c.kv_tokens, tokens) >= c.prompt - 1]:
                 self._drop_cached(entry)
             marked = self._keep_marks(sequence)
             # The newest prefix is the likeliest to be asked for again: a full cache moves its least recent one out.
             while self._in_kv() >= self.config.cache_slots and self._evict_one():
                 pass
-            entry = _Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id)
+            entry = _Cached(tokens, time.monotonic(), len(sequence.job.tokens), seq_id=sequence.seq_id, lora=key)
             self.cache.append(entry)
             return [entry, *marked]
         self._release(sequence.seq_id)
@@ -504,7 +536,7 @@ class DecodeLoop:
             prefix = sequence.kv_tokens[:position]
             if len(prefix) != position or position > self.cache_budget:
                 continue
-            same = next((c for c in self.cache if c.kv_tokens == prefix), None)
+            same = next((c for c in self.cache if c.kv_tokens == prefix and c.lora == sequence.job.lora_key), None)
             if same is not None:
                 same.marked, same.used = True, now
                 continue
@@ -515,7 +547,7 @@ class DecodeLoop:
             seq_id = self.free_ids.pop()
             llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
             llama_cpp.llama_memory_seq_cp(self.memory, sequence.seq_id, seq_id, 0, position)
-            entry = _Cached(prefix, now, position, seq_id=seq_id, marked=True)
+            entry = _Cached(prefix, now, position, seq_id=seq_id, marked=True, lora=sequence.job.lora_key)
             self.cache.append(entry)
             kept.append(entry)
         return kept
@@ -543,13 +575,46 @@ class DecodeLoop:
             self._abandon(sequence, EmptyPromptError())
         if not self.active:
             return
+        groups: dict[tuple[str, float] | None, list[_Sequence]] = {}
+        for sequence in self.active:
+            lora = sequence.job.lora
+            groups.setdefault(lora.group if lora is not None else None, []).append(sequence)
+        # One adapter per llama_decode: each adapter's sequences step on their own. Changing the context's adapters
+        # makes llama.cpp re-plan its compute graph's memory on the next decode (a few milliseconds), so the adapter
+        # already set steps first: a step with n adapters changes them n - 1 times, not n.
+        order = sorted(groups, key=lambda group: group != self.lora_set)
+        foreground_waiting = any(s.last_token is None and s.job.priority >= 0 for s in self.active)
+        for group in order:
+            self._use_lora(groups[group][0].job.lora)
+            if not self._step_group(groups[group], foreground_waiting):
+                return
+
+    def _use_lora(self, lora: Lora | None) -> None:
+        """Set the adapter the next llama_decode applies (none: the base model); a no-op when it is already set."""
+        group = lora.group if lora is not None else None
+        if group == self.lora_set:
+            return
+        if lora is None:
+            status = llama_cpp.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lora.handle)
+            scales = (ctypes.c_float * 1)(lora.scale)
+            status = llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, scales)
+        if status != 0:
+            raise EngineError(f"llama.cpp could not apply the LoRA adapter {lora.key if lora else ''} (status "
+                              f"{status})")
+        self.lora_set = group
+
+    def _step_group(self, group: list[_Sequence], foreground_waiting: bool) -> bool:
+        """The step of sequences sharing one adapter; False when the step is to be built again.
+        ``foreground_waiting``: some foreground prompt (of any group) still waits for its prefill."""
         room = self.config.n_batch
-        pending = sorted((s for s in self.active if s.last_token is None), key=lambda s: -s.job.priority)
-        if pending and pending[0].job.priority >= 0:
+        pending = sorted((s for s in group if s.last_token is None), key=lambda s: -s.job.priority)
+        if foreground_waiting:
             pending = [s for s in pending if s.job.priority >= 0]
         elif pending:
             room = self.config.background_chunk
-        if any(s.last_token is not None for s in self.active):
+        if any(s.last_token is not None for s in group):
             room = min(room, self.config.prefill_chunk)
             short: list[_Sequence] = []
             left = room
@@ -560,12 +625,11 @@ class DecodeLoop:
                     left -= rest
             if short:
                 if not self._decode([], short, room - left):
-                    return
+                    return False
                 room = left
-                alive = {id(s) for s in self.active}
-                pending = [s for s in pending if s.last_token is None and id(s) in alive]
-        decoding = [s for s in self.active if s.last_token is not None]
-        self._decode(decoding, pending, room)
+        alive = {id(s) for s in self.active}  # a short prefill may have finished some (max_tokens 1)
+        decoding = [s for s in group if s.last_token is not None and id(s) in alive]
+        return self._decode(decoding, [s for s in pending if s.last_token is None and id(s) in alive], room)
 
     def _decode(self, decoding: list[_Sequence], prefilling: list[_Sequence], room: int) -> bool:
         """One llama_decode: the next token of each of ``decoding`` and up to ``room`` tokens of the prompts of

@@ -117,6 +117,9 @@ class FakeEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         if not self._ready:
             raise EngineNotReadyError(f"{self.name} is not loaded")
+        if request.adapter is not None:
+            raise EngineError(f"{self.name} (the fake engine) cannot apply a LoRA adapter; serve the custom model's "
+                              "base model with the llamacpp engine")
         prompt_tokens = await self.count_tokens(request)
         if prompt_tokens >= self._context_length:
             raise ContextOverflowError(prompt_tokens, self._context_length)

@@ -4,6 +4,10 @@ The engine tokenizes and renders prompts (the GGUF's own chat template) on the c
 to its :class:`~llamarock.engines.decode_loop.DecodeLoop`, which decodes all running requests together in one
 thread. Tokens come back through an asyncio queue, so generation never blocks the event loop and a slow reader
 never slows the loop: its tokens wait in its own queue.
+
+A request's LoRA adapter (``GenerationRequest.adapter``, a custom model) is loaded into the model on its first use
+(``llama_adapter_lora_init``, in a worker thread) and kept, by its key, for the model's lifetime; the decode loop
+applies it to that request's tokens only.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import dataclasses
 import json
 import logging
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
 from llamarock.engines.base import ChunkRelay, Engine
-from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig, check_grammar, common_prefix
+from llamarock.engines.decode_loop import DecodeLoop, Job, LlamaCppConfig, Lora, check_grammar, common_prefix
 from llamarock.errors import (
     ContextOverflowError,
     EmptyPromptError,
@@ -28,7 +33,7 @@ from llamarock.errors import (
     EngineNotReadyError,
     UnsupportedSchemaError,
 )
-from llamarock.types import EngineInfo, GenerationChunk, GenerationRequest
+from llamarock.types import Adapter, EngineInfo, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class LlamaCppEngine(Engine):
         self._loop: DecodeLoop | None = None
         self._formatter: Any = None
         self._info: EngineInfo | None = None
+        self._adapters: dict[str, tuple[str, Any]] = {}  # key -> (path, llama.cpp's adapter), loaded on first use
+        self._adapter_loading: dict[str, asyncio.Lock] = {}
 
     @property
     def info(self) -> EngineInfo:
@@ -72,6 +79,7 @@ class LlamaCppEngine(Engine):
         if self._loop is not None:
             base.update(self._loop.stats())
             base["generated_tokens"] = self._loop.generated_tokens
+        base["loaded_adapters"] = len(self._adapters)
         return base
 
     async def load(self) -> None:
@@ -225,8 +233,9 @@ class LlamaCppEngine(Engine):
         grammar = None
         if request.json_schema is not None:
             grammar = await asyncio.to_thread(self._grammar, request.json_schema)
+        lora = await self._lora(request.adapter) if request.adapter is not None else None
         relay = ChunkRelay()
-        job = Job(tokens, request.sampling, relay.emit, grammar, priority=request.priority, marks=marks)
+        job = Job(tokens, request.sampling, relay.emit, grammar, priority=request.priority, marks=marks, lora=lora)
         decode = self._loop
         decode.submit(job)
 
@@ -241,6 +250,29 @@ class LlamaCppEngine(Engine):
                     yield item
         finally:
             self._active -= 1
+
+    async def _lora(self, adapter: Adapter) -> Lora:
+        """The adapter loaded into this model, loading it on first use (one load per key, however many ask)."""
+        loaded = self._adapters.get(adapter.key)
+        if loaded is None or loaded[0] != adapter.path:
+            lock = self._adapter_loading.setdefault(adapter.key, asyncio.Lock())
+            async with lock:
+                loaded = self._adapters.get(adapter.key)
+                if loaded is None or loaded[0] != adapter.path:
+                    handle = await asyncio.to_thread(self._load_adapter, adapter.path)
+                    loaded = self._adapters[adapter.key] = (adapter.path, handle)
+        return Lora(adapter.key, loaded[1], adapter.scale)
+
+    def _load_adapter(self, path: str) -> Any:
+        if not Path(path).is_file():
+            raise EngineError(f"the LoRA adapter file {Path(path).name} is missing")
+        handle = llama_cpp.llama_adapter_lora_init(self._model, path.encode())
+        if not handle:
+            raise EngineError(
+                f"llama.cpp could not load the LoRA adapter {Path(path).name} over {self.config.model_path.name} "
+                "(the server log has llama.cpp's reason: another base model's adapter?)"
+            )
+        return handle
 
     async def close(self) -> None:
         self._ready = False

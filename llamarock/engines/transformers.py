@@ -385,6 +385,9 @@ class TransformersEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         if not self._ready or self._worker is None:
             raise EngineNotReadyError(f"{self.name} is not loaded")
+        if request.adapter is not None:
+            raise EngineError(f"{self.name} (the transformers engine) cannot apply a LoRA adapter yet; serve the "
+                              "custom model's base model with the llamacpp engine")
         if request.json_schema is not None:
             raise UnsupportedSchemaError("the transformers engine does not constrain output to a JSON schema yet")
         prepared = await asyncio.to_thread(self._prepare, request)

@@ -58,6 +58,18 @@ class Call:
         return self.context.model
 
     @property
+    def model_label(self) -> str:
+        """The ``modelId`` label as the input shape checks it. Beyond Bedrock a custom model's ARN is invocable on
+        demand, but the runtime's modelId pattern has no room for the ':' of its base model id (Bedrock runs custom
+        models through Provisioned Throughput only, and ``--compat bedrock`` keeps its pattern error): the custom
+        model lookup checks that ARN instead, so the pattern sees it with its base model id's ':' as '-'."""
+        model = self.model
+        if model.ref is None or model.ref.kind != "custom-model-arn" or self.state().settings.compat == "bedrock":
+            return model.identifier
+        head, _, rest = model.identifier.partition(":custom-model/")
+        return f"{head}:custom-model/{rest.replace(':', '-')}"
+
+    @property
     def region(self) -> str:
         """The region the request was signed for (the server's region for unsigned and bearer calls)."""
         return self.context.region

@@ -21,7 +21,7 @@ def _service(call: Call) -> InvocationService:
 
 
 def _converse(call: Call) -> Invocation:
-    params = parse_json_body(call.operation, call.body, location_values={"modelId": call.model.identifier})
+    params = parse_json_body(call.operation, call.body, location_values={"modelId": call.model_label})
     invocation = _service(call).converse(call.model, call.region, params, call.request_id, call.context.started,
                                          lambda target: note_target(call, target),
                                          streaming=call.operation == "ConverseStream")
@@ -60,7 +60,7 @@ async def converse_stream(call: Call) -> Response:
 
 async def count_tokens(call: Call) -> Response:
     """CountTokens: the input tokens Converse or InvokeModel would run for the same input, with the same template."""
-    params = parse_json_body(call.operation, call.body, location_values={"modelId": call.model.identifier})
+    params = parse_json_body(call.operation, call.body, location_values={"modelId": call.model_label})
     tokens, target = await _service(call).count_tokens(call.model, call.region, params, call.request_id)
     return json_response({"inputTokens": tokens},
                          {"x-amzn-RequestId": call.request_id, "x-llamarock-served-by": target.deployment.name})

@@ -41,6 +41,7 @@ from llamarock.routes import (
     agent_runtime,
     batch,
     converse,
+    custom_models,
     customization,
     foundation_models,
     guardrail_runtime,
@@ -148,6 +149,13 @@ ROWS: tuple[Operation, ...] = (
     _aws(BEDROCK, customization.list_custom_models),
     _aws(BEDROCK, customization.get_custom_model, resource="custom-model"),
     _aws(BEDROCK, customization.delete_custom_model, resource="custom-model"),
+    # Custom models served as LoRA adapters (CreateCustomModel from the blob store) and their on-demand deployments.
+    _aws(BEDROCK, custom_models.create_custom_model),
+    _aws(BEDROCK, custom_models.create_custom_model_deployment),
+    _aws(BEDROCK, custom_models.get_custom_model_deployment),
+    _aws(BEDROCK, custom_models.list_custom_model_deployments),
+    _aws(BEDROCK, custom_models.update_custom_model_deployment),
+    _aws(BEDROCK, custom_models.delete_custom_model_deployment),
     # bedrock-agent: knowledge bases (docs/knowledge-bases.md). Data sources, ingestion jobs and documents are
     # authorised on their knowledge base's ARN; the tagging operations on the ARN in their path.
     _aws(AGENT, knowledge_bases.create_knowledge_base),

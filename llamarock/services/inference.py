@@ -18,7 +18,7 @@ from llamarock.bedrock import catalog, compat
 from llamarock.bedrock.catalog import CatalogModel
 from llamarock.bedrock.converse import prompt_marks, render_for
 from llamarock.bedrock.images import IMAGE_TOKEN
-from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, ModelRef
+from llamarock.bedrock.model_ids import INVALID_MODEL_IDENTIFIER, RESOURCE_KINDS, ModelRef
 from llamarock.bedrock.native import EMPTY_PROMPT
 from llamarock.bedrock.prompts import parse_prompt
 from llamarock.bedrock.regions import RegionMap
@@ -43,6 +43,9 @@ from llamarock.errors import (
 from llamarock.scheduler import TIER_PRIORITY, Scheduler
 from llamarock.services.deployments import Deployment, DeploymentRegistry
 from llamarock.services.profiles import ProfileService
+
+if TYPE_CHECKING:
+    from llamarock.services.custom_models import CustomModelService
 from llamarock.services.provisioning import ProvisioningService
 from llamarock.settings import Settings
 from llamarock.types import CacheMark, ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
@@ -88,6 +91,8 @@ class Target:
     profile_tags: tuple[tuple[str, str], ...] = ()
     # Set when the request names an imported model (Custom Model Import): its ARN; it runs on its own engine.
     imported_arn: str | None = None
+    # Set when the request runs a custom model (its ARN): the deployment applies the model's LoRA adapter.
+    custom_model_arn: str | None = None
 
 
 class InferenceService:
@@ -108,6 +113,8 @@ class InferenceService:
         self.profiles: ProfileService | None = None
         # Imported models (set by create_app: services/model_import.py serves each on its own engine).
         self.imported: ImportedModelService | None = None
+        # Custom models served as LoRA adapters over their base model's deployment (set by create_app).
+        self.custom_models: CustomModelService | None = None
         try:
             on_demand = compat.on_demand_overrides(settings.compat, catalog.MODELS, settings.on_demand_regions)
             self.regions = RegionMap(settings.model_regions, on_demand)
@@ -140,6 +147,10 @@ class InferenceService:
             if self.imported is None:
                 raise ValidationException(INVALID_MODEL_IDENTIFIER)
             return self.imported.target(ref, region)
+        if self.custom_models is not None and (ref.kind in ("custom-model-arn", "custom-model-deployment-arn") or (
+                ref.kind == "model-id" and catalog.get(model.model_id) is None
+                and self.custom_models.find(region, ref.requested) is not None)):
+            return self._custom(ref, region)
         placement = self._placement(model, region)
         deployment = self._deployment(placement.model)
         return Target(ref, placement.model, deployment, placement.inference_region)
@@ -150,7 +161,7 @@ class InferenceService:
         None for a provisioned-model or application inference profile ARN (this server's own). Raises Bedrock's
         refusal for an identifier the region cannot invoke, as :meth:`resolve` does.
         """
-        if model.parsed().kind in ("provisioned-model-arn", "application-inference-profile-arn", "imported-model-arn"):
+        if model.parsed().kind in RESOURCE_KINDS:
             return None
         return self._placement(model, region or self.settings.region)
 
@@ -194,6 +205,25 @@ class InferenceService:
             )
         return deployment
 
+    def _custom(self, ref: ModelRef, region: str) -> Target:
+        """A custom model (by ARN or name, on demand: beyond Bedrock, which requires Provisioned Throughput) or a
+        custom model deployment runs its base model's deployment with the model's adapter."""
+        assert self.custom_models is not None
+        if ref.kind != "custom-model-deployment-arn" and not compat.serves_custom_models_on_demand(
+                self.settings.compat):
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        if ref.kind == "custom-model-arn" and ref.region is not None and ref.region != region:
+            raise ValidationException(
+                f"{INVALID_MODEL_IDENTIFIER} The ARN {ref.requested} names a custom model in {ref.region}, but the "
+                f"request was signed for {region}. Sign the request for {ref.region}."
+            )
+        custom = self.custom_models.for_invocation(ref, region).model
+        model = catalog.get(custom.base_model_id)
+        if model is None:
+            raise ValidationException(INVALID_MODEL_IDENTIFIER)
+        self._check_life(model)
+        return Target(ref, model, self._deployment(model), region, custom_model_arn=custom.arn)
+
     def _provisioned(self, ref: ModelRef) -> Target:
         """A provisioned-model ARN runs its (InService) provisioned model's catalog model on its reservation."""
         if self.provisioning is None:
@@ -203,7 +233,9 @@ class InferenceService:
         if model is None:
             raise ValidationException(INVALID_MODEL_IDENTIFIER)
         self._check_life(model)
-        return Target(ref, model, self._deployment(model), ref.region, provisioned_arn=provisioned.arn)
+        custom = provisioned.model_arn if ":custom-model/" in provisioned.model_arn else None
+        return Target(ref, model, self._deployment(model), ref.region, provisioned_arn=provisioned.arn,
+                      custom_model_arn=custom)
 
     def check_ready(self, target: Target) -> None:
         deployment = target.deployment
@@ -320,6 +352,9 @@ class InferenceService:
         Raises ThrottlingException or ModelTimeoutException before the first chunk when it is not admitted.
         """
         self.check_ready(target)
+        if target.custom_model_arn is not None and self.custom_models is not None:
+            adapter = await self.custom_models.adapter(target.custom_model_arn)
+            request = dataclasses.replace(request, adapter=adapter)
         async with self.scheduler.admit(target.deployment.name, request, target.provisioned_arn) as admission:
             async with contextlib.aclosing(self._engine_chunks(target, admission.request)) as chunks:
                 async for chunk in chunks:

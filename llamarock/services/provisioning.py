@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from llamarock.bedrock import catalog, pricing
 from llamarock.bedrock.model_ids import ModelRef, foundation_model_arn, parse_model_ref, provisioned_model_arn
@@ -43,6 +44,9 @@ from llamarock.services.idempotency import insert_once, request_digest, same_req
 from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import PriceSettings, Settings
 from llamarock.storage.provisioned import ListFilter, ProvisionedModel, ProvisionedStore
+
+if TYPE_CHECKING:
+    from llamarock.services.custom_models import CustomModelService
 
 # The stored shapes are part of this service's interface (routes take them from here, not from storage).
 __all__ = ["ListFilter", "ProvisionedCost", "ProvisionedModel", "ProvisioningService", "accrued_costs", "add_months"]
@@ -101,6 +105,11 @@ def accrued_costs(
     return costs
 
 
+def _model_arn(requested: str, region: str) -> str:
+    """The ARN of what a provisioned model holds: a custom model's own ARN, or the catalog model's."""
+    return requested if requested.startswith("arn:") else foundation_model_arn(requested, region)
+
+
 def add_months(moment: datetime, months: int) -> datetime:
     """The same day and time ``months`` later (the month's last day when it is shorter)."""
     index = moment.month - 1 + months
@@ -127,6 +136,8 @@ class ProvisioningService:
         self._live: dict[str, ProvisionedModel] = {}
         self._changed = asyncio.Event()
         self.tagging: TaggingService | None = None
+        # Custom models (LoRA adapters over a catalog model) a provisioned model may hold (set by create_app).
+        self.custom_models: CustomModelService | None = None
 
     def taggable(self, tagging: TaggingService) -> None:
         """Make provisioned models taggable (TagResource and friends); their create-time tags go to ``tagging``."""
@@ -204,8 +215,14 @@ class ProvisioningService:
     def _catalog_model(self, identifier: str, region: str) -> tuple[str, str]:
         """(catalog id, the model id as requested) for CreateProvisionedModelThroughput's ``modelId``.
 
-        A model id, its context-length variant (``...:128k``, ``...:0:4k``) or its foundation-model ARN.
+        A model id, its context-length variant (``...:128k``, ``...:0:4k``) or its foundation-model ARN; or a custom
+        model's ARN or name, which runs on its base model's deployment (the requested id is then its ARN).
         """
+        if self.custom_models is not None and (":custom-model/" in identifier or (
+                not identifier.startswith("arn:") and catalog.get(identifier) is None
+                and self.custom_models.find(region, identifier) is not None)):
+            custom = self.custom_models.base_model_of(identifier, region)
+            return custom.base_model_id, custom.arn
         requested = identifier
         if identifier.startswith("arn:"):
             try:
@@ -231,9 +248,9 @@ class ProvisioningService:
             "or foundation-model ARN (`llamarock models` lists them)."
         )
 
-    def _deployment_for(self, model_id: str) -> str:
+    def _deployment_for(self, model_id: str, custom: bool = False) -> str:
         model = catalog.get(model_id)
-        if model is not None and not model.provisioned:
+        if model is not None and not model.provisioned and not custom:
             raise ValidationException(
                 f"Provisioned Throughput isn't offered for {model_id}: it is served on demand only "
                 "(GetFoundationModel's inferenceTypesSupported lists ON_DEMAND)."
@@ -279,7 +296,7 @@ class ProvisioningService:
                 resourceName=name,
             )
         model_id, requested = self._catalog_model(model_identifier, region)
-        deployment = self._deployment_for(model_id)
+        deployment = self._deployment_for(model_id, custom=requested.startswith("arn:"))
         digest = request_digest(name, model_identifier, units, commitment, sorted(tags))
         if client_token is not None:
             existing = await asyncio.to_thread(self.store.find_token, region, client_token)
@@ -291,7 +308,7 @@ class ProvisioningService:
         # Reserved before the write, so that two concurrent creates cannot both take the last capacity.
         self.scheduler.reserve(arn, name, model_id, deployment, units)
         now = self._clock()
-        model_arn = foundation_model_arn(requested, region)
+        model_arn = _model_arn(requested, region)
         model = ProvisionedModel(
             provisioned_id, arn, region, name, model_id, model_arn, model_id, model_arn,
             foundation_model_arn(model_id, region), units, "Creating", commitment,
@@ -350,14 +367,15 @@ class ProvisioningService:
         now = self._clock()
         if new_model is not None:
             model_id, requested = self._catalog_model(new_model, region)
-            model_arn = foundation_model_arn(requested, region)
+            model_arn = _model_arn(requested, region)
             if model_arn != current.model_arn:
                 if current.status != "InService":
                     raise ValidationException(
                         f"The provisioned model {current.name} is {current.status}; change its model once it is "
                         "InService."
                     )
-                self._check_capacity(self._deployment_for(model_id), current.units, current.arn, ValidationException)
+                self._check_capacity(self._deployment_for(model_id, custom=requested.startswith("arn:")),
+                                     current.units, current.arn, ValidationException)
                 changed = dataclasses.replace(
                     changed, status="Updating", desired_model_id=model_id, desired_model_arn=model_arn,
                     ready_at=now + timedelta(seconds=self.settings.provisioning_seconds),

@@ -10,6 +10,7 @@ def metadata() -> MetaData:
     """``Base.metadata`` with every table module imported."""
     from llamarock.storage import (  # noqa: F401  (imported for their tables)
         batch,
+        custom_model_deployments,
         custom_models,
         customization_jobs,
         guardrails,
