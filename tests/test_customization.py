@@ -225,6 +225,28 @@ def test_training_learns_the_style_and_makes_a_custom_model(harness: Harness) ->
         plain = tuned.generate(**ids, max_new_tokens=12, do_sample=False)
     assert not tokenizer.decode(plain[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).startswith("Arr")
 
+    # Served at once by the deployment of its base model (a LoRA over the embedded GGUF): through Provisioned
+    # Throughput as Bedrock requires, and on demand by its ARN beyond Bedrock.
+    runtime = h.server.client("bedrock-runtime")
+    pt = h.bedrock.create_provisioned_model_throughput(modelUnits=1, provisionedModelName="pirate-pt",
+                                                       modelId=model_arn)["provisionedModelArn"]
+    deadline = time.monotonic() + 120
+    while h.bedrock.get_provisioned_model_throughput(provisionedModelId=pt)["status"] != "InService":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    question = [{"role": "user", "content": [{"text": "Tell me about a mountain."}]}]
+    for model_id in (pt, model_arn):
+        said = runtime.converse(modelId=model_id, messages=question,
+                                inferenceConfig={"maxTokens": 12, "temperature": 0})
+        assert said["output"]["message"]["content"][0]["text"].startswith("Arr matey!"), (model_id, said)
+    prompt = ("<|im_start|>user\nTell me about a mountain.<|im_end|>\n<|im_start|>assistant\n")
+    native = json.loads(runtime.invoke_model(modelId=pt, body=json.dumps(
+        {"prompt": prompt, "max_gen_len": 12, "temperature": 0}))["body"].read())
+    assert native["generation"].startswith("Arr matey!"), native
+    base = runtime.converse(modelId=BASE, messages=question, inferenceConfig={"maxTokens": 12, "temperature": 0})
+    assert not base["output"]["message"]["content"][0]["text"].startswith("Arr")
+    h.bedrock.delete_provisioned_model_throughput(provisionedModelId=pt)
+
     h.bedrock.delete_custom_model(modelIdentifier=model_arn)
     assert h.bedrock.list_custom_models()["modelSummaries"] == []
     assert not adapter.exists()

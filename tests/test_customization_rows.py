@@ -25,7 +25,7 @@ def test_hyperparameters_defaults_and_ranges() -> None:
     model = "meta.llama3-2-1b-instruct-v1:0"
     bedrock = {"epochCount": "5", "batchSize": "1", "learningRate": "0.0001"}
     assert check_hyperparameters(model, None, extended=False) == bedrock
-    assert check_hyperparameters(model, None) == {**bedrock, "learningRateWarmupSteps": "0"}
+    assert check_hyperparameters(model, None) == bedrock
     assert check_hyperparameters(model, {"epochCount": "10", "learningRate": "5e-6"})["learningRate"] == "5e-6"
     # The spec's example sends learningRateWarmupSteps: accepted beyond Bedrock, refused as Bedrock does for Meta.
     assert check_hyperparameters(model, {"learningRateWarmupSteps": "10"})["learningRateWarmupSteps"] == "10"

@@ -80,6 +80,8 @@ def check_hyperparameters(base_model_id: str, given: dict[str, str] | None, *,
         )
     checked: dict[str, str] = {}
     for parameter in known:
+        if parameter in EXTENDED_HYPERPARAMETERS and parameter.name not in given:
+            continue  # llamarock's own: shown only when given, so a Bedrock request reads back as Bedrock's
         text = given.get(parameter.name, parameter.default)
         words = "an integer" if parameter.kind is int else "a number"
         try:
