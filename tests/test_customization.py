@@ -239,7 +239,8 @@ def test_training_learns_the_style_and_makes_a_custom_model(harness: Harness) ->
         said = runtime.converse(modelId=model_id, messages=question,
                                 inferenceConfig={"maxTokens": 12, "temperature": 0})
         assert said["output"]["message"]["content"][0]["text"].startswith("Arr matey!"), (model_id, said)
-    prompt = ("<|im_start|>user\nTell me about a mountain.<|im_end|>\n<|im_start|>assistant\n")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about a mountain."}],
+                                           add_generation_prompt=True, tokenize=False)  # the weights' own template
     native = json.loads(runtime.invoke_model(modelId=pt, body=json.dumps(
         {"prompt": prompt, "max_gen_len": 12, "temperature": 0}))["body"].read())
     assert native["generation"].startswith("Arr matey!"), native
