@@ -308,3 +308,30 @@ def test_on_demand_custom_model_in_bedrock_mode(adapters: Adapters, tmp_path: Pa
         assert _converse(server, deployment)
     finally:
         stop_server(server)
+
+
+def test_a_batch_job_runs_on_a_custom_model(live: Server) -> None:
+    # The custom model the first test made (a LoRA over the embedded model), by its ARN, as Bedrock's batch allows.
+    bedrock, s3 = live.client("bedrock"), live.client("s3")
+    [model] = bedrock.list_custom_models(nameContains="first-lora")["modelSummaries"]
+    record = {"messages": [{"role": "user", "content": [{"text": "Name a colour."}]}],
+              "inferenceConfig": {"maxTokens": 16, "temperature": 0.0}}
+    s3.put_object(Bucket="adapters", Key="batch/input.jsonl", Body=json.dumps(
+        {"recordId": "R1", "modelInput": record}).encode() + b"\n")
+    job = bedrock.create_model_invocation_job(
+        jobName="lora-batch", roleArn="arn:aws:iam::123456789012:role/batch", modelId=model["modelArn"],
+        modelInvocationType="Converse",
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": "s3://adapters/batch/input.jsonl"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": "s3://adapters/batch/out/"}},
+    )["jobArn"]
+    deadline = time.monotonic() + 120
+    while (status := bedrock.get_model_invocation_job(jobIdentifier=job)["status"]) not in (
+            "Completed", "PartiallyCompleted", "Failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    out = s3.get_object(Bucket="adapters", Key=f"batch/out/{job.rsplit('/', 1)[-1]}/input.jsonl.out")
+    [line] = [json.loads(text) for text in out["Body"].read().decode().splitlines()]
+    assert status == "Completed", line
+    answer = line["modelOutput"]["output"]["message"]["content"][0]["text"]
+    assert _opening(answer) == _opening(_converse(live, model["modelArn"]))
+    assert _opening(answer) != _opening(_converse(live, BASE))

@@ -117,6 +117,17 @@ RESOURCE_KINDS = ("provisioned-model-arn", "application-inference-profile-arn", 
                   "custom-model-arn", "custom-model-deployment-arn")
 
 
+def runtime_label(identifier: str, ref: ModelRef | None) -> str:
+    """``identifier`` as the runtime input shapes' ``modelId`` pattern is to see it. That pattern has no room for the
+    ':' of a custom model ARN's base model id (Bedrock runs custom models through Provisioned Throughput, or in batch
+    jobs, whose own pattern admits the ARN): where llamarock runs one by its ARN, the custom model lookup checks the
+    ARN, and the pattern sees its base model id's ':' as '-'."""
+    if ref is None or ref.kind != "custom-model-arn":
+        return identifier
+    head, _, rest = identifier.partition(":custom-model/")
+    return f"{head}:custom-model/{rest.replace(':', '-')}"
+
+
 def foundation_model_arn(model_id: str, region: str) -> str:
     return f"arn:aws:bedrock:{region}::foundation-model/{model_id}"
 

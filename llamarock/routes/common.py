@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from llamarock.bedrock.model_ids import runtime_label
 from llamarock.codec import eventstream
 from llamarock.codec.errors import status_of
 from llamarock.context import ModelName, RequestContext
@@ -59,15 +60,12 @@ class Call:
 
     @property
     def model_label(self) -> str:
-        """The ``modelId`` label as the input shape checks it. Beyond Bedrock a custom model's ARN is invocable on
-        demand, but the runtime's modelId pattern has no room for the ':' of its base model id (Bedrock runs custom
-        models through Provisioned Throughput only, and ``--compat bedrock`` keeps its pattern error): the custom
-        model lookup checks that ARN instead, so the pattern sees it with its base model id's ':' as '-'."""
+        """The ``modelId`` label as the input shape checks it: beyond Bedrock a custom model's ARN is invocable on
+        demand (``bedrock.model_ids.runtime_label``); ``--compat bedrock`` keeps Bedrock's pattern error."""
         model = self.model
-        if model.ref is None or model.ref.kind != "custom-model-arn" or self.state().settings.compat == "bedrock":
+        if self.state().settings.compat == "bedrock":
             return model.identifier
-        head, _, rest = model.identifier.partition(":custom-model/")
-        return f"{head}:custom-model/{rest.replace(':', '-')}"
+        return runtime_label(model.identifier, model.ref)
 
     @property
     def region(self) -> str:

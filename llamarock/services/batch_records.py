@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from llamarock.bedrock.model_ids import runtime_label
 from llamarock.codec.service_model import error_status
 from llamarock.codec.shapes import parse_json_body
 from llamarock.context import ModelName
@@ -123,7 +124,7 @@ async def run_record(invocations: InvocationService, spec: BatchJobSpec, record:
         try:
             if spec.invocation_type == "Converse":
                 params = parse_json_body("Converse", json.dumps(record.model_input).encode(),
-                                         location_values={"modelId": spec.model_id})
+                                         location_values={"modelId": runtime_label(spec.model_id, model.ref)})
                 invocation = invocations.converse(model, spec.region, params, request_id, started,
                                                   priority=spec.priority)
             else:
