@@ -93,10 +93,8 @@ def _customization(args: argparse.Namespace) -> bool:
     return args.kind == "customization" or CUSTOMIZATION_ARN in (getattr(args, "job", None) or "")
 
 
-def run_list(args: argparse.Namespace) -> int:
-    if _customization(args):
-        return _list_customization(args)
-    bedrock = client(args)
+def _all_jobs(args: argparse.Namespace, operation: Any, member: str) -> list[dict[str, Any]]:
+    """Every page of a List...Jobs operation, with the --status and --name-contains filters."""
     filters: dict[str, Any] = {}
     if args.status:
         filters["statusEquals"] = args.status
@@ -105,11 +103,17 @@ def run_list(args: argparse.Namespace) -> int:
     jobs: list[dict[str, Any]] = []
     token: str | None = None
     while True:
-        page = _call(bedrock.list_model_invocation_jobs, **filters, **({"nextToken": token} if token else {}))
-        jobs.extend(page.get("invocationJobSummaries", []))
+        page = _call(operation, **filters, **({"nextToken": token} if token else {}))
+        jobs.extend(page.get(member, []))
         token = page.get("nextToken")
         if not token:
-            break
+            return jobs
+
+
+def run_list(args: argparse.Namespace) -> int:
+    if _customization(args):
+        return _list_customization(args)
+    jobs = _all_jobs(args, client(args).list_model_invocation_jobs, "invocationJobSummaries")
     if args.json:
         print(json.dumps(jobs, indent=2, default=_default))
         return 0
@@ -210,20 +214,7 @@ def _describe(training: dict[str, float]) -> str:
 
 
 def _list_customization(args: argparse.Namespace) -> int:
-    bedrock = client(args)
-    filters: dict[str, Any] = {}
-    if args.status:
-        filters["statusEquals"] = args.status
-    if args.name_contains:
-        filters["nameContains"] = args.name_contains
-    jobs: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        page = _call(bedrock.list_model_customization_jobs, **filters, **({"nextToken": token} if token else {}))
-        jobs.extend(page.get("modelCustomizationJobSummaries", []))
-        token = page.get("nextToken")
-        if not token:
-            break
+    jobs = _all_jobs(args, client(args).list_model_customization_jobs, "modelCustomizationJobSummaries")
     if args.json:
         print(json.dumps(jobs, indent=2, default=_default))
         return 0
