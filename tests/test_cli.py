@@ -83,7 +83,7 @@ def test_help_shows_defaults_choices_and_groups(capsys: pytest.CaptureFixture[st
     assert "Default: 8080." in text and "Default: 127.0.0.1." in text
     assert f"Default: {tmp_path / 'xdg' / 'llamarock'}." in text  # the data dir's default factory, computed
     assert "--auth {dev,enforce}" in text and "--log-format {text,json}" in text
-    assert "--engine {llamacpp,fake,transformers}" in text
+    assert "--engine {llamacpp,fake,transformers,openai,llama-server}" in text
     for group in ("server:", "auth and quotas:", "regions:", "storage:", "logging:"):
         assert f"\n{group}\n" in text
     for name in flags.file_only_fields():

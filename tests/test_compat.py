@@ -214,3 +214,14 @@ def test_guardrail_tool_checks(fake_server: Server, strict_server: Server) -> No
             guardrailConfig={"guardrailIdentifier": made["guardrailId"], "guardrailVersion": "DRAFT"},
         )["stopReason"])
     assert reasons[0] == "guardrail_intervened" and reasons[1] != "guardrail_intervened"
+
+
+def test_custom_model_on_demand(fake_runtime: Any, strict: Any) -> None:
+    # A custom model's ARN is a custom-model lookup on demand beyond Bedrock (here: none such, so the lookup's
+    # answer); in bedrock mode Converse's modelId pattern refuses it before any lookup, as Bedrock does (serving a
+    # real custom model both ways: tests/test_custom_models.py::test_on_demand_custom_model_in_bedrock_mode).
+    arn = "arn:aws:bedrock:us-west-2:000000000000:custom-model/meta.llama3-2-1b-instruct-v1:0/abcdefghijkl"
+    kwargs = {"modelId": arn, "messages": [user("Hi")]}
+    assert "No custom model" in error_of(fake_runtime.converse, **kwargs)[2]
+    assert "failed to satisfy constraint: Member must satisfy regular expression pattern" in error_of(
+        strict.converse, **kwargs)[2]

@@ -112,9 +112,9 @@ def test_every_route_fails_aws_shaped_with_the_one_request_id(tmp_path: Path) ->
         async with _client(app) as client:
             bad = await client.get("/llamarock/usage", params={"by": "nope"})
             assert "is not a grouping" in _check_error(bad, 400, "ValidationException")["message"]
-            listing = await client.get("/custom-models")
+            listing = await client.get("/model-copy-jobs")
             message = _check_error(listing, 404, "UnknownOperationException")["message"]
-            assert message.startswith("llamarock does not implement the bedrock operation ListCustomModels yet")
+            assert message.startswith("llamarock does not implement the bedrock operation ListModelCopyJobs yet")
             asynchronous = await client.post("/async-invoke", content=b"{}")
             message = _check_error(asynchronous, 404, "UnknownOperationException")["message"]
             assert "bedrock-runtime operation StartAsyncInvoke" in message
@@ -126,7 +126,7 @@ def test_every_route_fails_aws_shaped_with_the_one_request_id(tmp_path: Path) ->
         assert [line["requestId"] for line in lines] == [
             r.headers["x-amzn-requestid"] for r in (bad, listing, asynchronous, unknown)
         ]
-        assert lines[1]["operation"] == "ListCustomModels" and lines[1]["action"] == "bedrock:ListCustomModels"
+        assert lines[1]["operation"] == "ListModelCopyJobs" and lines[1]["action"] == "bedrock:ListModelCopyJobs"
 
     asyncio.run(run())
 

@@ -242,6 +242,7 @@ def test_a_database_from_before_tiers_gets_the_column(tmp_path: Path) -> None:
     engine = open_engine(url)
     with engine.begin() as connection:
         connection.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN service_tier")
+        connection.exec_driver_sql("DROP TABLE alembic_version")  # it was also made before migrations existed
     engine.dispose()
     store = UsageStore(Database(url))
     recorder = UsageRecorder(load_settings(data_dir=tmp_path), store)

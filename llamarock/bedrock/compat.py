@@ -116,7 +116,7 @@ DIFFERENCES: tuple[Difference, ...] = (
         "ValidationException: The provided model identifier is invalid. (InvokeModel, a name); Converse's modelId "
         "pattern refuses the ARN. Bedrock runs a custom model through Provisioned Throughput or a custom model "
         "deployment only; both work in either mode",
-        "tests/test_custom_models.py::test_on_demand_custom_model_in_bedrock_mode",
+        "tests/test_compat.py::test_custom_model_on_demand",
     ),
 )
 
