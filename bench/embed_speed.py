@@ -41,7 +41,8 @@ from guardrails import thousand_chars
 from llamarock.engines.embedding import QUANTIZE_MODES, OnnxBertEmbedder, minilm_zip_path
 from llamarock.guardrails.text import segments
 
-DEFAULT_CORPUS = Path(os.environ.get("LLAMAROCK_BEIR_ROOT", "/work/shared/data/ir")) / "scifact"
+BEIR_ROOT = os.environ.get("LLAMAROCK_BEIR_ROOT")  # a folder holding BEIR data sets (scifact/ among them)
+DEFAULT_CORPUS = Path(BEIR_ROOT) / "scifact" if BEIR_ROOT else None
 
 
 def _load(folder: Path) -> tuple[list[str], list[str]]:
@@ -98,8 +99,11 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     parser.add_argument("--modes", nargs="+", choices=QUANTIZE_MODES, default=["none", "int8"])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="a BEIR folder (corpus and queries)")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
+                        help="a BEIR folder (corpus and queries), e.g. SciFact; default $LLAMAROCK_BEIR_ROOT/scifact")
     args = parser.parse_args()
+    if args.corpus is None:
+        parser.error("give --corpus (a BEIR folder such as SciFact) or set LLAMAROCK_BEIR_ROOT")
     docs, queries = _load(args.corpus)
     rows = [await measure(mode, threads, docs, queries, args.repeats) for threads in args.threads
             for mode in args.modes]
