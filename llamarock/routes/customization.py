@@ -9,9 +9,9 @@ from llamarock.bedrock.catalog_api import offset_token, token_offset
 from llamarock.routes.control import ControlCall
 from llamarock.services.customization import (
     CustomizationJob,
-    CustomizationJobFilter,
     CustomizationService,
     CustomModel,
+    ListFilter,
 )
 
 
@@ -70,7 +70,7 @@ async def get_model_customization_job(call: ControlCall, params: dict[str, Any])
 async def list_model_customization_jobs(call: ControlCall, params: dict[str, Any]) -> dict[str, Any]:
     offset = token_offset(params.get("nextToken"), "ListModelCustomizationJobs")
     limit = params.get("maxResults", 1000)
-    jobs, more = await _service(call).page(CustomizationJobFilter(
+    jobs, more = await _service(call).page(ListFilter(
         region=call.region, status=params.get("statusEquals"), name_contains=params.get("nameContains"),
         created_after=params.get("creationTimeAfter"), created_before=params.get("creationTimeBefore"),
         descending=params.get("sortOrder", "Descending") == "Descending", offset=offset, limit=limit,

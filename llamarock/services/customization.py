@@ -55,11 +55,12 @@ from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import Settings
 from llamarock.storage.blobs import BlobStore, BlobStoreError, BucketMissingError
 from llamarock.storage.custom_models import CustomModel, CustomModelStore
-from llamarock.storage.customization_jobs import CustomizationJob, CustomizationJobFilter, CustomizationJobStore
+from llamarock.storage.customization_jobs import CustomizationJob, CustomizationJobStore
+from llamarock.storage.db import ListFilter
 from llamarock.training import job_files, missing_packages
 from llamarock.training.job_files import TrainingSpec
 
-__all__ = ["CustomModel", "CustomizationJob", "CustomizationJobFilter", "CustomizationService", "LiveProgress"]
+__all__ = ["CustomModel", "CustomizationJob", "CustomizationService", "ListFilter", "LiveProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class CustomizationService:
     async def get(self, region: str, identifier: str) -> CustomizationJob:
         return await asyncio.to_thread(self._find, region, identifier)
 
-    async def page(self, query: CustomizationJobFilter) -> tuple[list[CustomizationJob], bool]:
+    async def page(self, query: ListFilter) -> tuple[list[CustomizationJob], bool]:
         return await asyncio.to_thread(self.jobs.page, query)
 
     async def stop(self, region: str, identifier: str) -> None:

@@ -50,7 +50,8 @@ from llamarock.services.inference import Target
 from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import DeploymentSettings, Settings
 from llamarock.storage.blobs import BlobStore, BlobStoreError, BucketMissingError
-from llamarock.storage.model_import import ImportedModel, ImportJob, ListFilter, ModelImportStore
+from llamarock.storage.db import ListFilter
+from llamarock.storage.model_import import ImportedModel, ImportJob, ModelImportStore
 
 __all__ = ["CmuWindow", "ImportJob", "ImportedModel", "ImportedModelService", "ListFilter"]
 

@@ -43,7 +43,8 @@ from llamarock.services.deployments import DeploymentRegistry
 from llamarock.services.idempotency import insert_once, request_digest, same_request
 from llamarock.services.tagging import TaggableKind, TaggingService, check_tags
 from llamarock.settings import PriceSettings, Settings
-from llamarock.storage.provisioned import ListFilter, ProvisionedModel, ProvisionedStore
+from llamarock.storage.db import ListFilter
+from llamarock.storage.provisioned import ProvisionedModel, ProvisionedStore
 
 if TYPE_CHECKING:
     from llamarock.services.custom_models import CustomModelService

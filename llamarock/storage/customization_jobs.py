@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import DateTime, String, Text, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from llamarock.storage.db import Base, Database, Store
+from llamarock.storage.db import Base, Database, ListFilter, Store
 from llamarock.storage.provisioned import utc
 
 FINISHED = ("Completed", "Failed", "Stopped")
@@ -73,18 +73,6 @@ class CustomizationJob:
         return self.status in FINISHED
 
 
-@dataclass(frozen=True)
-class CustomizationJobFilter:
-    """ListModelCustomizationJobs' filters, sort and page."""
-
-    region: str
-    status: str | None = None
-    name_contains: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    descending: bool = True
-    offset: int = 0
-    limit: int = 1000
 
 
 def _job(row: CustomizationJobRow) -> CustomizationJob:
@@ -155,7 +143,7 @@ class CustomizationJobStore(Store):
                                    .order_by(CustomizationJobRow.creation_time)).scalars()
             return [_job(row) for row in rows]
 
-    def page(self, query: CustomizationJobFilter) -> tuple[list[CustomizationJob], bool]:
+    def page(self, query: ListFilter) -> tuple[list[CustomizationJob], bool]:
         statement = select(CustomizationJobRow).where(CustomizationJobRow.region == query.region)
         if query.status is not None:
             statement = statement.where(CustomizationJobRow.status == query.status)

@@ -11,6 +11,8 @@ import contextlib
 import fcntl
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,23 @@ from llamarock.errors import InternalServerException, ServiceUnavailableExceptio
 from llamarock.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """A List operation's filters, sort and page, as the stores apply them (ListProvisionedModelThroughputs,
+    ListModelImportJobs, ListImportedModels, ListModelCustomizationJobs; ``model_arn`` only where the operation has
+    that filter)."""
+
+    region: str
+    status: str | None = None
+    model_arn: str | None = None
+    name_contains: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    descending: bool = True
+    offset: int = 0
+    limit: int = 1000
 
 
 class Base(DeclarativeBase):

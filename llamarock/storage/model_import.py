@@ -16,7 +16,7 @@ from typing import Any, Literal
 from sqlalchemy import Boolean, DateTime, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from llamarock.storage.db import Base, Database, Store
+from llamarock.storage.db import Base, Database, ListFilter, Store
 from llamarock.storage.provisioned import utc
 
 JobStatus = Literal["InProgress", "Completed", "Failed"]
@@ -105,20 +105,6 @@ class ImportedModel:
     custom_model_units: int
     instruct: bool
     context_length: int
-
-
-@dataclass(frozen=True)
-class ListFilter:
-    """ListModelImportJobs' and ListImportedModels' filters, sort and page."""
-
-    region: str
-    status: str | None = None
-    name_contains: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    descending: bool = True
-    offset: int = 0
-    limit: int = 1000
 
 
 def _job(row: ModelImportJobRow) -> ImportJob:

@@ -17,7 +17,7 @@ from typing import Literal
 from sqlalchemy import DateTime, Integer, String, Text, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llamarock.storage.db import Base, Database, Store
+from llamarock.storage.db import Base, Database, ListFilter, Store
 
 Status = Literal["Creating", "InService", "Updating", "Failed"]
 
@@ -96,21 +96,6 @@ class BillingInterval:
     units: int
     started_at: datetime
     ended_at: datetime | None
-
-
-@dataclass(frozen=True)
-class ListFilter:
-    """ListProvisionedModelThroughputs' filters, sort and page, as the store applies them."""
-
-    region: str
-    status: str | None = None
-    model_arn: str | None = None
-    name_contains: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    descending: bool = True
-    offset: int = 0
-    limit: int = 1000
 
 
 def utc(value: datetime) -> datetime:
